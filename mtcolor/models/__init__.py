@@ -1,0 +1,30 @@
+"""Networks of the paper (flax linen, NHWC). See docs/architecture.md."""
+
+from mtcolor.models.compositions import Classifier, Colorizer, MultiTaskGenerator
+from mtcolor.models.decoder import ColorDecoder
+from mtcolor.models.heads import ClassHead
+from mtcolor.models.init import (
+    init_variables,
+    pix2pix_kernel_init,
+    pix2pix_scale_init,
+    pytorch_dense_kernel_init,
+    torchvision_conv_kernel_init,
+)
+from mtcolor.models.patchgan import PatchDiscriminator
+from mtcolor.models.resnet import BasicBlock, ResNet18
+
+__all__ = [
+    "BasicBlock",
+    "ClassHead",
+    "Classifier",
+    "ColorDecoder",
+    "Colorizer",
+    "MultiTaskGenerator",
+    "PatchDiscriminator",
+    "ResNet18",
+    "init_variables",
+    "pix2pix_kernel_init",
+    "pix2pix_scale_init",
+    "pytorch_dense_kernel_init",
+    "torchvision_conv_kernel_init",
+]
