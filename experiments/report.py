@@ -1,0 +1,32 @@
+r"""Writes the paper's Table I, Figs. 3-7 and Fig. 2 from a set of training runs.
+
+  python -m experiments.report --workdirs runs/classifier runs/colorizer runs/multitask --out runs/report
+
+The order of --workdirs does not matter (each run's config says what it is). Missing or unfinished
+runs are reported, not fatal.
+"""
+
+from absl import app, flags, logging
+
+from mtcolor.eval.report import make_report
+
+_WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories (classifier, colorizer, multi-task).")
+_OUT = flags.DEFINE_string("out", None, "Directory for table1.md/.csv and the figure PNGs.")
+_FIGURE_TWO = flags.DEFINE_bool("fig2", True, "Draw Fig. 2 (loads the checkpoints and the val split).")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "Validation images in Fig. 2.")
+flags.mark_flags_as_required(["workdirs", "out"])
+
+
+def main(argv):
+    workdirs = list(_WORKDIRS.value) + list(argv[1:])  # also accept space-separated workdirs
+    report = make_report(workdirs, _OUT.value, figure_two=_FIGURE_TWO.value, num_images=_NUM_IMAGES.value)
+    for problem in report.problems:
+        logging.warning("%s", problem)
+        print(f"WARNING: {problem}")
+    for path in report.files:
+        print(f"wrote {path}")
+    print(open(f"{_OUT.value}/table1.md").read())
+
+
+if __name__ == "__main__":
+    app.run(main)
