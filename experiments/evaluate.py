@@ -1,0 +1,35 @@
+r"""Evaluates a trained run on a split and writes <workdir>/eval_<split>.json and .md.
+
+  python -m experiments.evaluate --workdir runs/multitask [--split val] [--checkpoint best]
+      [--fid_weights ~/.cache/torch/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth]
+"""
+
+import json
+
+from absl import app, flags
+
+from mtcolor.eval.evaluate import evaluate_workdir, results_markdown
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run directory.")
+_SPLIT = flags.DEFINE_string("split", "val", "Data split to evaluate.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "None (latest), 'best' or a step number.")
+_FID_WEIGHTS = flags.DEFINE_string(
+    "fid_weights", None, "pytorch-fid Inception weights (.pth): report FID instead of the ResNet-18 "
+    "Frechet distance.")
+_FRECHET = flags.DEFINE_bool("frechet", True, "Compute a Frechet distance (needs feature weights).")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+    del argv
+    step = _CHECKPOINT.value
+    if step not in (None, "best"):
+        step = int(step)
+    result = evaluate_workdir(_WORKDIR.value, _SPLIT.value, step=step, fid_weights=_FID_WEIGHTS.value,
+                              frechet_features=_FRECHET.value)
+    print(results_markdown(result))
+    print(json.dumps({k: v for k, v in result.items() if k in ("model", "grayscale_baseline")}, indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,237 @@
+"""Evaluating a trained run on a split: every metric next to the grayscale (ab = 0) baseline.
+
+`evaluate_model` is the library function (any model, any iterator of {"L", "ab", "label", "mask"}
+batches); `evaluate_workdir` loads a run's checkpoint and its own data config and writes
+`<workdir>/eval_<split>.json` and `.md`.
+
+Rows of the result:
+- "model": the run's predictions.
+- "grayscale_baseline": ab = 0 everywhere (the input shown as a gray image). For the classification
+  metrics, where "grayscale" has no meaning, the baseline is the majority class of the split.
+- "ground_truth": the real images (colorfulness; a Frechet distance of 0 by definition).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtcolor.eval import frechet, metrics
+
+COLORIZING = ("colorization", "multitask")
+CLASSIFYING = ("classification", "multitask")
+
+
+def _split_outputs(experiment: str, outputs):
+    if experiment == "multitask":
+        return outputs[0], outputs[1]
+    if experiment == "colorization":
+        return outputs, None
+    return None, outputs
+
+
+def make_colorization_metrics_fn():
+    """Jitted per-image metrics of a prediction and of the ab = 0 baseline, plus the RGB images."""
+    from mtcolor.data.color import lab_norm_to_rgb_jax
+
+    @jax.jit
+    def compute(L, ab_pred, ab_true):
+        rgb_true = lab_norm_to_rgb_jax(L, ab_true)
+        rgb_pred = lab_norm_to_rgb_jax(L, ab_pred)
+        rgb_gray = lab_norm_to_rgb_jax(L, jnp.zeros_like(ab_true))
+        values = {
+            "model/l1_x100": metrics.l1_x100(ab_pred, ab_true),
+            "model/psnr": metrics.psnr(rgb_pred, rgb_true),
+            "model/ssim": metrics.ssim(rgb_pred, rgb_true),
+            "model/colorfulness": metrics.colorfulness(rgb_pred),
+            "grayscale_baseline/l1_x100": metrics.l1_x100(jnp.zeros_like(ab_true), ab_true),
+            "grayscale_baseline/psnr": metrics.psnr(rgb_gray, rgb_true),
+            "grayscale_baseline/ssim": metrics.ssim(rgb_gray, rgb_true),
+            "grayscale_baseline/colorfulness": metrics.colorfulness(rgb_gray),
+            "ground_truth/colorfulness": metrics.colorfulness(rgb_true),
+        }
+        return values, {"model": rgb_pred, "grayscale_baseline": rgb_gray, "ground_truth": rgb_true}
+
+    return compute
+
+
+def evaluate_model(
+    model,
+    variables,
+    experiment: str,
+    batches: Iterable[dict],
+    *,
+    num_classes: int | None = None,
+    class_names: list[str] | None = None,
+    feature_extractor: frechet.FeatureExtractor | None = None,
+) -> dict:
+    """All metrics of `model` over `batches` (a single pass); pads (mask 0) are ignored."""
+    predict = jax.jit(lambda v, L: model.apply(v, L, train=False))
+    colorization_metrics = make_colorization_metrics_fn() if experiment in COLORIZING else None
+    means = metrics.MeanAccumulator()
+    labels, predictions = [], []
+    features: dict[str, list[np.ndarray]] = {"model": [], "grayscale_baseline": [], "ground_truth": []}
+    num_examples = 0
+    for batch in batches:
+        L = jnp.asarray(batch["L"])
+        mask = np.asarray(batch.get("mask", np.ones(L.shape[0], np.float32))) > 0
+        num_examples += int(mask.sum())
+        ab_pred, logits = _split_outputs(experiment, predict(variables, L))
+        if logits is not None:
+            labels.append(np.asarray(batch["label"])[mask])
+            predictions.append(np.asarray(logits).argmax(-1)[mask])
+        if colorization_metrics is not None:
+            values, images = colorization_metrics(L, ab_pred, jnp.asarray(batch["ab"]))
+            means.update(jax.device_get(values), mask)
+            if feature_extractor is not None:
+                for name, rgb in images.items():
+                    features[name].append(np.asarray(feature_extractor.features(rgb))[mask])
+
+    result: dict = {"experiment": experiment, "num_examples": num_examples,
+                    "model": {}, "grayscale_baseline": {}, "ground_truth": {}}
+    for key, value in means.result().items():
+        row, name = key.split("/")
+        result[row][name] = value
+    if means.nonfinite_counts():
+        result["nonfinite_excluded"] = means.nonfinite_counts()
+    if labels:
+        labels_all, predictions_all = np.concatenate(labels), np.concatenate(predictions)
+        num_classes = num_classes or int(max(labels_all.max(), predictions_all.max()) + 1)
+        counts = metrics.confusion_matrix(labels_all, predictions_all, num_classes)
+        names = class_names or [str(i) for i in range(num_classes)]
+        result["model"]["accuracy"] = metrics.accuracy_from_confusion(counts)
+        result["model"]["per_class_accuracy"] = dict(zip(names, metrics.per_class_accuracy(counts).tolist()))
+        result["model"]["confusion_matrix"] = counts.tolist()
+        majority = int(np.bincount(labels_all, minlength=num_classes).argmax())
+        baseline_counts = metrics.confusion_matrix(labels_all, np.full_like(labels_all, majority), num_classes)
+        result["grayscale_baseline"]["accuracy"] = metrics.accuracy_from_confusion(baseline_counts)
+        result["grayscale_baseline"]["accuracy_note"] = f"majority class ({names[majority]})"
+        result["class_names"] = names
+    if feature_extractor is not None and features["model"]:
+        stats = {name: frechet.feature_statistics(np.concatenate(f)) for name, f in features.items()}
+        metric = feature_extractor.metric_name
+        result["model"][metric] = frechet.frechet_distance(*stats["model"], *stats["ground_truth"])
+        result["grayscale_baseline"][metric] = frechet.frechet_distance(
+            *stats["grayscale_baseline"], *stats["ground_truth"])
+        result["ground_truth"][metric] = 0.0
+        result["frechet"] = {"metric": metric, "description": feature_extractor.description,
+                             "num_images": num_examples}
+    return result
+
+
+def default_feature_extractor(config, fid_weights: str | None = None) -> frechet.FeatureExtractor | None:
+    """FID when Inception weights are given, else the Frechet distance on ImageNet ResNet-18 features.
+
+    The ResNet-18 weights are the ones the run was initialised from (config.model.pretrained, or the
+    torchvision file when the run started from scratch); None if they cannot be found.
+    """
+    if fid_weights:
+        from mtcolor.eval.inception import load_fid_inception
+
+        return frechet.inception_feature_extractor(load_fid_inception(fid_weights))
+    from mtcolor.weights import load_resnet18
+
+    pretrained = None
+    try:
+        pretrained = config.model.get("pretrained", None)
+    except AttributeError:
+        pass
+    try:
+        variables = load_resnet18(pretrained or "torchvision", in_channels=3)
+    except Exception as error:  # noqa: BLE001 - no weights offline: evaluate everything else
+        print(f"frechet_resnet18_distance skipped: ImageNet ResNet-18 weights unavailable ({error})")
+        return None
+    return frechet.resnet18_feature_extractor(variables)
+
+
+def class_names_of(config) -> list[str] | None:
+    try:
+        classes = list(config.data.classes or [])
+    except AttributeError:
+        classes = []
+    if classes:
+        return [str(c) for c in classes]
+    try:
+        from mtcolor.data import PAPER_CLASSES
+
+        return [entry[0] for entry in PAPER_CLASSES]
+    except ImportError:
+        return None
+
+
+def evaluate_workdir(workdir, split: str = "val", *, step=None, fid_weights: str | None = None,
+                     frechet_features: bool = True, batches=None) -> dict:
+    """Evaluates a run's checkpoint (latest, "best" or a step) on `split` of its own data config."""
+    from mtcolor.train.checkpointing import load_for_inference
+
+    workdir = Path(workdir)
+    config, model, variables = load_for_inference(str(workdir), step=step)
+    experiment = config.experiment
+    if batches is None:
+        from mtcolor.data.pipeline import make_eval_iterator
+
+        batches = make_eval_iterator(config.data, split=split)
+    extractor = None
+    if frechet_features and experiment in COLORIZING:
+        extractor = default_feature_extractor(config, fid_weights)
+    names = class_names_of(config)
+    num_classes = config.model.get("num_classes", None) if hasattr(config, "model") else None
+    start = time.time()
+    result = evaluate_model(model, variables, experiment, batches, num_classes=num_classes or (len(names) if names else None),
+                            class_names=names, feature_extractor=extractor)
+    result.update({"workdir": str(workdir), "split": split, "checkpoint": "latest" if step is None else step,
+                   "eval_time_s": time.time() - start})
+    (workdir / f"eval_{split}.json").write_text(json.dumps(result, indent=2))
+    (workdir / f"eval_{split}.md").write_text(results_markdown(result))
+    return result
+
+
+METRIC_COLUMNS = (
+    ("accuracy", "accuracy (%)", 100.0),
+    ("l1_x100", "L1 x100", 1.0),
+    ("psnr", "PSNR (dB)", 1.0),
+    ("ssim", "SSIM", 1.0),
+    ("colorfulness", "colorfulness", 1.0),
+    ("fid", "FID", 1.0),
+    ("frechet_resnet18_distance", "Frechet ResNet-18 dist.", 1.0),
+)
+
+
+def results_markdown(result: dict) -> str:
+    present = [c for c in METRIC_COLUMNS
+               if any(c[0] in result.get(row, {}) for row in ("model", "grayscale_baseline", "ground_truth"))]
+    lines = [
+        f"# Evaluation: {result.get('workdir', '')} ({result.get('split', '')}, "
+        f"{result['num_examples']} images, experiment {result['experiment']})",
+        "",
+        "| row | " + " | ".join(c[1] for c in present) + " |",
+        "|---|" + "---:|" * len(present),
+    ]
+    for row, label in (("model", "model"), ("grayscale_baseline", "grayscale baseline (ab = 0)"),
+                       ("ground_truth", "ground truth")):
+        cells = []
+        for key, _, scale in present:
+            value = result.get(row, {}).get(key)
+            cells.append("" if value is None else f"{scale * value:.3f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    model = result.get("model", {})
+    if "per_class_accuracy" in model:
+        lines += ["", "## Per-class accuracy", "", "| class | accuracy (%) |", "|---|---:|"]
+        lines += [f"| {name} | {100 * value:.1f} |" for name, value in model["per_class_accuracy"].items()]
+        names = list(model["per_class_accuracy"])
+        lines += ["", "## Confusion matrix (rows: true class, columns: predicted)", "",
+                  "| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        lines += [f"| {name} | " + " | ".join(str(c) for c in row) + " |"
+                  for name, row in zip(names, model["confusion_matrix"])]
+    if "accuracy_note" in result.get("grayscale_baseline", {}):
+        lines += ["", f"Baseline accuracy: {result['grayscale_baseline']['accuracy_note']}."]
+    if "frechet" in result:
+        lines += ["", f"Frechet distance: {result['frechet']['description']}, "
+                      f"{result['frechet']['num_images']} images (noisy and biased upwards at this size)."]
+    return "\n".join(lines) + "\n"

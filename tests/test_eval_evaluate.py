@@ -1,0 +1,88 @@
+"""evaluate_model on a hand-built model whose outputs are known, against skimage/numpy references."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from skimage.color import lab2rgb
+from skimage.metrics import peak_signal_noise_ratio
+
+pytest.importorskip("mtcolor.data.color")
+
+from mtcolor.eval import evaluate, frechet  # noqa: E402
+
+
+class ConstantModel(nn.Module):
+    """ab = 0.1 everywhere; class = 1 if the image's mean L > 0 else 0 (no parameters)."""
+
+    @nn.compact
+    def __call__(self, L, train=False):
+        ab = jnp.full(L.shape[:-1] + (2,), 0.1, jnp.float32)
+        bright = (L.mean(axis=(1, 2, 3)) > 0).astype(jnp.int32)
+        return ab, jnp.eye(3)[bright] * 5.0
+
+
+def _batches():
+    rng = np.random.default_rng(0)
+    L = rng.uniform(-0.6, 0.6, (6, 32, 32, 1)).astype(np.float32)
+    L[:3] -= 0.3  # dark images -> predicted class 0
+    L[3:] += 0.3  # bright images -> predicted class 1
+    ab = rng.uniform(-0.2, 0.2, (6, 32, 32, 2)).astype(np.float32)
+    labels = np.array([0, 0, 1, 1, 1, 2], np.int32)
+    # Second batch: 2 real examples + 2 pads filled with garbage that must be ignored.
+    pad_L = np.full((2, 32, 32, 1), 0.9, np.float32)
+    pad_ab = np.full((2, 32, 32, 2), 0.9, np.float32)
+    batches = [
+        {"L": L[:4], "ab": ab[:4], "label": labels[:4], "mask": np.ones(4, np.float32)},
+        {"L": np.concatenate([L[4:], pad_L]), "ab": np.concatenate([ab[4:], pad_ab]),
+         "label": np.concatenate([labels[4:], [2, 2]]), "mask": np.array([1, 1, 0, 0], np.float32)},
+    ]
+    return batches, L, ab, labels
+
+
+def _skimage_rgb(L, ab):
+    lab = np.concatenate([(L.astype(np.float64) + 1) * 50, ab.astype(np.float64) * 110], -1)
+    return np.clip(lab2rgb(lab), 0, 1)
+
+
+def test_evaluate_model_metrics_and_baseline():
+    batches, L, ab, labels = _batches()
+    extractor = frechet.FeatureExtractor(
+        "frechet_test_distance", lambda rgb: rgb.mean(axis=(1, 2)), "mean RGB (test)")
+    result = evaluate.evaluate_model(ConstantModel(), {}, "multitask", batches, num_classes=3,
+                                     class_names=["a", "b", "c"], feature_extractor=extractor)
+    assert result["num_examples"] == 6
+    model, base = result["model"], result["grayscale_baseline"]
+    assert model["l1_x100"] == pytest.approx(100 * np.abs(0.1 - ab).mean(), rel=1e-5)
+    assert base["l1_x100"] == pytest.approx(100 * np.abs(ab).mean(), rel=1e-5)
+    # PSNR against skimage's Lab -> RGB and skimage's PSNR (independent conversion: 1e-3 dB).
+    reference_base = np.mean([peak_signal_noise_ratio(_skimage_rgb(l, a), _skimage_rgb(l, 0 * a), data_range=1)
+                              for l, a in zip(L, ab)])
+    reference_model = np.mean([peak_signal_noise_ratio(_skimage_rgb(l, a), _skimage_rgb(l, 0 * a + 0.1), data_range=1)
+                               for l, a in zip(L, ab)])
+    assert base["psnr"] == pytest.approx(reference_base, abs=2e-2)
+    assert model["psnr"] == pytest.approx(reference_model, abs=2e-2)
+    assert 0 < base["ssim"] <= 1 and base["colorfulness"] < 1.0  # gray images are not colourful
+    assert model["colorfulness"] > 1.0
+    # Predictions: [0, 0, 0, 1, 1, 1] vs labels [0, 0, 1, 1, 1, 2].
+    assert model["accuracy"] == pytest.approx(4 / 6)
+    assert model["confusion_matrix"] == [[2, 0, 0], [1, 2, 0], [0, 1, 0]]
+    assert model["per_class_accuracy"]["a"] == 1.0 and model["per_class_accuracy"]["c"] == 0.0
+    assert base["accuracy"] == pytest.approx(3 / 6)  # majority class "b"
+    assert result["ground_truth"]["frechet_test_distance"] == 0.0
+    assert model["frechet_test_distance"] > 0 and base["frechet_test_distance"] > 0
+    markdown = evaluate.results_markdown(result)
+    assert "grayscale baseline (ab = 0)" in markdown and "Confusion matrix" in markdown
+
+
+def test_evaluate_model_classifier_only():
+    batches, _, _, _ = _batches()
+
+    class Logits(nn.Module):
+        @nn.compact
+        def __call__(self, L, train=False):
+            return ConstantModel()(L)[1]
+
+    result = evaluate.evaluate_model(Logits(), {}, "classification", batches, num_classes=3)
+    assert result["model"]["accuracy"] == pytest.approx(4 / 6)
+    assert "l1_x100" not in result["model"]
