@@ -8,13 +8,31 @@ torch, TensorFlow nor JAX.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping
+import logging
+import os
+from pathlib import Path
+import pickle
+import re
+import zipfile
+
 import numpy as np
 
 __all__ = [
+    "TORCHVISION_RESNET18_URL",
+    "UnsafeWeightsFileError",
+    "WeightsFileFormatError",
     "WeightsMismatchError",
+    "WeightsNotAvailableError",
     "convert_torchvision_state_dict",
+    "download_checked",
     "expected_torchvision_shapes",
+    "find_torchvision_resnet18",
+    "load_resnet18",
+    "load_torchvision_resnet18",
+    "read_state_dict",
+    "torch_hub_checkpoint_dirs",
 ]
 
 
@@ -178,3 +196,332 @@ def convert_torchvision_state_dict(
             value = np.ascontiguousarray(value.transpose(2, 3, 1, 0))  # OIHW -> HWIO
         _set_nested(variables[collection], flax_path, value)
     return variables
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading state dicts from files, without torch.
+
+
+class UnsafeWeightsFileError(ValueError):
+    """A `.pth` pickle references a global that a plain tensor state dict never needs."""
+
+
+class WeightsFileFormatError(ValueError):
+    """A weights file is not in a format this module reads (or is corrupt)."""
+
+
+# torch storage class name -> numpy dtype of its elements (little-endian unless the archive's
+# `byteorder` record says otherwise).
+_STORAGE_DTYPES = {
+    "FloatStorage": "f4",
+    "DoubleStorage": "f8",
+    "HalfStorage": "f2",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "i8",
+    "IntStorage": "i4",
+    "ShortStorage": "i2",
+    "CharStorage": "i1",
+    "ByteStorage": "u1",
+    "BoolStorage": "?",
+}
+
+
+class _StorageType:
+    """Stands in for a `torch.<X>Storage` class inside the pickle: carries only the dtype."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+def _numpy_dtype(code: str, byteorder: str) -> np.dtype:
+    if code == "bfloat16":
+        import ml_dtypes  # a JAX dependency; imported only when a file holds bfloat16
+
+        if byteorder != "little":
+            raise WeightsFileFormatError("big-endian bfloat16 storages are not supported")
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(("<" if byteorder == "little" else ">") + code)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False,
+                    backward_hooks=None, metadata=None):
+    """`torch._utils._rebuild_tensor_v2`, for numpy: a (copied) strided view of the storage."""
+    del requires_grad, backward_hooks, metadata  # autograd state means nothing here
+    if not isinstance(storage, np.ndarray) or storage.ndim != 1:
+        raise WeightsFileFormatError("tensor rebuilt from something that is not a storage")
+    size, stride = tuple(int(n) for n in size), tuple(int(s) for s in stride)
+    offset = int(storage_offset)
+    if len(size) != len(stride) or offset < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride):
+        raise WeightsFileFormatError(f"invalid tensor layout: offset {offset}, size {size}, stride {stride}")
+    if 0 in size:
+        return np.zeros(size, storage.dtype)
+    # as_strided does no bounds checking: a hostile or corrupt file must not read past the storage.
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= storage.size:
+        raise WeightsFileFormatError(
+            f"tensor (offset {offset}, size {size}, stride {stride}) reaches past its storage "
+            f"of {storage.size} elements"
+        )
+    view = np.lib.stride_tricks.as_strided(
+        storage[offset:], shape=size, strides=[s * storage.itemsize for s in stride], writeable=False
+    )
+    return np.array(view)  # copy: own, contiguous memory, free of the shared storage
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
+    """`torch._utils._rebuild_parameter`: an nn.Parameter is just its data here."""
+    del requires_grad, backward_hooks
+    return data
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles a torch state dict; any global beyond tensors, storages and OrderedDict is refused.
+
+    `find_class` runs when the pickle names a global, before anything can call it, so refusing
+    there means a hostile file never imports a module nor calls a function.
+    """
+
+    _ALLOWED = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    }
+
+    def __init__(self, file, read_storage, source):
+        super().__init__(file)
+        self._read_storage = read_storage
+        self._source = source
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return self._ALLOWED[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        raise UnsafeWeightsFileError(
+            f"{self._source}: refusing to load the global '{module}.{name}' from the pickle. "
+            "A weights state dict only needs tensors; this file wants to create other objects or "
+            "run code, so it was not loaded (and nothing in it was imported or called). "
+            "If you trust its origin, load it with torch and re-save only the tensors "
+            "(torch.save(model.state_dict(), path))."
+        )
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType)):
+            raise WeightsFileFormatError(f"{self._source}: unsupported persistent id {pid!r:.200}")
+        _, storage_type, key, _location, numel = pid
+        return self._read_storage(storage_type.name, str(key), int(numel))
+
+
+def _read_pth(path: Path) -> dict:
+    """A `torch.save` zip archive (PyTorch >= 1.6) as {name: numpy array}."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(2)
+        hint = (
+            "It looks like PyTorch's legacy (pre-1.6, non-zip) serialization. "
+            if head[:1] == b"\x80" else ""
+        )
+        raise WeightsFileFormatError(
+            f"{path}: not a PyTorch zip archive. {hint}Re-save it with a current PyTorch: "
+            "torch.save(torch.load(path, weights_only=True), new_path)."
+        )
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise WeightsFileFormatError(
+                f"{path}: expected exactly one '<archive>/data.pkl' record, found {pickles}"
+            )
+        root = pickles[0][: -len("data.pkl")]
+        byteorder = "little"
+        if root + "byteorder" in names:
+            byteorder = archive.read(root + "byteorder").decode().strip()
+            if byteorder not in ("little", "big"):
+                raise WeightsFileFormatError(f"{path}: unknown byteorder {byteorder!r}")
+        storages: dict[str, np.ndarray] = {}
+
+        def read_storage(type_name: str, key: str, numel: int) -> np.ndarray:
+            # Several tensors can view one storage; read it once.
+            if key not in storages:
+                record = f"{root}data/{key}"
+                if record not in names:
+                    raise WeightsFileFormatError(f"{path}: storage record {record} is missing")
+                dtype = _numpy_dtype(_STORAGE_DTYPES[type_name], byteorder)
+                raw = archive.read(record)
+                if len(raw) < numel * dtype.itemsize:
+                    raise WeightsFileFormatError(
+                        f"{path}: storage {record} has {len(raw)} bytes, needs "
+                        f"{numel} x {dtype.itemsize}"
+                    )
+                storages[key] = np.frombuffer(raw, dtype=dtype, count=numel)
+            return storages[key]
+
+        with archive.open(pickles[0]) as f:
+            try:
+                obj = _RestrictedUnpickler(f, read_storage, path).load()
+            except (UnsafeWeightsFileError, WeightsFileFormatError):
+                raise
+            except Exception as e:  # a corrupt pickle: say which file
+                raise WeightsFileFormatError(f"{path}: cannot unpickle data.pkl: {e}") from e
+    return _unwrap_checkpoint(obj, path)
+
+
+def _unwrap_checkpoint(obj, path) -> dict:
+    """The state dict itself, also when a training checkpoint wraps it in {'state_dict': ...}."""
+    if not isinstance(obj, Mapping):
+        raise WeightsFileFormatError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    if not any(isinstance(v, np.ndarray) for v in obj.values()):
+        for wrapper in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(wrapper), Mapping):
+                return dict(obj[wrapper])
+    return dict(obj)
+
+
+def read_state_dict(path) -> dict[str, np.ndarray]:
+    """{name: numpy array} from a `.pth` (torch zip, read without torch), `.safetensors` or `.npz`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+        return _read_pth(path)
+    if suffix == ".safetensors":
+        import safetensors.numpy
+
+        try:
+            return dict(safetensors.numpy.load_file(str(path)))
+        except Exception as e:
+            raise WeightsFileFormatError(f"{path}: cannot read safetensors file: {e}") from e
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except Exception as e:
+            raise WeightsFileFormatError(f"{path}: cannot read npz file: {e}") from e
+    raise WeightsFileFormatError(
+        f"{path}: unknown weights format '{suffix}' (expected .pth/.pt, .safetensors or .npz)"
+    )
+
+
+def load_torchvision_resnet18(path, in_channels: int = 3) -> dict[str, dict]:
+    """`mtcolor.models.ResNet18` variables {"params", "batch_stats"} from a ResNet-18 weights file.
+
+    `path`: a torchvision/timm state dict as `.pth` (PyTorch's zip format, read through a
+    restricted unpickler: torch is not imported and a file that wants to run code is refused
+    with `UnsafeWeightsFileError`), `.safetensors` or `.npz` with the torchvision key names
+    (a common prefix such as 'module.' is stripped). `in_channels=1` sums conv1's RGB kernels.
+    """
+    return convert_torchvision_state_dict(read_state_dict(path), in_channels, path=path)
+
+
+# ---------------------------------------------------------------------------------------------
+# "torchvision": the official ImageNet file, from torch's hub cache or downloaded there.
+
+TORCHVISION_RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+
+
+class WeightsNotAvailableError(FileNotFoundError):
+    """The official weights are neither in the cache nor downloadable (e.g. offline)."""
+
+
+def torch_hub_checkpoint_dirs() -> list[Path]:
+    """Where torch's hub caches checkpoints: $TORCH_HOME/hub/checkpoints (TORCH_HOME defaulting,
+    as in torch, to $XDG_CACHE_HOME/torch, then ~/.cache/torch), then ~/.cache/torch/hub/checkpoints.
+    The first is where a download goes."""
+    default_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch"
+    torch_home = Path(os.environ.get("TORCH_HOME", default_home)).expanduser()
+    dirs = [torch_home / "hub" / "checkpoints", Path.home() / ".cache" / "torch" / "hub" / "checkpoints"]
+    return list(dict.fromkeys(dirs))
+
+
+def _hash_prefix(filename: str) -> str:
+    # torch.hub's convention: 'name-<sha256 prefix>.ext'.
+    match = re.search(r"-([a-f0-9]{6,})\.", filename)
+    if not match:
+        raise ValueError(f"{filename!r} carries no sha256 prefix ('name-<hex>.ext')")
+    return match.group(1)
+
+
+def download_checked(url: str, directory, *, urlopen=None, timeout: float = 60.0) -> Path:
+    """Download `url` into `directory`, verifying the sha256 prefix in its file name.
+
+    Writes to a temporary file next to the target and renames it into place only after the hash
+    matched, so an interrupted or corrupt download never leaves a file that looks cached.
+    `urlopen` (default `urllib.request.urlopen`) is injectable for tests.
+    """
+    import hashlib
+    import tempfile
+    import urllib.parse
+    import urllib.request
+
+    urlopen = urlopen or urllib.request.urlopen
+    filename = Path(urllib.parse.urlparse(url).path).name
+    prefix = _hash_prefix(filename)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / filename
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".partial", dir=directory)
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urlopen(url, timeout=timeout) as response:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if not digest.hexdigest().startswith(prefix):
+            raise ValueError(
+                f"downloaded {url} has sha256 {digest.hexdigest()}, which does not start with "
+                f"the '{prefix}' in its name; the file was deleted"
+            )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def find_torchvision_resnet18(*, download: bool = True, urlopen=None) -> Path:
+    """The official `resnet18-f37072fd.pth`: from the torch hub cache, else downloaded there."""
+    import urllib.parse
+
+    filename = Path(urllib.parse.urlparse(TORCHVISION_RESNET18_URL).path).name
+    dirs = torch_hub_checkpoint_dirs()
+    for directory in dirs:
+        if (directory / filename).is_file():
+            return directory / filename
+    instructions = (
+        f"Put {filename} into {dirs[0]} (or point TORCH_HOME at a directory whose "
+        f"hub/checkpoints holds it), or pass its path as `pretrained`. To fetch it on a "
+        f"machine with internet access: `curl -LO {TORCHVISION_RESNET18_URL}` (its sha256 "
+        f"starts with {_hash_prefix(filename)}), or run `python -c \"import torchvision; "
+        "torchvision.models.resnet18(weights='IMAGENET1K_V1')\"` there and copy "
+        f"~/.cache/torch/hub/checkpoints/{filename}."
+    )
+    searched = ", ".join(str(d) for d in dirs)
+    if not download:
+        raise WeightsNotAvailableError(f"{filename} not found in {searched}. {instructions}")
+    try:
+        logging.info("Downloading %s to %s", TORCHVISION_RESNET18_URL, dirs[0])
+        return download_checked(TORCHVISION_RESNET18_URL, dirs[0], urlopen=urlopen)
+    except OSError as e:  # URLError, timeouts, DNS failures: offline
+        raise WeightsNotAvailableError(
+            f"{filename} not found in {searched} and the download from "
+            f"{TORCHVISION_RESNET18_URL} failed ({e}). {instructions}"
+        ) from e
+
+
+def load_resnet18(pretrained, in_channels: int = 3, *, download: bool = True) -> dict[str, dict]:
+    """ResNet18 variables for a `pretrained` setting: a weights file path, or "torchvision".
+
+    "torchvision" means the official ImageNet file `resnet18-f37072fd.pth`, looked up in
+    torch's hub cache and, when absent, downloaded there with its hash checked (raises
+    `WeightsNotAvailableError` with instructions when offline). Any other string or path is
+    read by `load_torchvision_resnet18`.
+    """
+    if pretrained is None:
+        raise ValueError("pretrained is None: there are no weights to load (random init)")
+    if isinstance(pretrained, str) and pretrained == "torchvision":
+        path = find_torchvision_resnet18(download=download)
+    else:
+        path = Path(pretrained).expanduser()
+    return load_torchvision_resnet18(path, in_channels)
