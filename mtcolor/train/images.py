@@ -1,0 +1,47 @@
+"""Image grids of the paper's Fig. 2 kind: one column per validation example, rows = grayscale
+input, prediction, ground truth."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+ROWS = ("input", "prediction", "ground truth")
+
+
+def colorization_rows(L, ab_pred, ab_true) -> list[np.ndarray]:
+  """Three (N, H, W, 3) RGB float arrays in [0, 1]. The grayscale row is the Lab image with
+  a = b = 0, i.e. the neutral gray of the input's luminance."""
+  import jax.numpy as jnp
+
+  from mtcolor.data.color import lab_norm_to_rgb_jax
+
+  L = jnp.asarray(L, jnp.float32)
+  gray = lab_norm_to_rgb_jax(L, jnp.zeros(L.shape[:-1] + (2,), jnp.float32))
+  pred = lab_norm_to_rgb_jax(L, jnp.asarray(ab_pred, jnp.float32))
+  true = lab_norm_to_rgb_jax(L, jnp.asarray(ab_true, jnp.float32))
+  return [np.asarray(x) for x in (gray, pred, true)]
+
+
+def make_grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
+  """Rows of (N, H, W, 3) images -> one (R*(H+pad)+pad, N*(W+pad)+pad, 3) uint8 grid, white
+  gutters."""
+  n, h, w, _ = rows[0].shape
+  grid = np.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, np.uint8)
+  for r, row in enumerate(rows):
+    row = np.clip(np.nan_to_num(np.asarray(row, np.float32)), 0.0, 1.0)
+    for c in range(n):
+      y, x = pad + r * (h + pad), pad + c * (w + pad)
+      grid[y:y + h, x:x + w] = np.round(row[c] * 255).astype(np.uint8)
+  return grid
+
+
+def save_png(grid: np.ndarray, path: str) -> str:
+  from PIL import Image
+
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  Image.fromarray(grid).save(tmp, format="PNG")
+  os.replace(tmp, path)  # a reader never sees a half-written PNG
+  return path
