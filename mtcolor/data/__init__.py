@@ -1,0 +1,30 @@
+"""Data: CIELAB colour conversion, image sources and the grain input pipeline.
+
+Submodules (imported explicitly; none imports TensorFlow or JAX at import time):
+- `mtcolor.data.color`: sRGB <-> Lab (numpy and jax), the paper's Lab normalization.
+- `mtcolor.data.pipeline`: `default_data_config()`, `make_train_iterator`, `make_eval_iterator`,
+  `num_examples`, `BadInputTracker`, `SKIP_REASONS`.
+- `mtcolor.data.decode`: Pillow decoding/resizing and the bad-input reasons.
+- sources: `mtcolor.data.synthetic`, `mtcolor.data.folder`, `mtcolor.data.tfds_source`.
+
+See docs/data.md.
+"""
+
+from typing import NamedTuple
+
+
+class PaperClass(NamedTuple):
+    name: str
+    imagenet_index: int  # 0-based ILSVRC-1k index (torchvision order)
+    wnid: str
+
+
+# The five ImageNet classes of the paper, relabelled 0..4 in this order.
+PAPER_CLASSES = (
+    PaperClass("sea snake", 65, "n01751748"),
+    PaperClass("sea anemone", 108, "n01914609"),
+    PaperClass("sea cucumber", 329, "n02321529"),
+    PaperClass("lionfish", 396, "n02643566"),
+    PaperClass("puffer", 397, "n02655020"),
+)
+PAPER_WNIDS = tuple(c.wnid for c in PAPER_CLASSES)

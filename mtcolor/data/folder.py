@@ -1,0 +1,149 @@
+"""Images in an ImageNet-style folder tree: `root/<wnid or class name>/*.JPEG`.
+
+That is the layout of the extracted ILSVRC2012 train tars (and of the validation set after the usual
+re-sorting into class folders). A class subset selects folders by wnid or by name; labels are the
+positions in the subset (so `PAPER_WNIDS` gives the paper's labels 0..4). Files are listed once, at
+construction, in sorted order; they are read and decoded later, in the pipeline's workers, where a
+file that has become unreadable is skipped and counted rather than fatal.
+
+An optional split file restricts (and may label) the files:
+- plain text: one `relative/path [class]` per line (`#` comments and blank lines ignored); without a
+  class column the class is the file's parent folder;
+- `.csv` with a header that has a `file` column and a class column (`wnid`, `class` or `name`, first
+  found), e.g. `file,label,wnid,name` as in ../shared/data/imagenet-val-1300/labels.csv. This lets a
+  flat folder (ILSVRC2012 validation as extracted) be used with its ground-truth list.
+
+Errors at start, naming what was looked for: a missing root, a class with no folder (or no split
+entry), a subset with no images.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+from mtcolor.data import PAPER_CLASSES
+
+# Lower-case extensions read from class folders; other files (.txt, .DS_Store, ...) are not listed.
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+_PAPER_ALIASES = {c.wnid: c.name for c in PAPER_CLASSES} | {c.name: c.wnid for c in PAPER_CLASSES}
+
+
+def _name_variants(name: str) -> list[str]:
+    """A requested class and the spellings a folder for it may have (wnid <-> paper name, _ vs space)."""
+    variants = [name, name.replace(" ", "_"), name.replace("_", " ")]
+    alias = _PAPER_ALIASES.get(name.replace("_", " ")) or _PAPER_ALIASES.get(name)
+    if alias:
+        variants += [alias, alias.replace(" ", "_")]
+    return list(dict.fromkeys(variants))
+
+
+def _read_split_file(path: str) -> list[tuple[str, str | None]]:
+    """(relative path, class or None) entries of a split file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"split file {path!r} does not exist")
+    entries: list[tuple[str, str | None]] = []
+    if path.lower().endswith(".csv"):
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames or []
+            if "file" not in fields:
+                raise ValueError(f"split file {path!r}: CSV header {fields} has no 'file' column")
+            class_column = next((c for c in ("wnid", "class", "name") if c in fields), None)
+            for row in reader:
+                entries.append((row["file"], row[class_column] if class_column else None))
+        return entries
+    with open(path) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.split()
+            entries.append((parts[0], " ".join(parts[1:]) or None))
+    return entries
+
+
+class FolderSource:
+    """grain random-access source of {"path", "label", "key"} records from a folder tree."""
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        classes: list[str] | tuple[str, ...] | None = None,
+        split_file: str | None = None,
+        extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    ):
+        root = os.path.expanduser(str(root))
+        if not root or not os.path.isdir(root):
+            raise FileNotFoundError(
+                f"dataset directory {root!r} does not exist (expected an ImageNet-style tree "
+                f"root/<wnid or class name>/*.JPEG; set data.folder.train_root / val_root)"
+            )
+        self.root = root
+        extensions = tuple(e.lower() for e in extensions)
+        if split_file:
+            entries = _read_split_file(split_file)
+            # A class column wins; without one the parent folder names the class.
+            labelled = [(p, c if c is not None else os.path.dirname(p).split(os.sep)[-1] or None) for p, c in entries]
+            if any(c is None for _, c in labelled):
+                bad = next(p for p, c in labelled if c is None)
+                raise ValueError(f"split file {split_file!r}: entry {bad!r} has no class column and no class folder")
+            available = sorted({c for _, c in labelled})
+            where = f"split file {split_file!r}"
+        else:
+            available = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+            labelled = None
+            where = f"directory {root!r}"
+        if not available:
+            raise FileNotFoundError(f"no class folders / entries found in {where}")
+
+        if classes is None:
+            selected = available
+            requested = list(available)
+        else:
+            requested = list(classes)
+            selected = []
+            missing = []
+            for name in requested:
+                match = next((v for v in _name_variants(name) if v in available), None)
+                (selected if match else missing).append(match or name)
+            if missing:
+                shown = ", ".join(available[:20]) + (f", ... ({len(available)} in all)" if len(available) > 20 else "")
+                raise ValueError(
+                    f"unknown class(es) {missing} in {where}: looked for a folder/class named by wnid or "
+                    f"name (tried {[_name_variants(m) for m in missing]}); available: {shown}"
+                )
+        self.class_names = tuple(requested)
+        self.class_dirs = tuple(selected)
+        label_of = {d: i for i, d in enumerate(selected)}
+
+        files: list[tuple[str, int]] = []
+        if labelled is not None:
+            for rel, cls in labelled:
+                if cls in label_of:
+                    files.append((os.path.join(root, rel), label_of[cls]))
+        else:
+            for directory in selected:
+                folder = os.path.join(root, directory)
+                for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+                    if entry.name.startswith(".") or not entry.name.lower().endswith(extensions):
+                        continue
+                    files.append((entry.path, label_of[directory]))
+        if not files:
+            raise FileNotFoundError(
+                f"no image files ({', '.join(extensions)}) for classes {list(selected)} in {where}"
+            )
+        self.paths = tuple(p for p, _ in files)
+        self.labels = tuple(label for _, label in files)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        return {"path": self.paths[index], "label": self.labels[index], "key": self.paths[index]}
+
+    def __repr__(self) -> str:
+        return f"FolderSource(root={self.root!r}, classes={list(self.class_dirs)}, num_examples={len(self)})"

@@ -1,0 +1,594 @@
+"""The grain input pipeline: source -> decode -> resize -> flip (train) -> Lab -> skip/count -> batch.
+
+Public API (see docs/data.md):
+- `default_data_config()`: an ml_collections.ConfigDict, every option commented.
+- `make_train_iterator(data_config, *, seed, shard_index=None, shard_count=None)`: an infinite
+  iterator of batches, reshuffled each epoch, flips seeded per element; `get_state()/set_state()`
+  and `grain.checkpoint.CheckpointSave/CheckpointRestore` restore it exactly.
+- `make_eval_iterator(data_config, split="val", *, shard_index=None, shard_count=None)`: one pass
+  over a split, the last batch padded (`mask` 0 on pads); every call is a fresh pass.
+- `num_examples(data_config, split)`: files/records in a split (before bad files are skipped).
+- `BadInputTracker`, `TooManyBadInputsError`, `SKIP_REASONS`, `BAD_REASONS`, `NEAR_GRAYSCALE`.
+
+Batches are dicts of numpy arrays:
+  L (B, H, W, 1) float32 in [-1, 1] (L/50 - 1), ab (B, H, W, 2) float32 (ab/110, within [-1, 1]),
+  label (B,) int32, eval only: mask (B,) float32 (1 real, 0 padding),
+  bad_counts (len(SKIP_REASONS),) int64: files skipped since the previous batch, per reason,
+  bad_examples: tuple of str, a few "reason: key (detail)" lines for those skipped files.
+B is the per-process batch: data_config.batch_size (global) // shard_count.
+`BadInputTracker.observe(batch)` strips `bad_counts`/`bad_examples` (non-batch fields that must not
+go to the device), accumulates them and returns the model inputs.
+
+Where things run: everything up to Lab (decode, resize, flip, Lab, grayscale test) runs per element
+in grain worker processes (numpy and Pillow only); a bad file becomes a small record carrying its
+reason instead of an exception. Skipping, counting and batching run in the calling process after the
+workers' outputs are interleaved back into index order, so the batches do not depend on
+`worker_count` (0, 1, 2, ... give identical batches), bad-file counts cannot be lost in a worker, and
+the `max_bad_fraction` ceiling is enforced where the run can be stopped.
+"""
+
+from __future__ import annotations
+
+import math
+
+import grain
+import ml_collections
+import numpy as np
+
+from mtcolor.data import color
+from mtcolor.data import decode as decode_lib
+from mtcolor.data.decode import BAD_REASONS, BadImageError
+
+NEAR_GRAYSCALE = "near_grayscale"  # dropped by the grayscale filter: a valid file, not an error
+SKIP_REASONS = BAD_REASONS + (NEAR_GRAYSCALE,)
+_REASON_INDEX = {r: i for i, r in enumerate(SKIP_REASONS)}
+INFO_KEYS = ("bad_counts", "bad_examples")
+_EXAMPLES_PER_BATCH = 4
+SPLITS = ("train", "val")
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """The data options, with defaults (the paper's preprocessing on the synthetic set)."""
+    c = ml_collections.ConfigDict()
+    # Where images come from: "synthetic" (generated, no download), "folder" (an ImageNet-style
+    # tree root/<wnid or name>/*.JPEG), or "tfds" (a tfds image classification dataset read with
+    # tfds.data_source from array_record files).
+    c.source = "synthetic"
+    # Square output size in pixels (the paper: 256). Must be a multiple of 32 for the models.
+    c.image_size = 256
+    # GLOBAL batch size; each of shard_count processes yields batch_size // shard_count.
+    c.batch_size = 16
+    # "stretch": bicubic to size x size, aspect not kept (the paper's reference tutorial);
+    # "shorter_side_crop": shorter side to size, then the central square.
+    c.resize_mode = "stretch"
+    # Random horizontal flip with p=0.5 on training batches only (the paper's augmentation).
+    c.random_flip = True
+    # Shuffle the training set, with a new permutation each epoch (derived from the seed).
+    c.shuffle = True
+    # grain worker processes for decoding (0: decode in this process, with `read_threads` threads).
+    # >0 needs absl flags parsed (absl.app.run); otherwise they are marked parsed here.
+    c.worker_count = 0
+    # Threads per process reading and decoding elements (Pillow and numpy release the GIL).
+    c.read_threads = 2
+    # Elements buffered per process ahead of use, and per worker in the worker->main queue.
+    c.prefetch_buffer_size = 32
+    c.worker_buffer_size = 2
+    # Class subset: a list of wnids or class names (relabelled 0..k-1 in list order), or None for
+    # every class of the source. The paper: [c.wnid for c in mtcolor.data.PAPER_CLASSES].
+    # Ignored by the synthetic source (its classes are synthetic.num_classes).
+    c.classes = None
+    # Stop with TooManyBadInputsError once more than this fraction of files seen were bad (zero-byte,
+    # truncated, corrupt, ...), checked after bad_check_min_examples files. None: never stop.
+    c.max_bad_fraction = 0.05
+    c.bad_check_min_examples = 200
+    # Files with a side below this (e.g. 1x1 pixels) are skipped as "too_small".
+    c.min_image_side = decode_lib.DEFAULT_MIN_IMAGE_SIDE
+    # Files declaring more pixels than this are skipped as "decompression_bomb" (Pillow's default).
+    c.max_image_pixels = decode_lib.DEFAULT_MAX_IMAGE_PIXELS
+    # Decode large JPEGs at a reduced DCT scale that is still >= image_size (much faster on
+    # full-size photos; not bit-identical to a full decode + resize). False: always full decode.
+    c.jpeg_draft = True
+    # Drop near-grayscale photos from TRAINING batches: an image whose mean chroma
+    # sqrt(a^2 + b^2) (CIELAB units, after resizing) is below this is skipped and counted as
+    # "near_grayscale". None: off. About 3-5 catches stored-as-RGB grayscale photos (docs/data.md).
+    c.grayscale_filter_threshold = None
+
+    c.synthetic = ml_collections.ConfigDict()
+    c.synthetic.train_size = 2000
+    c.synthetic.val_size = 250
+    c.synthetic.num_classes = 5
+    c.synthetic.seed = 0  # the generator's seed: the same pixels every run (not the shuffle seed)
+
+    c.folder = ml_collections.ConfigDict()
+    c.folder.train_root = ""  # e.g. /data/imagenet/train
+    # e.g. /data/imagenet/val (re-sorted into class folders); "" means train_root, which then needs
+    # split files so that validation is not the training set.
+    c.folder.val_root = ""
+    # Optional lists of files per split (see mtcolor.data.folder): "relative/path [class]" lines or
+    # a CSV with file and wnid/class/name columns.
+    c.folder.train_split_file = ""
+    c.folder.val_split_file = ""
+
+    c.tfds = ml_collections.ConfigDict()
+    c.tfds.name = "imagenet2012"  # any tfds image classification dataset prepared as array_record
+    c.tfds.data_dir = ""  # "" : tfds's default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+    c.tfds.train_split = "train"
+    c.tfds.val_split = "validation"
+    c.tfds.image_key = "image"
+    c.tfds.label_key = "label"
+    # Where the per-split label index for class subsets is cached ("" : ~/.cache/mtcolor/tfds).
+    c.tfds.label_cache_dir = ""
+    return c
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad-input accounting (calling process).
+
+
+class TooManyBadInputsError(RuntimeError):
+    """More than max_bad_fraction of the files seen were unusable."""
+
+
+class BadInputTracker:
+    """Accumulates skipped-file counts and enforces a ceiling on the fraction of bad files.
+
+    The pipeline uses one internally (so the ceiling holds even if nobody else looks); a training
+    loop makes its own to log totals:
+
+        tracker = BadInputTracker()                # counts only; the iterator enforces the ceiling
+        for batch in it:
+            batch = tracker.observe(batch)         # strips bad_counts / bad_examples
+            ...
+        writer.write_scalars(step, tracker.scalars())
+        logging.info(tracker.report())
+    """
+
+    def __init__(self, max_bad_fraction: float | None = None, min_examples: int = 200, examples_kept: int = 3):
+        self.max_bad_fraction = max_bad_fraction
+        self.min_examples = min_examples
+        self.counts = np.zeros(len(SKIP_REASONS), np.int64)
+        self.num_good = 0
+        self.examples: dict[str, list[str]] = {}
+        self._examples_kept = examples_kept
+
+    @property
+    def num_bad(self) -> int:
+        """Unusable files (BAD_REASONS); near-grayscale drops are not errors and not included."""
+        return int(self.counts[: len(BAD_REASONS)].sum())
+
+    @property
+    def num_seen(self) -> int:
+        return self.num_good + int(self.counts.sum())
+
+    @property
+    def bad_fraction(self) -> float:
+        return self.num_bad / self.num_seen if self.num_seen else 0.0
+
+    def update(self, bad_counts, num_good: int, examples=()) -> None:
+        """Adds per-reason counts (ordered as SKIP_REASONS), usable files, "reason: key" lines."""
+        self.counts += np.asarray(bad_counts, np.int64)
+        self.num_good += int(num_good)
+        for line in examples:
+            self._keep_example(line)
+        self.check()
+
+    def add_skipped(self, reason: str, example: str) -> None:
+        self.counts[_REASON_INDEX[reason]] += 1
+        self._keep_example(example)
+        self.check()
+
+    def _keep_example(self, line: str) -> None:
+        kept = self.examples.setdefault(line.split(":", 1)[0], [])
+        if len(kept) < self._examples_kept:
+            kept.append(line)
+
+    def observe(self, batch: dict) -> dict:
+        """Accumulates a batch's skip info; returns the batch without the non-array info fields."""
+        mask = batch.get("mask")
+        num_good = int(np.sum(mask)) if mask is not None else len(batch["label"])
+        self.update(batch.get("bad_counts", np.zeros(len(SKIP_REASONS))), num_good, batch.get("bad_examples", ()))
+        return {k: v for k, v in batch.items() if k not in INFO_KEYS}
+
+    def check(self) -> None:
+        if self.max_bad_fraction is None or self.num_seen < self.min_examples:
+            return
+        if self.bad_fraction > self.max_bad_fraction:
+            shown = [line for reason in BAD_REASONS for line in self.examples.get(reason, [])]
+            raise TooManyBadInputsError(
+                f"{self.num_bad} of {self.num_seen} input files were unusable "
+                f"({self.bad_fraction:.1%} > max_bad_fraction {self.max_bad_fraction:.1%}): "
+                f"{self.totals()}; examples: {shown}. Fix or remove these files, or raise "
+                f"data.max_bad_fraction."
+            )
+
+    def totals(self) -> dict[str, int]:
+        """{reason: count} for every reason with a non-zero count."""
+        return {r: int(n) for r, n in zip(SKIP_REASONS, self.counts) if n}
+
+    def scalars(self, prefix: str = "data/") -> dict[str, float]:
+        """Cumulative counts for a metric writer: <prefix>skipped_<reason>, bad_fraction, good."""
+        out = {f"{prefix}skipped_{r}": float(n) for r, n in zip(SKIP_REASONS, self.counts)}
+        out[f"{prefix}bad_fraction"] = self.bad_fraction
+        out[f"{prefix}good_examples"] = float(self.num_good)
+        return out
+
+    def report(self) -> str:
+        if not self.counts.any():
+            return f"input files: {self.num_good} used, none skipped"
+        parts = ", ".join(f"{n} {r}" for r, n in self.totals().items())
+        examples = "; ".join(line for lines in self.examples.values() for line in lines)
+        return f"input files: {self.num_good} used, skipped {parts} (e.g. {examples})"
+
+    def get_state(self) -> dict:
+        return {"counts": [int(n) for n in self.counts], "good": self.num_good}
+
+    def set_state(self, state: dict) -> None:
+        self.counts = np.asarray(state["counts"], np.int64)
+        self.num_good = int(state["good"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-element transforms (worker processes: picklable, numpy/Pillow only).
+
+
+class DecodeAndResize(grain.transforms.Map):
+    """Source record -> {"rgb" uint8 (S, S, 3), "label", "key"} or {"reason", "detail", "key"}."""
+
+    def __init__(self, *, size: int, resize_mode: str, min_image_side: int, max_image_pixels: int, jpeg_draft: bool):
+        if resize_mode not in decode_lib.RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {decode_lib.RESIZE_MODES}, got {resize_mode!r}")
+        self.size = size
+        self.resize_mode = resize_mode
+        self.min_image_side = min_image_side
+        self.max_image_pixels = max_image_pixels
+        self.jpeg_draft = jpeg_draft
+
+    def map(self, record: dict) -> dict:
+        try:
+            if "rgb" in record:
+                rgb = decode_lib.resize_array(record["rgb"], self.size, self.resize_mode)
+            else:
+                data = record["encoded"] if "encoded" in record else decode_lib.read_file(record["path"])
+                rgb = decode_lib.decode_image(
+                    data,
+                    size=self.size,
+                    resize_mode=self.resize_mode,
+                    min_image_side=self.min_image_side,
+                    max_image_pixels=self.max_image_pixels,
+                    jpeg_draft=self.jpeg_draft,
+                )
+        except BadImageError as e:
+            return {"reason": e.reason, "detail": e.detail, "key": record["key"]}
+        return {"rgb": rgb, "label": record["label"], "key": record["key"]}
+
+
+class RandomHorizontalFlip(grain.transforms.RandomMap):
+    """Flips with p=0.5 using the per-element generator grain seeds from (seed, index)."""
+
+    def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+        flip = rng.random() < 0.5  # drawn for every element, so bad ones do not shift others
+        if flip and "rgb" in record:
+            record = dict(record, rgb=record["rgb"][:, ::-1])
+        return record
+
+
+class ToNormalizedLab(grain.transforms.Map):
+    """{"rgb"} -> {"lab": float32 (S, S, 3) as [L/50-1, a/110, b/110]}; optional grayscale filter."""
+
+    def __init__(self, grayscale_filter_threshold: float | None = None):
+        self.grayscale_filter_threshold = grayscale_filter_threshold
+
+    def map(self, record: dict) -> dict:
+        if "rgb" not in record:
+            return record
+        lab = color.rgb_uint8_to_lab_normalized(np.ascontiguousarray(record["rgb"]))
+        if self.grayscale_filter_threshold is not None:
+            chroma = mean_chroma(lab)
+            if chroma < self.grayscale_filter_threshold:
+                return {"reason": NEAR_GRAYSCALE, "detail": f"mean chroma {chroma:.2f}", "key": record["key"]}
+        return {"lab": lab, "label": np.int32(record["label"]), "key": record["key"]}
+
+
+def mean_chroma(lab_normalized: np.ndarray) -> float:
+    """Mean of sqrt(a^2 + b^2) in CIELAB units over an image's pixels (normalized Lab input)."""
+    ab = lab_normalized[..., 1:] * np.float32(color.AB_SCALE)
+    return float(np.sqrt(np.square(ab).sum(-1)).mean())
+
+
+# ----------------------------------------------------------------------------------------------
+# Skip, count and batch (calling process).
+
+
+class _SkipCountBatchIterDataset(grain.IterDataset):
+    def __init__(self, parent, *, batch_size: int, image_size: int, pad_to_batches: int | None, tracker_args: dict):
+        super().__init__(parent)
+        self._batch_size = batch_size
+        self._image_size = image_size
+        self._pad_to_batches = pad_to_batches
+        self._tracker_args = tracker_args
+
+    def __iter__(self):
+        return _SkipCountBatchIterator(
+            self._parent.__iter__(),
+            batch_size=self._batch_size,
+            image_size=self._image_size,
+            pad_to_batches=self._pad_to_batches,
+            tracker=BadInputTracker(**self._tracker_args),
+        )
+
+    def __str__(self) -> str:
+        return f"SkipCountBatch(batch_size={self._batch_size}, pad_to_batches={self._pad_to_batches})"
+
+
+class _SkipCountBatchIterator(grain.DatasetIterator):
+    """Takes good records until a batch is full; bad ones are counted, never batched.
+
+    With pad_to_batches (evaluation), the stream ends with a zero-padded partial batch and, if
+    needed, all-padding batches so that every process yields exactly pad_to_batches batches.
+    """
+
+    def __init__(
+        self, parent, *, batch_size: int, image_size: int, pad_to_batches: int | None, tracker: BadInputTracker
+    ):
+        super().__init__(parent)
+        self._batch_size = batch_size
+        self._image_size = image_size
+        self._pad_to_batches = pad_to_batches
+        self._tracker = tracker
+        self._batches_emitted = 0
+        self._exhausted = False
+
+    def __next__(self) -> dict:
+        padded = self._pad_to_batches is not None
+        if padded and self._batches_emitted >= self._pad_to_batches:
+            raise StopIteration
+        good: list[dict] = []
+        bad_counts = np.zeros(len(SKIP_REASONS), np.int64)
+        examples: list[str] = []
+        while len(good) < self._batch_size and not self._exhausted:
+            try:
+                record = next(self._parent)
+            except StopIteration:
+                self._exhausted = True
+                break
+            if "reason" in record:
+                bad_counts[_REASON_INDEX[record["reason"]]] += 1
+                detail = f" ({record['detail']})" if record.get("detail") else ""
+                example = f"{record['reason']}: {record['key']}{detail}"
+                if len(examples) < _EXAMPLES_PER_BATCH:
+                    examples.append(example)
+                # The ceiling is enforced as soon as it is crossed, not only at batch boundaries.
+                self._tracker.add_skipped(record["reason"], example)
+            else:
+                good.append(record)
+                self._tracker.num_good += 1
+        if len(good) < self._batch_size and not padded:
+            # Only a finite (non-repeating) stream gets here: no ragged training batches.
+            raise StopIteration
+        batch = self._make_batch(good, padded)
+        batch["bad_counts"] = bad_counts
+        batch["bad_examples"] = tuple(examples)
+        self._batches_emitted += 1
+        return batch
+
+    def _make_batch(self, good: list[dict], padded: bool) -> dict:
+        n, size = self._batch_size, self._image_size
+        L = np.zeros((n, size, size, 1), np.float32)  # noqa: N806 (the channel's name)
+        ab = np.zeros((n, size, size, 2), np.float32)
+        label = np.zeros((n,), np.int32)
+        for i, record in enumerate(good):
+            lab = record["lab"]
+            L[i] = lab[..., :1]
+            ab[i] = lab[..., 1:]
+            label[i] = record["label"]
+        batch = {"L": L, "ab": ab, "label": label}
+        if padded:
+            mask = np.zeros((n,), np.float32)
+            mask[: len(good)] = 1.0
+            batch["mask"] = mask
+        return batch
+
+    def get_state(self) -> dict:
+        return {
+            "parent": self._parent.get_state(),
+            "batches_emitted": self._batches_emitted,
+            "tracker": self._tracker.get_state(),
+        }
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state["parent"])
+        self._batches_emitted = int(state["batches_emitted"])
+        self._tracker.set_state(state["tracker"])
+        self._exhausted = False
+
+    def __str__(self) -> str:
+        return f"SkipCountBatchIterator(batch_size={self._batch_size})"
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources and iterators.
+
+
+def make_source(data_config: ml_collections.ConfigDict, split: str):
+    """The random-access source (grain data source protocol) of one split: "train" or "val"."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    kind = data_config.source
+    if kind == "synthetic":
+        from mtcolor.data.synthetic import SyntheticSource
+
+        s = data_config.synthetic
+        return SyntheticSource(
+            split=split,
+            size=data_config.image_size,
+            num_examples=s.train_size if split == "train" else s.val_size,
+            num_classes=s.num_classes,
+            seed=s.seed,
+        )
+    if kind == "folder":
+        from mtcolor.data.folder import FolderSource
+
+        f = data_config.folder
+        train_root = f.train_root
+        root = train_root if split == "train" else (f.val_root or train_root)
+        split_file = f.train_split_file if split == "train" else f.val_split_file
+        if split == "val" and not f.val_root and not (f.train_split_file and f.val_split_file):
+            raise ValueError(
+                "data.folder.val_root is empty: set it to the validation tree, or give both "
+                "data.folder.train_split_file and val_split_file so train_root is split in two"
+            )
+        if not root:
+            raise ValueError("data.source is 'folder' but data.folder.train_root is empty")
+        return FolderSource(root, classes=_as_list(data_config.classes), split_file=split_file or None)
+    if kind == "tfds":
+        from mtcolor.data.tfds_source import TfdsSource
+
+        t = data_config.tfds
+        return TfdsSource(
+            t.name,
+            split=t.train_split if split == "train" else t.val_split,
+            data_dir=t.data_dir or None,
+            classes=_as_list(data_config.classes),
+            image_key=t.image_key,
+            label_key=t.label_key,
+            label_cache_dir=t.label_cache_dir or None,
+        )
+    raise ValueError(f"data.source must be 'synthetic', 'folder' or 'tfds', got {kind!r}")
+
+
+def _as_list(classes) -> list[str] | None:
+    if classes is None:
+        return None
+    if isinstance(classes, str):
+        return [c.strip() for c in classes.split(",") if c.strip()]
+    return list(classes)
+
+
+def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
+    """Number of files/records of a split, over all processes, before bad files are skipped."""
+    return len(make_source(data_config, split))
+
+
+def _shard_args(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+    if shard_index is None or shard_count is None:
+        import jax  # the calling process only; workers never import jax
+
+        shard_index = jax.process_index() if shard_index is None else shard_index
+        shard_count = jax.process_count() if shard_count is None else shard_count
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} outside [0, {shard_count})")
+    return shard_index, shard_count
+
+
+def _per_process_batch(data_config, shard_count: int) -> int:
+    if data_config.batch_size % shard_count:
+        raise ValueError(f"global batch_size {data_config.batch_size} is not divisible by {shard_count} processes")
+    return data_config.batch_size // shard_count
+
+
+def _ensure_absl_flags_parsed() -> None:
+    # grain's multiprocessing reads absl flags; in a script without absl.app.run they are unparsed.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _element_pipeline(ds: grain.MapDataset, data_config, *, train: bool, seed: int) -> grain.MapDataset:
+    ds = ds.map(
+        DecodeAndResize(
+            size=data_config.image_size,
+            resize_mode=data_config.resize_mode,
+            min_image_side=data_config.min_image_side,
+            max_image_pixels=data_config.max_image_pixels,
+            jpeg_draft=data_config.jpeg_draft,
+        )
+    )
+    if train and data_config.random_flip:
+        ds = ds.random_map(RandomHorizontalFlip(), seed=_derived_seed(seed, 1))
+    threshold = data_config.grayscale_filter_threshold if train else None
+    return ds.map(ToNormalizedLab(threshold))
+
+
+def _derived_seed(seed: int, stream: int) -> int:
+    # Independent 32-bit seeds for the shuffle and the flips from one user seed.
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
+
+
+def _to_batches(ds: grain.MapDataset, data_config, *, batch_size: int, pad_to_batches: int | None, enforce: bool):
+    iter_ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=data_config.read_threads, prefetch_buffer_size=data_config.prefetch_buffer_size)
+    )
+    if data_config.worker_count > 0:
+        _ensure_absl_flags_parsed()
+        iter_ds = iter_ds.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=data_config.worker_count, per_worker_buffer_size=data_config.worker_buffer_size
+            )
+        )
+    tracker_args = {
+        "max_bad_fraction": data_config.max_bad_fraction if enforce else None,
+        "min_examples": data_config.bad_check_min_examples,
+    }
+    return _SkipCountBatchIterDataset(
+        iter_ds,
+        batch_size=batch_size,
+        image_size=data_config.image_size,
+        pad_to_batches=pad_to_batches,
+        tracker_args=tracker_args,
+    )
+
+
+def make_train_dataset(data_config, *, seed: int, shard_index: int | None = None, shard_count: int | None = None):
+    """The training pipeline as a grain IterDataset (`iter()` of it is `make_train_iterator`)."""
+    shard_index, shard_count = _shard_args(shard_index, shard_count)
+    batch_size = _per_process_batch(data_config, shard_count)
+    ds = grain.MapDataset.source(make_source(data_config, "train"))
+    if data_config.shuffle:
+        ds = ds.shuffle(seed=_derived_seed(seed, 0))
+    # Infinite; every epoch gets a new permutation (and new flips) derived from the seed.
+    ds = ds.repeat(None, reseed_each_epoch=True)
+    # Each process takes every shard_count-th element of the global order: disjoint, same epochs.
+    ds = ds[shard_index::shard_count]
+    ds = _element_pipeline(ds, data_config, train=True, seed=seed)
+    return _to_batches(ds, data_config, batch_size=batch_size, pad_to_batches=None, enforce=True)
+
+
+def make_train_iterator(data_config, *, seed: int, shard_index: int | None = None, shard_count: int | None = None):
+    """Infinite iterator of training batches (see module docstring); a grain DatasetIterator.
+
+    shard_index / shard_count default to jax.process_index() / jax.process_count().
+    """
+    return iter(make_train_dataset(data_config, seed=seed, shard_index=shard_index, shard_count=shard_count))
+
+
+def make_eval_iterator(data_config, split: str = "val", *, shard_index: int | None = None, shard_count: int | None = None):
+    """One pass over `split` in file order, no flip, no grayscale filter; last batch zero-padded.
+
+    Every process yields the same number of batches (ceil(largest shard / per-process batch)),
+    padding with all-mask-0 batches where its shard is shorter, so multi-host evaluation steps stay
+    in lockstep. Skipped files are counted in `bad_counts` like in training, without the ceiling.
+    """
+    shard_index, shard_count = _shard_args(shard_index, shard_count)
+    batch_size = _per_process_batch(data_config, shard_count)
+    source = make_source(data_config, split)
+    largest_shard = math.ceil(len(source) / shard_count)
+    ds = grain.MapDataset.source(source)[shard_index::shard_count]
+    ds = _element_pipeline(ds, data_config, train=False, seed=0)
+    pad_to = math.ceil(largest_shard / batch_size)
+    return iter(_to_batches(ds, data_config, batch_size=batch_size, pad_to_batches=pad_to, enforce=False))
+
+
+__all__ = [
+    "BAD_REASONS",
+    "NEAR_GRAYSCALE",
+    "SKIP_REASONS",
+    "BadInputTracker",
+    "TooManyBadInputsError",
+    "default_data_config",
+    "make_eval_iterator",
+    "make_source",
+    "make_train_dataset",
+    "make_train_iterator",
+    "num_examples",
+]
