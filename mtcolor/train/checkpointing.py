@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 
 STATE = "state"
 DATA_ITER = "data_iter"
+EXTRA = "extra"  # JSON: the data pipeline's bad-input counters
 BEST_MODEL = "model"
 
 
@@ -47,12 +48,14 @@ def make_best_manager(workdir: str, *, metric: str, mode: str):
   return ocp.CheckpointManager(best_dir(workdir), options=options)
 
 
-def save(manager, step: int, state, train_iter=None) -> None:
+def save(manager, step: int, state, train_iter=None, extra: dict | None = None) -> None:
   import grain
 
   items = {STATE: ocp.args.StandardSave(state)}
   if train_iter is not None:
     items[DATA_ITER] = grain.checkpoint.CheckpointSave(train_iter)
+  if extra is not None:
+    items[EXTRA] = ocp.args.JsonSave(extra)
   manager.save(int(step), args=ocp.args.Composite(**items), force=True)
 
 
@@ -66,6 +69,14 @@ def restore(manager, step: int, abstract_state, train_iter=None):
     items[DATA_ITER] = grain.checkpoint.CheckpointRestore(train_iter)
   restored = manager.restore(int(step), args=ocp.args.Composite(**items))
   return restored[STATE]
+
+
+def restore_extra(manager, step: int):
+  """The JSON item saved with ``extra=`` at ``step``, or None if that checkpoint has none."""
+  if not os.path.isdir(os.path.join(manager.directory, str(step), EXTRA)):
+    return None
+  return manager.restore(int(step), args=ocp.args.Composite(
+      **{EXTRA: ocp.args.JsonRestore()}))[EXTRA]
 
 
 def save_best(best_manager, step: int, state, metrics: dict) -> None:

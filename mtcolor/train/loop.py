@@ -48,30 +48,17 @@ def _flat_hparams(tree: dict, prefix: str = "") -> dict:
   return out
 
 
-def _split_batch(batch: dict):
-  """Model inputs and the data pipeline's extra fields (e.g. bad-input counts)."""
-  arrays = {k: v for k, v in batch.items() if k in BATCH_KEYS}
-  extra = {k: v for k, v in batch.items() if k not in BATCH_KEYS}
-  return arrays, extra
+def _model_inputs(batch: dict) -> dict:
+  return {k: v for k, v in batch.items() if k in BATCH_KEYS}
 
 
-def _bad_count_scalars(extra: dict) -> dict:
-  """Bad-input counters from the data pipeline as scalars named data/<name>."""
-  counts = extra.get("bad_counts")
-  if counts is None:
-    return {}
-  if isinstance(counts, dict):
-    items = counts.items()
-  else:
-    arr = np.asarray(counts)
-    items = [("bad_inputs", arr.sum() if arr.ndim else arr)]
-  out = {}
-  for name, value in items:
-    try:
-      out[f"data/{name}"] = float(np.asarray(value).max() if np.ndim(value) else value)
-    except (TypeError, ValueError):
-      continue
-  return out
+def _make_tracker(pipeline, config):
+  """The data pipeline's bad-input tracker (counts skipped files, enforces max_bad_fraction)."""
+  tracker_type = getattr(pipeline, "BadInputTracker", None)
+  if tracker_type is None:
+    return None
+  return tracker_type(config.data.get("max_bad_fraction"),
+                      min_examples=int(config.data.get("bad_check_min_examples", 200)))
 
 
 def _best_metric(config, objective) -> tuple[str, str]:
@@ -167,7 +154,11 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
   final = {"train": {}, "val": {}}
   best = _read_best(workdir) or {"metric": best_name, "step": None, "val": {}}
   best_value = best["val"].get(best_name) if best["metric"] == best_name else None
-  extra_scalars: dict = {}
+  tracker = _make_tracker(pipeline, config)
+  if tracker is not None and latest is not None:
+    tracker_state = checkpointing.restore_extra(manager, latest)
+    if tracker_state is not None:
+      tracker.set_state(tracker_state)
 
   def check_pending():
     """Fetch and NaN-check every step since the last check; fold them into the window."""
@@ -195,7 +186,8 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
     values = metrics_lib.compute(window)
     final["train"] = values
     scalars = {f"train/{k}": v for k, v in values.items()}
-    scalars.update(extra_scalars)
+    if tracker is not None:
+      scalars.update(tracker.scalars())
     scalars["epoch"] = s / steps_per_epoch
     writer.write_scalars(s, scalars)
     window = metrics_lib.empty(names)
@@ -204,11 +196,13 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
     nonlocal best_value
     collection = metrics_lib.empty(names)
     first = None
-    for batch in pipeline.make_eval_iterator(config.data, split="val"):
-      arrays, _ = _split_batch(batch)
+    for batch in pipeline.make_eval_iterator(config.data, split="val",
+                                             shard_index=jax.process_index(),
+                                             shard_count=jax.process_count()):
+      arrays = _model_inputs(batch)
       if first is None:
         first = arrays
-      dev = sharding.put_batch(arrays, mesh, process_local=False)
+      dev = sharding.put_batch(arrays, mesh)
       collection = collection.merge(
           metrics_lib.from_step_outputs(names, fns.eval_step(state, dev)))
     values = metrics_lib.compute(collection)
@@ -220,7 +214,7 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
       n = min(int(config.train.num_image_examples), first["L"].shape[0])
       L = first["L"][:n]
       ab_pred = jax.device_get(fns.predict_ab(state, sharding.put_batch(
-          {"L": first["L"]}, mesh, process_local=False)["L"]))[:n]
+          {"L": first["L"]}, mesh)["L"]))[:n]
       grid = images_lib.make_grid(images_lib.colorization_rows(L, ab_pred, first["ab"][:n]))
       if is_main:
         images_lib.save_png(grid, os.path.join(images_dir, f"step_{s}.png"))
@@ -239,7 +233,8 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
 
   def save(s):
     check_pending()  # never checkpoint a state produced by a non-finite loss
-    checkpointing.save(manager, s, state, train_iter)
+    checkpointing.save(manager, s, state, train_iter,
+                       extra=tracker.get_state() if tracker is not None else None)
 
   t0 = time.time()
   stop_at = total_steps
@@ -249,8 +244,10 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
     state = sharding.replicate(state_lib.unfreeze_backbone(state), mesh)
   while step < stop_at:
     batch = next(train_iter)
-    arrays, extra = _split_batch(batch)
-    extra_scalars.update(_bad_count_scalars(extra))
+    if tracker is not None:
+      tracker.observe(batch)
+      tracker.check()  # stops the run (TooManyBadInputsError) above data.max_bad_fraction
+    arrays = _model_inputs(batch)
     state, step_metrics = fns.train_step(state, sharding.put_batch(arrays, mesh))
     step += 1
     pending.append((step, step_metrics))
@@ -293,6 +290,8 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
   manager.close()
   best_manager.close()
   if is_main:
+    if tracker is not None:
+      print(tracker.report())
     print(f"TensorBoard logs: {os.path.join(workdir, 'tensorboard')}  "
           f"(tensorboard --logdir {os.path.join(workdir, 'tensorboard')})")
     print(f"Image grids:      {images_dir}/step_<N>.png")
