@@ -121,6 +121,8 @@ def decode_image(
     jpeg_draft: bool = True,
 ) -> np.ndarray:
     """Encoded image bytes -> uint8 RGB array (size, size, 3). Raises BadImageError."""
+    if resize_mode not in RESIZE_MODES:  # a configuration error, not a bad file
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
     if not data:
         raise BadImageError(ZERO_BYTE)
     with warnings.catch_warnings():

@@ -14,7 +14,7 @@ Batches are dicts of numpy arrays:
   L (B, H, W, 1) float32 in [-1, 1] (L/50 - 1), ab (B, H, W, 2) float32 (ab/110, within [-1, 1]),
   label (B,) int32, eval only: mask (B,) float32 (1 real, 0 padding),
   bad_counts (len(SKIP_REASONS),) int64: files skipped since the previous batch, per reason,
-  bad_examples: tuple of str, a few "reason: key (detail)" lines for those skipped files.
+  bad_examples: tuple of str, "reason: key (detail)" lines for those files (at most 2 per reason).
 B is the per-process batch: data_config.batch_size (global) // shard_count.
 `BadInputTracker.observe(batch)` strips `bad_counts`/`bad_examples` (non-batch fields that must not
 go to the device), accumulates them and returns the model inputs.
@@ -43,7 +43,7 @@ NEAR_GRAYSCALE = "near_grayscale"  # dropped by the grayscale filter: a valid fi
 SKIP_REASONS = BAD_REASONS + (NEAR_GRAYSCALE,)
 _REASON_INDEX = {r: i for i, r in enumerate(SKIP_REASONS)}
 INFO_KEYS = ("bad_counts", "bad_examples")
-_EXAMPLES_PER_BATCH = 4
+_EXAMPLES_PER_REASON = 2  # example lines per reason carried by one batch
 SPLITS = ("train", "val")
 
 
@@ -355,7 +355,7 @@ class _SkipCountBatchIterator(grain.DatasetIterator):
                 bad_counts[_REASON_INDEX[record["reason"]]] += 1
                 detail = f" ({record['detail']})" if record.get("detail") else ""
                 example = f"{record['reason']}: {record['key']}{detail}"
-                if len(examples) < _EXAMPLES_PER_BATCH:
+                if bad_counts[_REASON_INDEX[record["reason"]]] <= _EXAMPLES_PER_REASON:
                     examples.append(example)
                 # The ceiling is enforced as soon as it is crossed, not only at batch boundaries.
                 self._tracker.add_skipped(record["reason"], example)
@@ -471,7 +471,7 @@ def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:
 
 def _shard_args(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
     if shard_index is None or shard_count is None:
-        import jax  # the calling process only; workers never import jax
+        import jax  # only the calling process asks jax; workers run numpy and Pillow only
 
         shard_index = jax.process_index() if shard_index is None else shard_index
         shard_count = jax.process_count() if shard_count is None else shard_count

@@ -1,0 +1,150 @@
+"""Any tfds image-classification dataset, read with `tfds.data_source` (array_record, no TensorFlow).
+
+Named `tfds_source` so it never shadows the `tensorflow_datasets` package. The dataset must have
+been prepared in the array_record format (`tfds build --file_format=array_record`, or
+`builder.download_and_prepare(file_format="array_record")`); imagenet2012 needs its tars in the
+manual directory first (docs/data.md). Images are read as their encoded bytes (tfds decoding skipped)
+and decoded by `mtcolor.data.decode` like files, so bad records are skipped and counted the same way.
+
+A class subset (names from the label feature, e.g. wnids for imagenet2012, or the paper's class
+names) is relabelled 0..k-1 in the order given. Selecting it needs every record's label: the first
+use reads the split once (images are not decoded, but the records are read) and caches the labels as
+`<label_cache_dir>/<name>/<version>/<split>.labels.npy` (~/.cache/mtcolor/tfds by default); later
+runs load that file. For imagenet2012 train the first scan reads the whole split (~140 GB).
+
+`tensorflow_datasets` is imported inside functions: `import mtcolor.data.pipeline` stays light.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from mtcolor.data import PAPER_CLASSES
+
+_PAPER_NAME_TO_WNID = {c.name: c.wnid for c in PAPER_CLASSES}
+_DEFAULT_CACHE = os.path.join("~", ".cache", "mtcolor", "tfds")
+
+
+def _not_prepared_message(name: str, data_dir: str | None, error: Exception) -> str:
+    where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    hint = (
+        "imagenet2012 must be downloaded by hand: put ILSVRC2012_img_train.tar and "
+        "ILSVRC2012_img_val.tar in <data_dir>/downloads/manual/ and run "
+        f"`tfds build imagenet2012 --data_dir={where} --file_format=array_record` (see docs/data.md)"
+        if name.startswith("imagenet2012")
+        else f"prepare it with `tfds build {name} --data_dir={where} --file_format=array_record`"
+    )
+    return f"tfds dataset {name!r} is not available as array_record in {where!r} ({error}); {hint}"
+
+
+class TfdsSource:
+    """grain random-access source of {"encoded", "label", "key"} records from a tfds split."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        split: str,
+        data_dir: str | None = None,
+        classes: list[str] | None = None,
+        image_key: str = "image",
+        label_key: str = "label",
+        label_cache_dir: str | None = None,
+    ):
+        self.name = name
+        self.split = split
+        self.data_dir = data_dir
+        self.image_key = image_key
+        self.label_key = label_key
+        source = self._open()
+        features = source.dataset_info.features
+        for key in (image_key, label_key):
+            if key not in features:
+                raise KeyError(f"tfds dataset {name!r} has no feature {key!r}; it has {list(features.keys())}")
+        all_names = list(features[label_key].names)
+        self.version = str(source.dataset_info.version)
+
+        if classes is None:
+            self.class_names = tuple(all_names)
+            self._indices = None
+            self._label_map = None
+        else:
+            wanted = []
+            missing = []
+            for c in classes:
+                candidate = c if c in all_names else _PAPER_NAME_TO_WNID.get(c.replace("_", " "))
+                if candidate in all_names:
+                    wanted.append(all_names.index(candidate))
+                else:
+                    missing.append(c)
+            if missing:
+                shown = ", ".join(all_names[:20]) + (f", ... ({len(all_names)} in all)" if len(all_names) > 20 else "")
+                raise ValueError(
+                    f"unknown class(es) {missing} in tfds dataset {name!r} (feature {label_key!r}); "
+                    f"available names: {shown}"
+                )
+            self.class_names = tuple(classes)
+            labels = self._labels(source, label_cache_dir)
+            self._label_map = {original: new for new, original in enumerate(wanted)}
+            self._indices = np.flatnonzero(np.isin(labels, wanted)).astype(np.int64)
+            if not len(self._indices):
+                raise ValueError(f"tfds {name!r} split {split!r} has no records of classes {list(classes)}")
+        self._length = len(source) if self._indices is None else len(self._indices)
+        self._source = source
+
+    def _open(self):
+        import tensorflow_datasets as tfds
+
+        try:
+            return tfds.data_source(
+                self.name,
+                split=self.split,
+                data_dir=self.data_dir,
+                decoders={self.image_key: tfds.decode.SkipDecoding()},
+            )
+        except Exception as e:  # noqa: BLE001 (DatasetNotFoundError, AssertionError, ValueError, ...)
+            raise FileNotFoundError(_not_prepared_message(self.name, self.data_dir, e)) from e
+
+    def _labels(self, source, label_cache_dir: str | None) -> np.ndarray:
+        cache_root = os.path.expanduser(label_cache_dir or _DEFAULT_CACHE)
+        safe_split = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.split)
+        path = os.path.join(cache_root, self.name, self.version, f"{safe_split}.labels.npy")
+        if os.path.exists(path):
+            labels = np.load(path)
+            if len(labels) == len(source):
+                return labels
+        labels = np.fromiter((int(source[i][self.label_key]) for i in range(len(source))), np.int64, len(source))
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp.npy"
+            np.save(tmp, labels)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only cache only costs a rescan next time
+        return labels
+
+    def __getstate__(self):
+        # Workers reopen the source themselves rather than receive open file handles.
+        state = dict(self.__dict__)
+        state["_source"] = None
+        return state
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> dict:
+        if self._source is None:
+            self._source = self._open()
+        index = int(index)
+        original = index if self._indices is None else int(self._indices[index])
+        example = self._source[original]
+        label = int(example[self.label_key])
+        if self._label_map is not None:
+            label = self._label_map[label]
+        return {"encoded": example[self.image_key], "label": label, "key": f"tfds:{self.name}/{self.split}[{original}]"}
+
+    def __repr__(self) -> str:
+        return f"TfdsSource({self.name!r}, split={self.split!r}, num_examples={len(self)})"

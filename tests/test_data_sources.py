@@ -1,0 +1,187 @@
+"""Sources: synthetic, ImageNet-style folders (class subsets, split files, errors) and tfds."""
+
+import sys
+
+import numpy as np
+import pytest
+from test_data_files import colorful, write_tree
+
+from mtcolor.data import PAPER_CLASSES, pipeline
+from mtcolor.data.folder import FolderSource
+from mtcolor.data.synthetic import SyntheticSource
+
+
+def test_paper_classes():
+    assert [(c.name, c.imagenet_index, c.wnid) for c in PAPER_CLASSES] == [
+        ("sea snake", 65, "n01751748"),
+        ("sea anemone", 108, "n01914609"),
+        ("sea cucumber", 329, "n02321529"),
+        ("lionfish", 396, "n02643566"),
+        ("puffer", 397, "n02655020"),
+    ]
+
+
+def test_synthetic_is_deterministic_random_access_and_not_one_colour_per_class():
+    a = SyntheticSource(split="train", size=32, num_examples=200, seed=0)
+    b = SyntheticSource(split="train", size=32, num_examples=200, seed=0)
+    np.testing.assert_array_equal(a[17]["rgb"], b[17]["rgb"])
+    assert not np.array_equal(a[17]["rgb"], SyntheticSource(split="train", size=32, num_examples=200, seed=1)[17]["rgb"])
+    assert not np.array_equal(a[3]["rgb"], SyntheticSource(split="val", size=32, num_examples=200)[3]["rgb"])
+    labels = np.array([a[i]["label"] for i in range(200)])
+    assert np.bincount(labels, minlength=5).min() >= 25  # roughly balanced
+    with pytest.raises(IndexError):
+        a[200]
+    # Within one class, images differ in colour (mean RGB spread), not just in shape.
+    class0 = np.array([a[i]["rgb"].reshape(-1, 3).mean(0) for i in np.flatnonzero(labels == 0)])
+    assert class0.std(0).max() > 10
+    # Pixels of one image vary in hue: more than a handful of distinct colours.
+    assert len(np.unique(a[0]["rgb"].reshape(-1, 3) // 16, axis=0)) > 10
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    write_tree(tmp_path / "train", {"n01751748": 3, "n02643566": 2, "lionfish_x": 1})
+    return tmp_path / "train"
+
+
+def test_folder_selects_classes_by_wnid_or_paper_name_in_given_order(tree):
+    (tree / "n01751748" / "readme.txt").write_text("ignored")
+    source = FolderSource(str(tree), classes=["lionfish", "n01751748"])
+    assert source.class_dirs == ("n02643566", "n01751748")
+    assert len(source) == 5
+    assert [source[i]["label"] for i in range(5)] == [0, 0, 1, 1, 1]
+    assert all(source[i]["path"].endswith(".JPEG") for i in range(5))
+    everything = FolderSource(str(tree))
+    assert everything.class_dirs == ("lionfish_x", "n01751748", "n02643566") and len(everything) == 6
+
+
+def test_folder_errors_say_what_was_looked_for(tree, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown class.*sea cucumber.*n02321529.*available: lionfish_x"):
+        FolderSource(str(tree), classes=["sea cucumber"])
+    with pytest.raises(FileNotFoundError, match="missing_dir"):
+        FolderSource(str(tmp_path / "missing_dir"))
+    (tmp_path / "empty" / "n01").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        FolderSource(str(tmp_path / "empty"))
+
+
+def test_folder_split_files_text_and_csv(tree, tmp_path):
+    listing = tmp_path / "val.txt"
+    listing.write_text("# validation files\nn01751748/img000.JPEG\nn02643566/img001.JPEG\n\n")
+    source = FolderSource(str(tree), split_file=str(listing), classes=["n01751748", "n02643566"])
+    assert [p.split("/")[-2:] for p in source.paths] == [["n01751748", "img000.JPEG"], ["n02643566", "img001.JPEG"]]
+    assert list(source.labels) == [0, 1]
+    # A flat folder labelled by a CSV, the layout of ILSVRC2012 validation and ../shared/data.
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(4):
+        colorful(i).save(flat / f"ILSVRC2012_val_{i:08d}.JPEG")
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text(
+        "file,label,wnid,name\n"
+        "ILSVRC2012_val_00000000.JPEG,396,n02643566,lionfish\n"
+        "ILSVRC2012_val_00000001.JPEG,65,n01751748,sea snake\n"
+        "ILSVRC2012_val_00000002.JPEG,1,n01443537,goldfish\n"
+        "ILSVRC2012_val_00000003.JPEG,396,n02643566,lionfish\n"
+    )
+    source = FolderSource(str(flat), split_file=str(csv_file), classes=["lionfish", "n01751748"])
+    assert [p.split("/")[-1][-8:] for p in source.paths] == ["000.JPEG", "001.JPEG", "003.JPEG"]
+    assert list(source.labels) == [0, 1, 0]  # the goldfish row is not selected
+
+
+def test_folder_pipeline_end_to_end_with_paper_wnids(tmp_path):
+    classes = {c.wnid: 2 for c in PAPER_CLASSES} | {"n01443537": 2}
+    write_tree(tmp_path / "train", classes)
+    write_tree(tmp_path / "val", classes, seed=1)
+    config = pipeline.default_data_config()
+    config.source = "folder"
+    config.image_size = 32
+    config.batch_size = 4
+    config.classes = [c.wnid for c in PAPER_CLASSES]
+    config.folder.train_root = str(tmp_path / "train")
+    config.folder.val_root = str(tmp_path / "val")
+    config.resize_mode = "shorter_side_crop"
+    assert pipeline.num_examples(config, "train") == 10  # the goldfish folder is not selected
+    batches = list(pipeline.make_eval_iterator(config, "val", shard_index=0, shard_count=1))
+    labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
+    assert sorted(labels) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    batch = next(pipeline.make_train_iterator(config, seed=0, shard_index=0, shard_count=1))
+    assert batch["L"].shape == (4, 32, 32, 1)
+
+
+def _build_tiny_tfds(data_dir, image_dir):
+    """A 3-class tfds dataset in array_record, built from PNG paths (no TensorFlow needed)."""
+    import tensorflow_datasets as tfds
+
+    class TinyColors(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(None, None, 3)),
+                        "label": tfds.features.ClassLabel(names=["n01443537", "n02643566", "n01751748"]),
+                    }
+                ),
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(9, 0), "validation": self._generate_examples(4, 100)}
+
+        def _generate_examples(self, n, offset):
+            for i in range(n):
+                path = image_dir / f"img{offset + i}.png"
+                colorful(offset + i).save(path)
+                yield i, {"image": str(path), "label": i % 3}
+
+    TinyColors(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+    return "tiny_colors"
+
+
+def test_tfds_source_with_class_subset(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("array_record")
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    name = _build_tiny_tfds(tmp_path / "tfds", image_dir)
+    config = pipeline.default_data_config()
+    config.source = "tfds"
+    config.image_size = 32
+    config.batch_size = 2
+    config.tfds.name = name
+    config.tfds.data_dir = str(tmp_path / "tfds")
+    config.tfds.label_cache_dir = str(tmp_path / "cache")
+    config.classes = ["lionfish", "n01751748"]  # the paper name maps to its wnid
+    assert pipeline.num_examples(config, "train") == 6  # labels 1 and 2 of 9 records
+    batches = list(pipeline.make_eval_iterator(config, "val", shard_index=0, shard_count=1))
+    labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
+    # Validation records i = 0..3 have labels i % 3 = [0, 1, 2, 0]: kept 1 -> 0 and 2 -> 1. tfds
+    # shuffles record order, so match images by label: record i holds colorful(100 + i).
+    assert sorted(labels) == [0, 1]
+    from skimage import color as skcolor
+
+    for batch in batches:
+        for L, label, m in zip(batch["L"], batch["label"], batch["mask"]):  # noqa: N806
+            if m:
+                image = colorful(100 + 1 + int(label)).resize((32, 32), 3)  # 3 = bicubic
+                expected = skcolor.rgb2lab(np.asarray(image))[..., 0] / 50 - 1
+                np.testing.assert_allclose(L[..., 0], expected, atol=1e-4)
+    assert list((tmp_path / "cache").rglob("*.labels.npy"))
+    config.classes = ["goldfish_not_there"]
+    with pytest.raises(ValueError, match="goldfish_not_there.*available names: n01443537"):
+        pipeline.num_examples(config, "train")
+    config.classes = None
+    config.tfds.name = "not_prepared_dataset"
+    with pytest.raises(FileNotFoundError, match="not_prepared_dataset"):
+        pipeline.num_examples(config, "train")
+
+
+def test_pipeline_import_pulls_no_tensorflow():
+    import subprocess
+
+    # (grain itself imports jax, so only TensorFlow and tensorflow_datasets are checked.)
+    code = "import sys, mtcolor.data.pipeline; print('tensorflow' in sys.modules, 'tensorflow_datasets' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
