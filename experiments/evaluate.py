@@ -6,7 +6,7 @@ r"""Evaluates a trained run on a split and writes <workdir>/eval_<split>.json an
 
 import json
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from mtcolor.eval.evaluate import evaluate_workdir, results_markdown
 
@@ -21,6 +21,7 @@ flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     del argv
     step = _CHECKPOINT.value
     if step not in (None, "best"):

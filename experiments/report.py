@@ -18,6 +18,7 @@ flags.mark_flags_as_required(["workdirs", "out"])
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     workdirs = list(_WORKDIRS.value) + list(argv[1:])  # also accept space-separated workdirs
     report = make_report(workdirs, _OUT.value, figure_two=_FIGURE_TWO.value, num_images=_NUM_IMAGES.value)
     for problem in report.problems:

@@ -25,6 +25,7 @@ import numpy as np
 from mtcolor.eval import frechet, metrics
 
 COLORIZING = ("colorization", "multitask")
+FRECHET_SKIPPED: list[str] = []  # why the last default_feature_extractor() returned None
 CLASSIFYING = ("classification", "multitask")
 
 
@@ -145,7 +146,8 @@ def default_feature_extractor(config, fid_weights: str | None = None) -> frechet
     try:
         variables = load_resnet18(pretrained or "torchvision", in_channels=3)
     except Exception as error:  # noqa: BLE001 - no weights offline: evaluate everything else
-        print(f"frechet_resnet18_distance skipped: ImageNet ResNet-18 weights unavailable ({error})")
+        FRECHET_SKIPPED.append(f"frechet_resnet18_distance skipped: ImageNet ResNet-18 weights unavailable ({error})")
+        print(FRECHET_SKIPPED[-1])
         return None
     return frechet.resnet18_feature_extractor(variables)
 
@@ -178,8 +180,11 @@ def evaluate_workdir(workdir, split: str = "val", *, step=None, fid_weights: str
 
         batches = make_eval_iterator(config.data, split=split)
     extractor = None
+    skipped_reason = None
     if frechet_features and experiment in COLORIZING:
+        FRECHET_SKIPPED.clear()
         extractor = default_feature_extractor(config, fid_weights)
+        skipped_reason = FRECHET_SKIPPED[-1] if FRECHET_SKIPPED else None
     names = class_names_of(config)
     num_classes = config.model.get("num_classes", None) if hasattr(config, "model") else None
     start = time.time()
@@ -187,6 +192,8 @@ def evaluate_workdir(workdir, split: str = "val", *, step=None, fid_weights: str
                             class_names=names, feature_extractor=extractor)
     result.update({"workdir": str(workdir), "split": split, "checkpoint": "latest" if step is None else step,
                    "eval_time_s": time.time() - start})
+    if skipped_reason:
+        result["frechet_skipped"] = skipped_reason
     (workdir / f"eval_{split}.json").write_text(json.dumps(result, indent=2))
     (workdir / f"eval_{split}.md").write_text(results_markdown(result))
     return result
@@ -223,7 +230,8 @@ def results_markdown(result: dict) -> str:
     model = result.get("model", {})
     if "per_class_accuracy" in model:
         lines += ["", "## Per-class accuracy", "", "| class | accuracy (%) |", "|---|---:|"]
-        lines += [f"| {name} | {100 * value:.1f} |" for name, value in model["per_class_accuracy"].items()]
+        lines += [f"| {name} | " + ("n/a (no examples)" if value != value else f"{100 * value:.1f}") + " |"
+                  for name, value in model["per_class_accuracy"].items()]
         names = list(model["per_class_accuracy"])
         lines += ["", "## Confusion matrix (rows: true class, columns: predicted)", "",
                   "| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
@@ -231,6 +239,8 @@ def results_markdown(result: dict) -> str:
                   for name, row in zip(names, model["confusion_matrix"])]
     if "accuracy_note" in result.get("grayscale_baseline", {}):
         lines += ["", f"Baseline accuracy: {result['grayscale_baseline']['accuracy_note']}."]
+    if "frechet_skipped" in result:
+        lines += ["", result["frechet_skipped"]]
     if "frechet" in result:
         lines += ["", f"Frechet distance: {result['frechet']['description']}, "
                       f"{result['frechet']['num_images']} images (noisy and biased upwards at this size)."]

@@ -263,8 +263,8 @@ def write_table_one_csv(rows: list[TableRow], path: Path):
             writer.writerow([
                 row.subset,
                 row.model,
-                "" if row.accuracy_pct is None else f"{row.accuracy_pct:.4f}",
-                "" if row.l1_x100 is None else f"{row.l1_x100:.4f}",
+                "" if row.accuracy_pct is None else repr(row.accuracy_pct),
+                "" if row.l1_x100 is None else repr(row.l1_x100),
                 row.accuracy_source,
                 row.l1_source,
             ])
@@ -435,13 +435,13 @@ def figure_two_grid(L_norm, ab_single, ab_multi, ab_true, path: Path, missing: d
             ax.set_yticks([])
             if ab is None:
                 ax.imshow(np.full(L_norm.shape[1:3], 0.85), cmap="gray", vmin=0, vmax=1)
-                if c == 0:
-                    ax.text(0.05, 0.5, missing.get(FIG2_ROWS[r], "MISSING"), transform=ax.transAxes,
-                            fontsize=7, color="red", va="center")
+                ax.text(0.5, 0.5, "MISSING", transform=ax.transAxes, fontsize=8, color="red",
+                        ha="center", va="center")
             else:
                 ax.imshow(lab_norm_to_rgb_numpy(L_norm[c], np.asarray(ab[c], np.float32)))
             if c == 0:
-                ax.set_ylabel(FIG2_ROWS[r], fontsize=8)
+                reason = f"\n({missing[FIG2_ROWS[r]]})" if ab is None and FIG2_ROWS[r] in missing else ""
+                ax.set_ylabel(FIG2_ROWS[r] + reason, fontsize=7)
     fig.suptitle("Fig. 2: validation batch (top to bottom: grayscale, single-task, multi-task, ground truth)",
                  fontsize=9)
     fig.tight_layout()
@@ -485,13 +485,13 @@ def make_figure_two(runs: dict[str, Run], path: Path, num_images: int = 8) -> li
     for experiment, row in (("colorization", FIG2_ROWS[1]), ("multitask", FIG2_ROWS[2])):
         run = runs.get(experiment)
         if run is None:
-            missing[row] = f"MISSING: no {ROLE_LABEL[experiment]} run"
+            missing[row] = "run not given"
             notes.append(f"fig2: row '{row}' empty: no {ROLE_LABEL[experiment]} run")
             continue
         try:
             predictions[experiment] = predict_ab(run.workdir, L_norm)
         except Exception as error:  # noqa: BLE001 - an in-progress run may have no checkpoint yet
-            missing[row] = f"no checkpoint in {run.workdir.name}"
+            missing[row] = "no checkpoint yet"
             notes.append(f"fig2: row '{row}' empty: cannot load {run.workdir} ({error})")
     figure_two_grid(L_norm, predictions.get("colorization"), predictions.get("multitask"), ab_true, path, missing)
     return notes

@@ -1,0 +1,95 @@
+"""Report, evaluate and colorize on a real tiny multi-task run made once for this module.
+
+The run (experiments/configs/tiny.py: 32 px, synthetic data, 6 steps) is the expensive part, so all
+tests that need a trained checkpoint share it. The evaluation is cross-checked against the numbers
+the training loop itself logged for the same checkpoint (a separate code path).
+"""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("mtcolor.train.checkpointing")
+
+from mtcolor.eval import evaluate, frechet, report  # noqa: E402
+
+REPO = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    if not (REPO / "experiments" / "configs" / "tiny.py").exists():
+        pytest.skip("experiments/configs/tiny.py not available")
+    workdir = tmp_path_factory.mktemp("tiny") / "multitask"
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.multitask", "--config=experiments/configs/tiny.py",
+         f"--workdir={workdir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir
+
+
+def test_report_on_real_run(tiny_run, tmp_path):
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    result = report.make_report([tiny_run], tmp_path / "report", num_images=4)
+    with open(tmp_path / "report" / "table1.csv") as file:
+        table = {(r["subset"], r["model"]): r for r in csv.DictReader(file)}
+    val = summary["final"]["val"]
+    assert float(table["Val", "Multi-task"]["accuracy_pct"]) == pytest.approx(100 * val["accuracy"])
+    assert float(table["Val", "Multi-task"]["l1_x100"]) == pytest.approx(val["loss_l1"])
+    assert any("classifier" in p and "MISSING" in p for p in result.problems)
+    fig2 = tmp_path / "report" / "fig2_colorized_validation_batch.png"
+    assert fig2 in result.files and fig2.exists()
+    for spec in report.figure_specs({}):
+        assert (tmp_path / "report" / spec.filename).exists()
+
+
+def test_evaluate_matches_training_loop_numbers(tiny_run):
+    result = evaluate.evaluate_workdir(tiny_run, "val", frechet_features=False)
+    val = json.loads((tiny_run / "summary.json").read_text())["final"]["val"]
+    assert result["num_examples"] == 6  # the padded second batch is not counted twice
+    assert result["model"]["l1_x100"] == pytest.approx(val["loss_l1"], rel=1e-3)
+    assert result["model"]["accuracy"] == pytest.approx(val["accuracy"])
+    assert np.sum(result["model"]["confusion_matrix"]) == 6
+    for key in ("l1_x100", "psnr", "ssim", "colorfulness"):
+        assert key in result["grayscale_baseline"]
+    assert (tiny_run / "eval_val.json").exists() and (tiny_run / "eval_val.md").exists()
+
+
+def test_resnet18_frechet_extractor_runs_on_model_outputs(tiny_run):
+    import jax
+
+    from mtcolor.models import ResNet18, init_variables
+
+    variables = init_variables(ResNet18(in_channels=3), jax.random.key(0), 32, 3)
+    extractor = frechet.resnet18_feature_extractor(variables, image_size=32)
+    assert extractor.metric_name == "frechet_resnet18_distance"  # never called "fid"
+    features = extractor.features(np.random.default_rng(0).uniform(0, 1, (3, 32, 32, 3)).astype(np.float32))
+    assert features.shape == (3, 512)
+
+
+def test_colorize_cli_on_real_run(tiny_run, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)).save(photos / "a.jpg")
+    Image.fromarray(rng.integers(0, 256, (50, 40), dtype=np.uint8), "L").save(photos / "b.png")
+    (photos / "broken.png").write_bytes(b"\x89PNG not really")
+    out = subprocess.run(
+        [sys.executable, "-m", "mtcolor.colorize", str(photos), "--checkpoint", str(tiny_run),
+         "--out", str(tmp_path / "out"), "--compare"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "skipped" in out.stderr and "broken.png" in out.stderr
+    with Image.open(tmp_path / "out" / "a.png") as image:
+        assert image.size == (90, 70)
+    with Image.open(tmp_path / "out" / "b_compare.png") as image:
+        assert image.size == (120, 50)
