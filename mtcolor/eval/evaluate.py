@@ -133,8 +133,13 @@ def default_feature_extractor(config, fid_weights: str | None = None) -> frechet
     torchvision file when the run started from scratch); None if they cannot be found.
     """
     if fid_weights:
-        from mtcolor.eval.inception import load_fid_inception
-
+        try:
+            from mtcolor.eval.inception import load_fid_inception
+        except ImportError as error:
+            raise NotImplementedError(
+                "FID with the pytorch-fid Inception-v3 weights is not implemented yet "
+                "(mtcolor.eval.inception is missing); run without --fid_weights to get "
+                "frechet_resnet18_distance instead") from error
         return frechet.inception_feature_extractor(load_fid_inception(fid_weights))
     from mtcolor.weights import load_resnet18
 
