@@ -38,6 +38,11 @@ def test_uint8_paths_match_skimage():
     assert normalized.dtype == np.float32
     np.testing.assert_allclose(normalized[:, 0], reference[:, 0] / 50 - 1, atol=1e-3 / 50)
     np.testing.assert_allclose(normalized[:, 1:], reference[:, 1:] / 110, atol=1e-3 / 110)
+    L_norm, ab_norm = color.rgb_uint8_to_normalized_L_ab(rgb.reshape(1000, 1000, 3))
+    assert L_norm.shape == (1000, 1000, 1) and ab_norm.shape == (1000, 1000, 2)
+    assert L_norm.flags.c_contiguous and ab_norm.flags.c_contiguous
+    np.testing.assert_allclose(L_norm.reshape(-1), reference[:, 0] / 50 - 1, atol=1e-3 / 50)
+    np.testing.assert_allclose(ab_norm.reshape(-1, 2), reference[:, 1:] / 110, atol=1e-3 / 110)
 
 
 def test_known_values():

@@ -235,10 +235,10 @@ def test_grayscale_filter_drops_gray_photos_from_training_only(tmp_path):
 
 
 def test_mean_chroma_against_hand_computed_values():
-    lab = np.zeros((4, 4, 3), np.float32)
-    lab[..., 1] = 3 / 110
-    lab[..., 2] = 4 / 110
-    assert abs(pipeline.mean_chroma(lab) - 5.0) < 1e-5
+    ab = np.zeros((4, 4, 2), np.float32)
+    ab[..., 0] = 3 / 110
+    ab[..., 1] = 4 / 110
+    assert abs(pipeline.mean_chroma(ab) - 5.0) < 1e-5
 
 
 def test_num_examples_and_config_errors(tmp_path):

@@ -108,25 +108,52 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
 SRGB_UINT8_TO_LINEAR = _srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
 
 
+# Lab is linear in f = (f(X/Xn), f(Y/Yn), f(Z/Zn)): normalized Lab = f @ _NORMALIZED_LAB_FROM_F + offset.
+_NORMALIZED_LAB_FROM_F = np.array(
+    [
+        [0.0, 500.0 / AB_SCALE, 0.0],
+        [116.0 / L_SCALE, -500.0 / AB_SCALE, 200.0 / AB_SCALE],
+        [0.0, 0.0, -200.0 / AB_SCALE],
+    ],
+    dtype=np.float32,
+)
+_NORMALIZED_LAB_OFFSET = np.array([-16.0 / L_SCALE - 1.0, 0.0, 0.0], dtype=np.float32)
+_NORMALIZED_XYZ_FROM_RGB_F32 = _NORMALIZED_XYZ_FROM_RGB.T.astype(np.float32)
+
+
+def _uint8_to_f(rgb: np.ndarray) -> np.ndarray:
+    if rgb.dtype != np.uint8:
+        raise TypeError(f"expected uint8 RGB, got {rgb.dtype}")
+    xyz = np.take(SRGB_UINT8_TO_LINEAR, rgb) @ _NORMALIZED_XYZ_FROM_RGB_F32
+    f = np.cbrt(xyz)
+    dark = xyz <= _LAB_EPSILON
+    if dark.any():  # the linear segment only where needed (dark pixels)
+        f[dark] = xyz[dark] * np.float32(_LAB_KAPPA_SLOPE) + np.float32(16.0 / 116.0)
+    return f
+
+
 def rgb_uint8_to_lab_normalized(rgb: np.ndarray) -> np.ndarray:
     """uint8 RGB (..., 3) -> normalized Lab (..., 3) float32: [L/50 - 1, a/110, b/110].
 
-    The pipeline's fast path: lookup-table linearization, white point folded into the matrix,
-    normalization folded into the final affine maps.
+    The pipeline's fast path (about 3x skimage.color.rgb2lab per image, see docs/benchmarks.md):
+    lookup-table linearization, white point folded into the matrix, and Lab plus its
+    normalization as one more 3x3 product.
     """
-    if rgb.dtype != np.uint8:
-        raise TypeError(f"expected uint8 RGB, got {rgb.dtype}")
-    xyz = SRGB_UINT8_TO_LINEAR[rgb] @ _NORMALIZED_XYZ_FROM_RGB.T.astype(np.float32)
-    f = _f(xyz)
-    out = np.empty(f.shape, np.float32)
-    fy = f[..., 1]
-    # (116 fy - 16) / 50 - 1, 500 (fx - fy) / 110, 200 (fy - fz) / 110
-    out[..., 0] = fy * np.float32(116.0 / L_SCALE) - np.float32(16.0 / L_SCALE + 1.0)
-    np.subtract(f[..., 0], fy, out=out[..., 1])
-    out[..., 1] *= np.float32(500.0 / AB_SCALE)
-    np.subtract(fy, f[..., 2], out=out[..., 2])
-    out[..., 2] *= np.float32(200.0 / AB_SCALE)
+    out = _uint8_to_f(rgb) @ _NORMALIZED_LAB_FROM_F
+    out += _NORMALIZED_LAB_OFFSET
     return out
+
+
+def rgb_uint8_to_normalized_L_ab(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: N802
+    """uint8 RGB (..., 3) -> (L/50 - 1 (..., 1), ab/110 (..., 2)), each contiguous float32.
+
+    What the pipeline stores per element: batching then is a plain stack, no strided copies.
+    """
+    f = _uint8_to_f(rgb)
+    L_norm = f[..., 1:2] * np.float32(116.0 / L_SCALE)  # noqa: N806
+    L_norm += _NORMALIZED_LAB_OFFSET[0]
+    ab_norm = f @ _NORMALIZED_LAB_FROM_F[:, 1:]
+    return L_norm, ab_norm
 
 
 def normalize_lab(lab):

@@ -273,7 +273,7 @@ class RandomHorizontalFlip(grain.transforms.RandomMap):
 
 
 class ToNormalizedLab(grain.transforms.Map):
-    """{"rgb"} -> {"lab": float32 (S, S, 3) as [L/50-1, a/110, b/110]}; optional grayscale filter."""
+    """{"rgb"} -> {"L": (S, S, 1) L/50-1, "ab": (S, S, 2) ab/110} float32; optional grayscale filter."""
 
     def __init__(self, grayscale_filter_threshold: float | None = None):
         self.grayscale_filter_threshold = grayscale_filter_threshold
@@ -281,17 +281,17 @@ class ToNormalizedLab(grain.transforms.Map):
     def map(self, record: dict) -> dict:
         if "rgb" not in record:
             return record
-        lab = color.rgb_uint8_to_lab_normalized(np.ascontiguousarray(record["rgb"]))
+        L_norm, ab_norm = color.rgb_uint8_to_normalized_L_ab(np.ascontiguousarray(record["rgb"]))  # noqa: N806
         if self.grayscale_filter_threshold is not None:
-            chroma = mean_chroma(lab)
+            chroma = mean_chroma(ab_norm)
             if chroma < self.grayscale_filter_threshold:
                 return {"reason": NEAR_GRAYSCALE, "detail": f"mean chroma {chroma:.2f}", "key": record["key"]}
-        return {"lab": lab, "label": np.int32(record["label"]), "key": record["key"]}
+        return {"L": L_norm, "ab": ab_norm, "label": np.int32(record["label"]), "key": record["key"]}
 
 
-def mean_chroma(lab_normalized: np.ndarray) -> float:
-    """Mean of sqrt(a^2 + b^2) in CIELAB units over an image's pixels (normalized Lab input)."""
-    ab = lab_normalized[..., 1:] * np.float32(color.AB_SCALE)
+def mean_chroma(ab_normalized: np.ndarray) -> float:
+    """Mean of sqrt(a^2 + b^2) in CIELAB units over an image's pixels, from ab/110 (..., 2)."""
+    ab = ab_normalized * np.float32(color.AB_SCALE)
     return float(np.sqrt(np.square(ab).sum(-1)).mean())
 
 
@@ -373,15 +373,22 @@ class _SkipCountBatchIterator(grain.DatasetIterator):
 
     def _make_batch(self, good: list[dict], padded: bool) -> dict:
         n, size = self._batch_size, self._image_size
-        L = np.zeros((n, size, size, 1), np.float32)  # noqa: N806 (the channel's name)
-        ab = np.zeros((n, size, size, 2), np.float32)
-        label = np.zeros((n,), np.int32)
-        for i, record in enumerate(good):
-            lab = record["lab"]
-            L[i] = lab[..., :1]
-            ab[i] = lab[..., 1:]
-            label[i] = record["label"]
-        batch = {"L": L, "ab": ab, "label": label}
+        if len(good) == n:
+            batch = {
+                "L": np.stack([r["L"] for r in good]),
+                "ab": np.stack([r["ab"] for r in good]),
+                "label": np.array([r["label"] for r in good], np.int32),
+            }
+        else:  # the padded end of an evaluation pass
+            batch = {
+                "L": np.zeros((n, size, size, 1), np.float32),
+                "ab": np.zeros((n, size, size, 2), np.float32),
+                "label": np.zeros((n,), np.int32),
+            }
+            for i, record in enumerate(good):
+                batch["L"][i] = record["L"]
+                batch["ab"][i] = record["ab"]
+                batch["label"][i] = record["label"]
         if padded:
             mask = np.zeros((n,), np.float32)
             mask[: len(good)] = 1.0
