@@ -70,10 +70,9 @@ def init_variables(
 
     params_rng, dropout_rng = jax.random.split(rng)
     dummy = jnp.zeros((1, image_size, image_size, in_channels), jnp.float32)
-    # jit: init of the 32M-parameter flatten head is several times faster compiled than eager.
-    variables = jax.jit(lambda r, d, x: model.init({"params": r, "dropout": d}, x, train=False))(
-        params_rng, dropout_rng, dummy
-    )
+    # Eager, not jitted: compiling a whole-model init costs more than the one forward pass it runs,
+    # and eager op compilations are cached across models of the same shapes.
+    variables = model.init({"params": params_rng, "dropout": dropout_rng}, dummy, train=False)
     variables = {
         "params": _to_dict(variables["params"]),
         "batch_stats": _to_dict(variables.get("batch_stats", {})),
