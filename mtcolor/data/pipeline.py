@@ -90,7 +90,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.jpeg_draft = True
     # Drop near-grayscale photos from TRAINING batches: an image whose mean chroma
     # sqrt(a^2 + b^2) (CIELAB units, after resizing) is below this is skipped and counted as
-    # "near_grayscale". None: off. About 3-5 catches stored-as-RGB grayscale photos (docs/data.md).
+    # "near_grayscale". None: off. 1.0 is a good value: on 1,300 ImageNet validation photos it drops
+    # the 13 stored-as-RGB grayscale ones (chroma 0) and 8 nearly colourless ones (docs/data.md).
     c.grayscale_filter_threshold = None
 
     c.synthetic = ml_collections.ConfigDict()
