@@ -92,7 +92,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     # sqrt(a^2 + b^2) (CIELAB units, after resizing) is below this is skipped and counted as
     # "near_grayscale". None: off. 1.0 is a good value: on 1,300 ImageNet validation photos it drops
     # the 13 stored-as-RGB grayscale ones (chroma 0) and 8 nearly colourless ones (docs/data.md).
-    c.grayscale_filter_threshold = None
+    # A typed placeholder so that command-line overrides (--config.data.grayscale_filter_threshold=1)
+    # work although the default is None.
+    c.grayscale_filter_threshold = ml_collections.config_dict.placeholder(float)
 
     c.synthetic = ml_collections.ConfigDict()
     c.synthetic.train_size = 2000
