@@ -176,6 +176,15 @@ def test_transposed_conv_padding_matches_pytorch(golden):
     assert rel_err(out, golden["convT_y"]) < EVAL_RTOL
 
 
+def test_stride_one_transposed_conv_matches_pytorch(golden):
+    # The decoder's fast form (four stride-1 2x2 convs) against torch's ConvTranspose2d itself.
+    weight = seeded(golden, "convT")["weight"]  # PyTorch (in, out, kh, kw)
+    layer = decoder_module.ConvTranspose4x4Stride2(4)
+    out = layer.apply({"params": {"kernel": weight.transpose(2, 3, 1, 0)}}, golden["convT_x"])
+    assert out.shape == (2, 10, 14, 4)
+    assert rel_err(out, golden["convT_y"]) < EVAL_RTOL
+
+
 def test_color_decoder_matches_pytorch_transcription(golden):
     state = seeded(golden, "decoder")
     blocks = len(ColorDecoder().features)

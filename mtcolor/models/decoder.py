@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -18,6 +19,61 @@ Initializer = Callable[..., Any]
 # benchmarks/make_golden_fixtures.py checks this mapping against torch itself.
 UPSAMPLE_KERNEL = 4
 UPSAMPLE_PADDING = ((2, 2), (2, 2))
+
+# Output phase r (0: even rows, 1: odd rows) of ConvTranspose2d(4, stride 2, padding 1) reads input
+# rows m + d for the offsets d below, through kernel tap k: y[2m + r] = sum_d x[m + d] w[k(r, d)].
+# (From y[o] = sum_{i, k: o = 2i + k - 1} x[i] w[k].)
+_PHASE_TAPS = {0: ((-1, 3), (0, 1)), 1: ((0, 2), (1, 0))}
+
+
+def conv_transpose_4x4_stride2(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """PyTorch's ConvTranspose2d(kernel 4, stride 2, padding 1, no bias) as four stride-1 2x2 convs.
+
+    ``kernel`` has flax's ``ConvTranspose(transpose_kernel=True)`` layout (4, 4, out, in), i.e.
+    PyTorch's (in, out, kh, kw) weight transposed (2, 3, 1, 0), so checkpoints are interchangeable
+    with ``nn.ConvTranspose``. Why not ``nn.ConvTranspose``: XLA lowers it to an input-dilated
+    convolution whose weight gradient falls off XLA:CPU's fast convolution path (measured here at
+    128 px, batch 16: forward + backward of the four decoder blocks 1.7 s vs 0.15 s in this form).
+    Each output phase (even/odd row x even/odd column) is an ordinary stride-1 2x2 convolution of
+    the input, so the same FLOPs as an efficient transposed conv, with fast gradients everywhere.
+    """
+    n, h, w, _ = x.shape
+    # taps in PyTorch order: (ky, kx, in, out)
+    taps = jnp.transpose(kernel, (0, 1, 3, 2))
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    rows = []
+    for ry in (0, 1):
+        cols = []
+        for rx in (0, 1):
+            phase_kernel = jnp.stack(
+                [jnp.stack([taps[ky, kx] for _, kx in _PHASE_TAPS[rx]]) for _, ky in _PHASE_TAPS[ry]]
+            )
+            # window of rows m + d for d in the phase's offsets: padded rows start at 1 + min(d)
+            oy, ox = 1 + _PHASE_TAPS[ry][0][0], 1 + _PHASE_TAPS[rx][0][0]
+            window = padded[:, oy : oy + h + 1, ox : ox + w + 1]
+            cols.append(
+                jax.lax.conv_general_dilated(
+                    window, phase_kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+                )
+            )
+        rows.append(jnp.stack(cols, axis=3))  # (n, h, w, rx, c)
+    out = jnp.stack(rows, axis=2)  # (n, h, ry, w, rx, c)
+    return out.reshape(n, 2 * h, 2 * w, out.shape[-1])
+
+
+class ConvTranspose4x4Stride2(nn.Module):
+    """Drop-in for ``nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding=UPSAMPLE_PADDING,
+    transpose_kernel=True, use_bias=False)``: same parameter name and layout, same result, computed
+    by :func:`conv_transpose_4x4_stride2`."""
+
+    features: int
+    dtype: Any = jnp.float32
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        kernel = self.param("kernel", self.kernel_init, (4, 4, self.features, x.shape[-1]), jnp.float32)
+        return conv_transpose_4x4_stride2(jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype))
 
 
 class ColorDecoder(nn.Module):
@@ -48,16 +104,8 @@ class ColorDecoder(nn.Module):
     def __call__(self, features: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = jnp.asarray(features, self.dtype)
         for index, width in enumerate(self.features):
-            x = nn.ConvTranspose(
-                width,
-                (UPSAMPLE_KERNEL, UPSAMPLE_KERNEL),
-                strides=(2, 2),
-                padding=UPSAMPLE_PADDING,
-                transpose_kernel=True,
-                use_bias=False,
-                dtype=self.dtype,
-                kernel_init=self.kernel_init,
-                name=f"up{index}_convT",
+            x = ConvTranspose4x4Stride2(
+                width, dtype=self.dtype, kernel_init=self.kernel_init, name=f"up{index}_convT"
             )(x)
             x = batch_norm(train, self.dtype, self.scale_init, f"up{index}_bn")(x)
             if index < self.dropout_blocks and self.dropout_rate > 0:
