@@ -346,9 +346,10 @@ def colorize_files(colorizer: PhotoColorizer, inputs: Iterable, out_dir, *, comp
 
 
 def main(argv):
-    from absl import flags
+    from absl import flags, logging
 
     FLAGS = flags.FLAGS
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     inputs = argv[1:]
     if not inputs:
         raise SystemExit("usage: python -m mtcolor.colorize PHOTO_OR_DIR... --checkpoint RUN --out DIR [--compare]")
