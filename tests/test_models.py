@@ -399,3 +399,33 @@ def test_init_variables_loads_pretrained_backbone(golden, monkeypatch, resnet_va
     monkeypatch.setattr(mtcolor.weights, "load_resnet18", lambda p, c: resnet_variables)
     with pytest.raises(ValueError, match="conv1"):
         init_variables(Colorizer(), jax.random.key(0), 32, 1, pretrained="some.pth")
+
+
+# ------------------------------------------------------------------- tiny-map convolution form
+
+
+@pytest.mark.parametrize(
+    "map_hw, kernel, padding",
+    [((2, 2), 3, ((1, 1), (1, 1))), ((4, 4), 4, ((1, 1), (1, 1))), ((3, 3), 4, ((1, 1), (1, 1))), ((1, 3), 3, ((1, 1), (1, 1)))],
+)
+def test_tiny_map_conv_equals_xla_convolution_with_gradients(map_hw, kernel, padding):
+    # mtcolor.models.conv computes these (ResNet layer4 at 64 px, PatchGAN conv4 at 32 px) as im2col
+    # matmuls; XLA's own convolution is the reference, for the output and both gradients.
+    from mtcolor.models import conv as conv_module
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, *map_hw, 5)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, 5, 7)), jnp.float32)
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    assert map_hw[0] * map_hw[1] <= conv_module.SMALL_MAP_PIXELS
+
+    def loss(fn, x, w):
+        y = fn(x, w, (1, 1), padding, dimension_numbers=dn)
+        return jnp.sum(jnp.sin(y)), y
+
+    (_, got), got_grads = jax.value_and_grad(lambda x, w: loss(conv_module.conv_general_dilated, x, w), (0, 1), has_aux=True)(x, w)
+    (_, want), want_grads = jax.value_and_grad(lambda x, w: loss(jax.lax.conv_general_dilated, x, w), (0, 1), has_aux=True)(x, w)
+    assert got.shape == want.shape
+    assert rel_err(got, want) < EVAL_RTOL
+    for g, r in zip(got_grads, want_grads):
+        assert rel_err(g, r) < EVAL_RTOL

@@ -7,6 +7,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from flax import linen as nn
 
+from mtcolor.models.conv import conv_general_dilated
 from mtcolor.models.init import pix2pix_kernel_init, pix2pix_scale_init
 from mtcolor.models.resnet import batch_norm
 
@@ -40,6 +41,7 @@ class PatchDiscriminator(nn.Module):
         conv = lambda features, stride, use_bias, name: nn.Conv(  # noqa: E731
             features, (4, 4), strides=(stride, stride), padding=PATCH_PADDING, use_bias=use_bias,
             dtype=self.dtype, kernel_init=self.kernel_init, name=name,
+            conv_general_dilated=conv_general_dilated,
         )
         x = jnp.asarray(x, self.dtype)
         x = nn.leaky_relu(conv(self.base_features, 2, True, "conv1")(x), LEAKY_SLOPE)

@@ -17,10 +17,10 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from mtcolor.models.conv import conv_general_dilated
 from mtcolor.models.init import pix2pix_kernel_init, pix2pix_scale_init
 
 Initializer = Callable[..., Any]
@@ -40,55 +40,6 @@ def batch_norm(train: bool, dtype: Any, scale_init: Initializer, name: str) -> n
         scale_init=scale_init,
         use_fast_variance=False,
         name=name,
-    )
-
-
-_NHWC_HWIO = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
-
-
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                         precision=None, preferred_element_type=None):
-    """``jax.lax.conv_general_dilated`` that computes stride-1 convs on 2x2 maps as one matmul.
-
-    Why: XLA:CPU sends a 3x3 conv over a 2x2 map with 512 channels (layer4 of a 64 px input) to a
-    generic loop at about 0.7 GFLOP/s: measured here at batch 16, 0.45 s forward and 0.88 s forward
-    + backward per conv, against 0.003 s / 0.008 s as a matmul over the nine shifted copies of the
-    zero-padded map (im2col). On such a tiny map im2col costs nothing, and the result equals the
-    convolution up to float32 summation order. Every other shape goes to XLA's convolution.
-    """
-    plain = (
-        lhs.ndim == 4
-        and rhs.ndim == 4
-        and dimension_numbers is not None
-        and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC_HWIO
-        and tuple(window_strides) == (1, 1)
-        and lhs.shape[1:3] == (2, 2)
-        and not isinstance(padding, str)
-        and (lhs_dilation is None or tuple(lhs_dilation) == (1, 1))
-        and (rhs_dilation is None or tuple(rhs_dilation) == (1, 1))
-        and feature_group_count == 1
-        and batch_group_count == 1
-    )
-    if not plain:
-        return jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-            batch_group_count=batch_group_count, precision=precision,
-            preferred_element_type=preferred_element_type,
-        )
-    kh, kw, c_in, c_out = rhs.shape
-    (top, bottom), (left, right) = padding
-    padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    out_h = padded.shape[1] - kh + 1
-    out_w = padded.shape[2] - kw + 1
-    # (N, out_h, out_w, kh * kw * c_in), ordered like rhs.reshape(kh * kw * c_in, c_out)
-    columns = jnp.concatenate(
-        [padded[:, i : i + out_h, j : j + out_w] for i in range(kh) for j in range(kw)], axis=-1
-    )
-    return jnp.einsum(
-        "nhwk,ko->nhwo", columns, rhs.reshape(kh * kw * c_in, c_out),
-        precision=precision, preferred_element_type=preferred_element_type,
     )
 
 
