@@ -1,0 +1,1 @@
+"""Examples of building new experiments from mtcolor's parts (see docs/library-example.md)."""
