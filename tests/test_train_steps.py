@@ -7,18 +7,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtcolor.train import config as config_lib
+from experiments.configs import tiny
+from mtcolor.train import sharding
 from mtcolor.train import state as state_lib
 from mtcolor.train import steps
 
 SIZE, BATCH = 32, 4
 
 
-def _batch(seed=0):
+def _batch(seed=0, mask=None):
   rng = np.random.default_rng(seed)
-  return {"L": jnp.asarray(rng.uniform(-1, 1, (BATCH, SIZE, SIZE, 1)), jnp.float32),
-          "ab": jnp.asarray(rng.uniform(-0.4, 0.4, (BATCH, SIZE, SIZE, 2)), jnp.float32),
-          "label": jnp.asarray([0, 1, 2, 3], jnp.int32)}
+  batch = {"L": rng.uniform(-1, 1, (BATCH, SIZE, SIZE, 1)).astype(np.float32),
+           "ab": rng.uniform(-0.4, 0.4, (BATCH, SIZE, SIZE, 2)).astype(np.float32),
+           "label": np.asarray([0, 1, 2, 3], np.int32)}
+  if mask is not None:
+    batch["mask"] = np.asarray(mask, np.float32)
+  return sharding.put_batch(batch, MESH)
 
 
 def _host(tree):
@@ -45,18 +49,36 @@ def _all_changed(before, after):
   return all(flags.values()), [jax.tree_util.keystr(k) for k, v in flags.items() if not v]
 
 
+# The tiny test config on the 1-device mesh, replicated as the loop places it: the compiled steps
+# are then the ones tests/test_experiments.py's runs use (jit cache hits, not recompiles).
+MESH = sharding.make_mesh(jax.devices()[:1])
+
+
+def _fns():
+  return steps.jit_steps(MESH)
+
+
+def _key(seed):
+  return sharding.replicate(jax.random.PRNGKey(seed), MESH)
+
+
+def _copy(state):
+  return sharding.replicate(jax.tree.map(jnp.copy, state), MESH)
+
+
 @pytest.fixture(scope="module")
 def multitask_state():
-  config = config_lib.base_config("multitask")
-  config.image_size, config.batch_size = SIZE, BATCH
-  return state_lib.create_train_state(config, jax.random.PRNGKey(0), backbone_frozen=True)
+  config = tiny.get_config()
+  assert (config.image_size, config.batch_size) == (SIZE, BATCH)
+  state = state_lib.create_train_state(config, jax.random.PRNGKey(0), backbone_frozen=True)
+  return sharding.replicate(state, MESH)
 
 
 @pytest.fixture(scope="module")
 def phase1_update(multitask_state):
   before = _host(multitask_state)
-  after, metrics = steps.jit_steps().generator_step(
-      jax.tree.map(jnp.copy, multitask_state), _batch(), jax.random.PRNGKey(1))
+  after, metrics = _fns().generator_step(
+      _copy(multitask_state), _batch(), _key(1))
   return before, after, metrics
 
 
@@ -93,14 +115,14 @@ def test_frozen_backbone_carries_no_adam_state(multitask_state):
 
 def test_phase2_trains_backbone_and_keeps_rest_adam_state(phase1_update):
   _, after1, _ = phase1_update
-  state = state_lib.unfreeze_backbone(jax.tree.map(jnp.copy, after1))
+  state = _copy(state_lib.unfreeze_backbone(jax.tree.map(jnp.copy, after1)))
   assert not state.optimizer.backbone_frozen
   rest_before = _host(state.opt_state["model"].inner_states["rest"])
   assert int(rest_before.inner_state[0].count) == 1  # carried over from phase 1
   backbone_opt = state.opt_state["model"].inner_states["backbone"].inner_state[0]
   assert int(backbone_opt.count) == 0  # fresh Adam for the backbone
   before = _host(state)
-  after, _ = steps.jit_steps().generator_step(state, _batch(1), jax.random.PRNGKey(2))
+  after, _ = _fns().generator_step(state, _batch(1), _key(2))
   after = _host(after)
   ok, unchanged = _all_changed(before.params["model"]["backbone"], after.params["model"]["backbone"])
   assert ok, f"backbone leaves not updated in phase 2: {unchanged}"
@@ -112,8 +134,8 @@ def test_phase2_trains_backbone_and_keeps_rest_adam_state(phase1_update):
 
 def test_discriminator_step_changes_only_the_discriminator(multitask_state):
   before = _host(multitask_state)
-  after, metrics = steps.jit_steps().discriminator_step(
-      jax.tree.map(jnp.copy, multitask_state), _batch(), jax.random.PRNGKey(1))
+  after, metrics = _fns().discriminator_step(
+      _copy(multitask_state), _batch(), _key(1))
   after = _host(after)
   for part in ("params", "batch_stats", "opt_state"):
     assert _all_equal(getattr(before, part)["model"], getattr(after, part)["model"]), part
@@ -131,8 +153,8 @@ def test_update_frozen_bn_stats_option_moves_only_the_statistics(multitask_state
   state = multitask_state.replace(
       optimizer=dataclasses.replace(multitask_state.optimizer, update_frozen_bn_stats=True))
   before = _host(state)
-  after, _ = steps.jit_steps().generator_step(jax.tree.map(jnp.copy, state), _batch(),
-                                              jax.random.PRNGKey(1))
+  after, _ = _fns().generator_step(_copy(state), _batch(),
+                                              _key(1))
   after = _host(after)
   assert _all_equal(before.params["model"]["backbone"], after.params["model"]["backbone"])
   ok, unchanged = _all_changed(before.batch_stats["model"]["backbone"],
@@ -142,11 +164,9 @@ def test_update_frozen_bn_stats_option_moves_only_the_statistics(multitask_state
 
 def test_eval_step_masks_padded_rows(phase1_update):
   _, state, _ = phase1_update
-  batch = _batch(3)
-  full = jax.device_get(steps.jit_steps().eval_step(state, batch))
+  full = jax.device_get(_fns().eval_step(state, _batch(3, mask=[1, 1, 1, 1])))
   np.testing.assert_array_equal(full["mask"], np.ones(BATCH))
-  padded = dict(batch, mask=jnp.asarray([1.0, 1.0, 0.0, 0.0]))
-  out = jax.device_get(steps.jit_steps().eval_step(state, padded))
+  out = jax.device_get(_fns().eval_step(state, _batch(3, mask=[1, 1, 0, 0])))
   np.testing.assert_array_equal(out["mask"], [1, 1, 0, 0])
   from mtcolor.train import metrics as metrics_lib
   names = metrics_lib.metric_names(state.objective)

@@ -61,6 +61,17 @@ def _make_tracker(pipeline, config):
                       min_examples=int(config.data.get("bad_check_min_examples", 200)))
 
 
+def _iteration(fns, state, batch):
+  """steps.train_step as two compiled calls (D, then G or the classifier) with the same key: the
+  same arithmetic, and the compiled D and G steps are shared with direct users of them."""
+  rng = fns.iteration_rng(state)
+  metrics = {}
+  if state.discriminator is not None:
+    state, metrics = fns.discriminator_step(state, batch, rng)
+  state, model_metrics = fns.generator_step(state, batch, rng)
+  return state, {**metrics, **model_metrics}
+
+
 def _best_metric(config, objective) -> tuple[str, str]:
   name = config.train.best_metric
   if name is None:
@@ -248,7 +259,7 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
       tracker.observe(batch)
       tracker.check()  # stops the run (TooManyBadInputsError) above data.max_bad_fraction
     arrays = _model_inputs(batch)
-    state, step_metrics = fns.train_step(state, sharding.put_batch(arrays, mesh))
+    state, step_metrics = _iteration(fns, state, sharding.put_batch(arrays, mesh))
     step += 1
     pending.append((step, step_metrics))
     if state.optimizer.backbone_frozen and step >= phase1:

@@ -206,6 +206,7 @@ def jit_steps(mesh=None):
     from mtcolor.train import sharding
     kwargs["out_shardings"] = sharding.replicated(mesh)
   return JittedSteps(
+      iteration_rng=jax.jit(iteration_rng, **kwargs),
       train_step=jax.jit(train_step, donate_argnums=0, **kwargs),
       eval_step=jax.jit(eval_step, **kwargs),
       predict_ab=jax.jit(predict_ab, **kwargs),
