@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -70,14 +70,27 @@ def evaluate_model(
     *,
     num_classes: int | None = None,
     class_names: list[str] | None = None,
-    feature_extractor: frechet.FeatureExtractor | None = None,
+    feature_extractor: frechet.FeatureExtractor | Sequence[frechet.FeatureExtractor] | None = None,
 ) -> dict:
-    """All metrics of `model` over `batches` (a single pass); pads (mask 0) are ignored."""
+    """All metrics of `model` over `batches` (a single pass); pads (mask 0) are ignored.
+
+    `feature_extractor`: one or several; each gives a Frechet distance under its own metric name.
+    """
+    if feature_extractor is None:
+        extractors: tuple[frechet.FeatureExtractor, ...] = ()
+    elif isinstance(feature_extractor, frechet.FeatureExtractor):
+        extractors = (feature_extractor,)
+    else:
+        extractors = tuple(feature_extractor)
+    if len({e.metric_name for e in extractors}) != len(extractors):
+        raise ValueError("two feature extractors share a metric name")
     predict = jax.jit(lambda v, L: model.apply(v, L, train=False))
     colorization_metrics = make_colorization_metrics_fn() if experiment in COLORIZING else None
     means = metrics.MeanAccumulator()
     labels, predictions = [], []
-    features: dict[str, list[np.ndarray]] = {"model": [], "grayscale_baseline": [], "ground_truth": []}
+    rows = ("model", "grayscale_baseline", "ground_truth")
+    features: dict[str, dict[str, list[np.ndarray]]] = {
+        e.metric_name: {row: [] for row in rows} for e in extractors}
     num_examples = 0
     for batch in batches:
         L = jnp.asarray(batch["L"])
@@ -90,9 +103,9 @@ def evaluate_model(
         if colorization_metrics is not None:
             values, images = colorization_metrics(L, ab_pred, jnp.asarray(batch["ab"]))
             means.update(jax.device_get(values), mask)
-            if feature_extractor is not None:
+            for extractor in extractors:
                 for name, rgb in images.items():
-                    features[name].append(np.asarray(feature_extractor.features(rgb))[mask])
+                    features[extractor.metric_name][name].append(np.asarray(extractor.features(rgb))[mask])
 
     result: dict = {"experiment": experiment, "num_examples": num_examples,
                     "model": {}, "grayscale_baseline": {}, "ground_truth": {}}
@@ -114,16 +127,36 @@ def evaluate_model(
         result["grayscale_baseline"]["accuracy"] = metrics.accuracy_from_confusion(baseline_counts)
         result["grayscale_baseline"]["accuracy_note"] = f"majority class ({names[majority]})"
         result["class_names"] = names
-    if feature_extractor is not None and features["model"]:
-        stats = {name: frechet.feature_statistics(np.concatenate(f)) for name, f in features.items()}
-        metric = feature_extractor.metric_name
+    for extractor in extractors:
+        metric = extractor.metric_name
+        if not features[metric]["model"]:
+            continue
+        stats = {name: frechet.feature_statistics(np.concatenate(f)) for name, f in features[metric].items()}
         result["model"][metric] = frechet.frechet_distance(*stats["model"], *stats["ground_truth"])
         result["grayscale_baseline"][metric] = frechet.frechet_distance(
             *stats["grayscale_baseline"], *stats["ground_truth"])
         result["ground_truth"][metric] = 0.0
-        result["frechet"] = {"metric": metric, "description": feature_extractor.description,
-                             "num_images": num_examples}
+        result.setdefault("frechet", []).append(
+            {"metric": metric, "description": extractor.description, "num_images": num_examples})
     return result
+
+
+def feature_extractors(config, fid_weights: str | None = None) -> list[frechet.FeatureExtractor]:
+    """The ResNet-18 Frechet extractor (when its weights are available) and, when `fid_weights`
+    is given (a path, or "download"), the FID Inception-v3 next to it, each under its own name.
+
+    Missing FID weights raise (the user asked for them, with instructions in the error); missing
+    ResNet-18 weights only skip that distance (reason in FRECHET_SKIPPED).
+    """
+    extractors = []
+    if fid_weights:
+        from mtcolor.eval.inception import fid_feature_extractor, load_fid_inception
+
+        extractors.append(fid_feature_extractor(load_fid_inception(fid_weights)))
+    resnet = default_feature_extractor(config)
+    if resnet is not None:
+        extractors.insert(0, resnet)
+    return extractors
 
 
 def default_feature_extractor(config, fid_weights: str | None = None) -> frechet.FeatureExtractor | None:
@@ -133,14 +166,9 @@ def default_feature_extractor(config, fid_weights: str | None = None) -> frechet
     torchvision file when the run started from scratch); None if they cannot be found.
     """
     if fid_weights:
-        try:
-            from mtcolor.eval.inception import load_fid_inception
-        except ImportError as error:
-            raise NotImplementedError(
-                "FID with the pytorch-fid Inception-v3 weights is not implemented yet "
-                "(mtcolor.eval.inception is missing); run without --fid_weights to get "
-                "frechet_resnet18_distance instead") from error
-        return frechet.inception_feature_extractor(load_fid_inception(fid_weights))
+        from mtcolor.eval.inception import fid_feature_extractor, load_fid_inception
+
+        return fid_feature_extractor(load_fid_inception(fid_weights))
     from mtcolor.weights import load_resnet18
 
     pretrained = None
@@ -184,17 +212,17 @@ def evaluate_workdir(workdir, split: str = "val", *, step=None, fid_weights: str
         from mtcolor.data.pipeline import make_eval_iterator
 
         batches = make_eval_iterator(config.data, split=split)
-    extractor = None
+    extractors = []
     skipped_reason = None
     if frechet_features and experiment in COLORIZING:
         FRECHET_SKIPPED.clear()
-        extractor = default_feature_extractor(config, fid_weights)
+        extractors = feature_extractors(config, fid_weights)
         skipped_reason = FRECHET_SKIPPED[-1] if FRECHET_SKIPPED else None
     names = class_names_of(config)
     num_classes = config.model.get("num_classes", None) if hasattr(config, "model") else None
     start = time.time()
     result = evaluate_model(model, variables, experiment, batches, num_classes=num_classes or (len(names) if names else None),
-                            class_names=names, feature_extractor=extractor)
+                            class_names=names, feature_extractor=extractors)
     result.update({"workdir": str(workdir), "split": split, "checkpoint": "latest" if step is None else step,
                    "eval_time_s": time.time() - start})
     if skipped_reason:
@@ -246,7 +274,7 @@ def results_markdown(result: dict) -> str:
         lines += ["", f"Baseline accuracy: {result['grayscale_baseline']['accuracy_note']}."]
     if "frechet_skipped" in result:
         lines += ["", result["frechet_skipped"]]
-    if "frechet" in result:
-        lines += ["", f"Frechet distance: {result['frechet']['description']}, "
-                      f"{result['frechet']['num_images']} images (noisy and biased upwards at this size)."]
+    for entry in result.get("frechet", []):
+        lines += ["", f"{entry['metric']}: {entry['description']}, "
+                      f"{entry['num_images']} images (noisy and biased upwards at this size)."]
     return "\n".join(lines) + "\n"

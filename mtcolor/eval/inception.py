@@ -1,0 +1,444 @@
+"""The FID Inception-v3 (pytorch-fid's variant of the 2015-12-05 TF graph) in flax linen, NHWC.
+
+`FIDInceptionV3()(rgb)` maps RGB images in [0, 1], (N, H, W, 3) of any size, to the 2048-d pool3
+features that FID is defined on. `load_fid_inception(path | "download")` reads the standard weights
+file `pt_inception-2015-12-05-6726825d.pth` (pytorch-fid's GitHub release) without torch and
+returns the flax variables {"params", "batch_stats"}.
+
+The architecture is torchvision's Inception3 (no aux head, no fc) with the block patches of
+pytorch-fid that make it compute what the TF FID graph computes:
+- the pool branch of the A, C and first E blocks (Mixed_5b-d, 6b-e, 7b) averages over the valid
+  pixels of its 3x3 window only (`count_include_pad=False`: TF's "SAME" average pool does not
+  count the padding zeros);
+- the pool branch of the last E block (Mixed_7c) is a 3x3 *max* pool (a quirk of the TF graph);
+- BatchNorm epsilon 1e-3 everywhere (BasicConv2d = conv without bias, BN, ReLU).
+
+Input handling follows pytorch-fid's `InceptionV3(resize_input=True, normalize_input=True)`:
+bilinear resize to 299x299 with half-pixel centres and no antialiasing (torch's
+`F.interpolate(mode="bilinear", align_corners=False)`; `jax.image.resize(..., antialias=False)`
+computes the same weights, edges included), then x -> 2x - 1. The original TF FID code resized
+differently (TF1 `tf.image.resize_bilinear` with align_corners=False but without half-pixel
+centres), so features of non-299 inputs differ slightly from TF's; for 299x299 inputs there is no
+resize and the two agree. pytorch-fid documents its FIDs as close to, not identical to, TF's.
+
+Names mirror torch's module tree (Conv2d_1a_3x3/conv, Mixed_5b/branch1x1/bn, ...), so the
+weights map mechanically: `<path>.conv.weight` (OIHW) -> params `<path>/conv/kernel` (HWIO),
+`<path>.bn.{weight,bias,running_mean,running_var}` -> params scale/bias, batch_stats mean/var.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import logging
+from pathlib import Path
+import pickle
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtcolor import weights as weights_lib
+
+FID_WEIGHTS_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+    "pt_inception-2015-12-05-6726825d.pth"
+)
+FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
+INPUT_SIZE = 299
+FEATURE_DIM = 2048
+
+# Trainable parameters of pytorch-fid's FID Inception without its fc layer (conv kernels + BN
+# scale/bias; BN running statistics are buffers, not parameters). Derived by hand with
+# BasicConv(c_in, c_out, k_h x k_w) = k_h k_w c_in c_out + 2 c_out:
+#   stem: 928 + 9,280 + 18,560 + 5,280 + 138,624                         =    172,672
+#   A(c_in, pool p) = c_in (176 + p) + 215,904 + 2p:
+#     Mixed_5b (192, 32) 255,904; Mixed_5c (256, 64) 277,472; 5d (288, 64) 285,152
+#   B(288) = 996,096 + 18,560 + 55,488 + 83,136                           =  1,153,280
+#   C(c7) = 296,448 + 4,236 c7 + 28 c7^2:
+#     Mixed_6b (128) 1,297,408; 6c, 6d (160) 1,691,008 each; 6e (192) 2,141,952
+#   D(768) = 147,840 + 553,600 + 147,840 + 2 x 258,432 + 332,160          =  1,698,304
+#   E(c_in) = 1,344 c_in + 3,324,288: Mixed_7b (1280) 5,044,608; 7c (2048) 6,076,800
+#   total                                                                 = 21,785,568
+# benchmarks/make_inception_fixture.py prints the same per-block sums from torch's own module
+# tree (`named_parameters()` without fc) and stores the total in the golden fixture.
+FID_INCEPTION_PARAM_COUNT = 21_785_568
+
+
+class BasicConv(nn.Module):
+    """Conv (no bias, explicit symmetric padding) -> BatchNorm(eps 1e-3, running stats) -> ReLU."""
+
+    features: int
+    kernel: tuple[int, int]
+    stride: int = 1
+    padding: tuple[int, int] = (0, 0)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        (ph, pw) = self.padding
+        x = nn.Conv(self.features, self.kernel, strides=(self.stride, self.stride),
+                    padding=((ph, ph), (pw, pw)), use_bias=False, dtype=self.dtype, name="conv")(x)
+        x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, dtype=self.dtype, name="bn")(x)
+        return nn.relu(x)
+
+
+def _conv(features, kernel, stride=1, padding=(0, 0), *, name, dtype):
+    kernel = (kernel, kernel) if isinstance(kernel, int) else kernel
+    return BasicConv(features, kernel, stride, padding, dtype=dtype, name=name)
+
+
+def avg_pool_3x3_valid_only(x):
+    """3x3, stride 1, pad 1 average over the window's in-image pixels (count_include_pad=False)."""
+    window, strides, pad = (1, 3, 3, 1), (1, 1, 1, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+    total = jax.lax.reduce_window(x, jnp.array(0, x.dtype), jax.lax.add, window, strides, pad)
+    ones = jnp.ones((1, x.shape[1], x.shape[2], 1), x.dtype)
+    count = jax.lax.reduce_window(ones, jnp.array(0, x.dtype), jax.lax.add, window, strides, pad)
+    return total / count
+
+
+def max_pool(x, size=3, stride=2, pad=0):
+    return nn.max_pool(x, (size, size), strides=(stride, stride), padding=((pad, pad), (pad, pad)))
+
+
+class InceptionA(nn.Module):
+    pool_features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = lambda *a, **k: _conv(*a, dtype=self.dtype, **k)  # noqa: E731
+        b1 = c(64, 1, name="branch1x1")(x)
+        b5 = c(64, 5, padding=(2, 2), name="branch5x5_2")(c(48, 1, name="branch5x5_1")(x))
+        b3 = c(64, 1, name="branch3x3dbl_1")(x)
+        b3 = c(96, 3, padding=(1, 1), name="branch3x3dbl_2")(b3)
+        b3 = c(96, 3, padding=(1, 1), name="branch3x3dbl_3")(b3)
+        bp = c(self.pool_features, 1, name="branch_pool")(avg_pool_3x3_valid_only(x))
+        return jnp.concatenate([b1, b5, b3, bp], axis=-1)
+
+
+class InceptionB(nn.Module):  # Mixed_6a: grid reduction 35 -> 17
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = lambda *a, **k: _conv(*a, dtype=self.dtype, **k)  # noqa: E731
+        b3 = c(384, 3, stride=2, name="branch3x3")(x)
+        bd = c(64, 1, name="branch3x3dbl_1")(x)
+        bd = c(96, 3, padding=(1, 1), name="branch3x3dbl_2")(bd)
+        bd = c(96, 3, stride=2, name="branch3x3dbl_3")(bd)
+        return jnp.concatenate([b3, bd, max_pool(x)], axis=-1)
+
+
+class InceptionC(nn.Module):
+    channels_7x7: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = lambda *a, **k: _conv(*a, dtype=self.dtype, **k)  # noqa: E731
+        c7 = self.channels_7x7
+        row, col = dict(kernel=(1, 7), padding=(0, 3)), dict(kernel=(7, 1), padding=(3, 0))
+        b1 = c(192, 1, name="branch1x1")(x)
+        b7 = c(c7, 1, name="branch7x7_1")(x)
+        b7 = c(c7, **row, name="branch7x7_2")(b7)
+        b7 = c(192, **col, name="branch7x7_3")(b7)
+        bd = c(c7, 1, name="branch7x7dbl_1")(x)
+        bd = c(c7, **col, name="branch7x7dbl_2")(bd)
+        bd = c(c7, **row, name="branch7x7dbl_3")(bd)
+        bd = c(c7, **col, name="branch7x7dbl_4")(bd)
+        bd = c(192, **row, name="branch7x7dbl_5")(bd)
+        bp = c(192, 1, name="branch_pool")(avg_pool_3x3_valid_only(x))
+        return jnp.concatenate([b1, b7, bd, bp], axis=-1)
+
+
+class InceptionD(nn.Module):  # Mixed_7a: grid reduction 17 -> 8
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = lambda *a, **k: _conv(*a, dtype=self.dtype, **k)  # noqa: E731
+        b3 = c(320, 3, stride=2, name="branch3x3_2")(c(192, 1, name="branch3x3_1")(x))
+        b7 = c(192, 1, name="branch7x7x3_1")(x)
+        b7 = c(192, (1, 7), padding=(0, 3), name="branch7x7x3_2")(b7)
+        b7 = c(192, (7, 1), padding=(3, 0), name="branch7x7x3_3")(b7)
+        b7 = c(192, 3, stride=2, name="branch7x7x3_4")(b7)
+        return jnp.concatenate([b3, b7, max_pool(x)], axis=-1)
+
+
+class InceptionE(nn.Module):
+    """Mixed_7b (`max_pool_branch=False`) and Mixed_7c (True: the FID graph's max-pool quirk)."""
+
+    max_pool_branch: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = lambda *a, **k: _conv(*a, dtype=self.dtype, **k)  # noqa: E731
+        row, col = dict(kernel=(1, 3), padding=(0, 1)), dict(kernel=(3, 1), padding=(1, 0))
+        b1 = c(320, 1, name="branch1x1")(x)
+        b3 = c(384, 1, name="branch3x3_1")(x)
+        b3 = jnp.concatenate([c(384, **row, name="branch3x3_2a")(b3),
+                              c(384, **col, name="branch3x3_2b")(b3)], axis=-1)
+        bd = c(448, 1, name="branch3x3dbl_1")(x)
+        bd = c(384, 3, padding=(1, 1), name="branch3x3dbl_2")(bd)
+        bd = jnp.concatenate([c(384, **row, name="branch3x3dbl_3a")(bd),
+                              c(384, **col, name="branch3x3dbl_3b")(bd)], axis=-1)
+        pooled = max_pool(x, 3, 1, 1) if self.max_pool_branch else avg_pool_3x3_valid_only(x)
+        bp = c(192, 1, name="branch_pool")(pooled)
+        return jnp.concatenate([b1, b3, bd, bp], axis=-1)
+
+
+class FIDInceptionV3(nn.Module):
+    """RGB in [0, 1], (N, H, W, 3) -> (N, 2048) pool3 features of the FID Inception-v3.
+
+    `resize_input=False` feeds the images at their own size (the network is fully convolutional
+    down to 75x75); FID proper always uses the default 299x299 resize.
+    """
+
+    resize_input: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, rgb):
+        x = rgb.astype(jnp.float32)
+        if self.resize_input and x.shape[1:3] != (INPUT_SIZE, INPUT_SIZE):
+            x = jax.image.resize(x, (x.shape[0], INPUT_SIZE, INPUT_SIZE, x.shape[3]),
+                                 method="bilinear", antialias=False)
+        x = (2.0 * x - 1.0).astype(self.dtype)
+        c = lambda *a, **k: _conv(*a, dtype=self.dtype, **k)  # noqa: E731
+        x = c(32, 3, stride=2, name="Conv2d_1a_3x3")(x)
+        x = c(32, 3, name="Conv2d_2a_3x3")(x)
+        x = c(64, 3, padding=(1, 1), name="Conv2d_2b_3x3")(x)
+        x = max_pool(x)
+        x = c(80, 1, name="Conv2d_3b_1x1")(x)
+        x = c(192, 3, name="Conv2d_4a_3x3")(x)
+        x = max_pool(x)
+        x = InceptionA(32, dtype=self.dtype, name="Mixed_5b")(x)
+        x = InceptionA(64, dtype=self.dtype, name="Mixed_5c")(x)
+        x = InceptionA(64, dtype=self.dtype, name="Mixed_5d")(x)
+        x = InceptionB(dtype=self.dtype, name="Mixed_6a")(x)
+        x = InceptionC(128, dtype=self.dtype, name="Mixed_6b")(x)
+        x = InceptionC(160, dtype=self.dtype, name="Mixed_6c")(x)
+        x = InceptionC(160, dtype=self.dtype, name="Mixed_6d")(x)
+        x = InceptionC(192, dtype=self.dtype, name="Mixed_6e")(x)
+        x = InceptionD(dtype=self.dtype, name="Mixed_7a")(x)
+        x = InceptionE(False, dtype=self.dtype, name="Mixed_7b")(x)
+        x = InceptionE(True, dtype=self.dtype, name="Mixed_7c")(x)
+        return x.astype(jnp.float32).mean(axis=(1, 2))  # adaptive average pool to 1x1
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights: torch state dict -> flax variables.
+
+
+class FIDWeightsMismatchError(weights_lib.WeightsMismatchError):
+    """The state dict does not fit the FID Inception-v3 (lists missing/unexpected/mis-shaped keys)."""
+
+    def __init__(self, missing=(), unexpected=(), shape_mismatches=(), path=None):
+        super().__init__(missing, unexpected, shape_mismatches, path)
+        message = str(self).replace("ResNet-18 weights do not match", "FID Inception-v3 weights do not match", 1)
+        self.args = (message,)
+
+    def __str__(self):
+        return self.args[0]
+
+
+_BN_FIELDS = {"weight": ("params", "scale"), "bias": ("params", "bias"),
+              "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+
+
+def expected_layout() -> dict[str, tuple[tuple[int, ...], str, tuple[str, ...]]]:
+    """torch key -> (torch shape, flax collection, flax path), from the flax model's shapes.
+
+    Shapes come from `jax.eval_shape` of the model (no compute); the file is the independent
+    side: any architecture slip shows up as mismatches against the real weights, and the golden
+    test checks the outputs against pytorch-fid itself.
+    """
+    shapes = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32))
+    layout = {}
+    for collection in ("params", "batch_stats"):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(shapes[collection])[0]:
+            names = tuple(p.key for p in path)
+            *module, leaf_name = names
+            if leaf_name == "kernel":  # HWIO -> torch OIHW
+                h, w, i, o = leaf.shape
+                layout[".".join(module) + ".weight"] = ((o, i, h, w), collection, names)
+            else:
+                torch_field = {"scale": "weight", "bias": "bias", "mean": "running_mean",
+                               "var": "running_var"}[leaf_name]
+                layout[".".join(module) + "." + torch_field] = (tuple(leaf.shape), collection, names)
+    return layout
+
+
+def _is_ignored(key: str) -> bool:
+    # fc is the 1008-way ImageNet classifier after pool3; FID stops before it.
+    return key.startswith("fc.") or key.endswith(".num_batches_tracked")
+
+
+def convert_fid_inception_state_dict(state_dict: Mapping[str, np.ndarray], *, path=None) -> dict:
+    """pytorch-fid's Inception state dict -> {"params", "batch_stats"} of `FIDInceptionV3`."""
+    layout = expected_layout()
+    unexpected, mismatches, found = [], [], {}
+    for key, value in state_dict.items():
+        if _is_ignored(key):
+            continue
+        if key not in layout:
+            unexpected.append(key)
+        elif not isinstance(value, np.ndarray | np.generic):
+            unexpected.append(f"{key} (a {type(value).__name__}, not an array)")
+        elif tuple(value.shape) != layout[key][0]:
+            mismatches.append((key, tuple(value.shape), layout[key][0]))
+        else:
+            found[key] = value
+    missing = [k for k in layout if k not in state_dict]
+    if missing or unexpected or mismatches:
+        raise FIDWeightsMismatchError(missing, unexpected, mismatches, path=path)
+    variables: dict = {"params": {}, "batch_stats": {}}
+    for key, value in found.items():
+        _, collection, flax_path = layout[key]
+        value = np.asarray(value, np.float32)
+        if value.ndim == 4:
+            value = np.ascontiguousarray(value.transpose(2, 3, 1, 0))  # OIHW -> HWIO
+        node = variables[collection]
+        for name in flax_path[:-1]:
+            node = node.setdefault(name, {})
+        node[flax_path[-1]] = value
+    return variables
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the file. pytorch-fid published its weights in 2019, before torch 1.6 made the zip
+# archive the default, so the file may be in torch's legacy (non-zip) serialization, which
+# `mtcolor.weights.read_state_dict` refuses. The legacy reader below uses the same restricted
+# unpickler (only tensors, storages and OrderedDict; a file that wants anything else is refused).
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def _read_legacy_pth(path: Path) -> dict:
+    """A pre-1.6 `torch.save` file: magic, protocol, sys_info pickles, the object pickle (whose
+    storages are persistent ids), the list of storage keys, then each storage as int64 numel +
+    raw little-endian bytes. The object pickle is read twice: once to learn the storages'
+    dtypes and sizes, once more to build the tensors from the storages read after it."""
+    restricted = weights_lib._RestrictedUnpickler  # noqa: SLF001 - shared security allow-list
+
+    class Unpickler(restricted):
+        def __init__(self, file, storages, specs):
+            super().__init__(file, None, path)
+            self._storages, self._specs = storages, specs
+
+        def persistent_load(self, pid):
+            if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"
+                    and isinstance(pid[1], weights_lib._StorageType)):  # noqa: SLF001
+                raise weights_lib.WeightsFileFormatError(f"{path}: unsupported persistent id {pid!r:.200}")
+            _, storage_type, key, _location, numel, view_metadata = pid
+            if view_metadata is not None:
+                raise weights_lib.WeightsFileFormatError(f"{path}: storage views are not supported")
+            self._specs[str(key)] = (storage_type.name, int(numel))
+            if self._storages is None:  # first pass: a stand-in storage of the right size
+                return np.zeros(int(numel), np.uint8)
+            return self._storages[str(key)]
+
+    with open(path, "rb") as f:
+        try:
+            if pickle.load(f) != _LEGACY_MAGIC:
+                raise weights_lib.WeightsFileFormatError(f"{path}: not a torch legacy file (bad magic number)")
+            pickle.load(f)  # protocol version
+            sys_info = pickle.load(f)
+            if not sys_info.get("little_endian", True):
+                raise weights_lib.WeightsFileFormatError(f"{path}: big-endian legacy files are not supported")
+            start = f.tell()
+            specs: dict[str, tuple[str, int]] = {}
+            Unpickler(f, None, specs).load()
+            keys = pickle.load(f)
+            storages = {}
+            for key in keys:
+                type_name, numel = specs[str(key)]
+                dtype = weights_lib._numpy_dtype(weights_lib._STORAGE_DTYPES[type_name], "little")  # noqa: SLF001
+                stored = int(np.frombuffer(f.read(8), "<i8")[0])
+                if stored != numel:
+                    raise weights_lib.WeightsFileFormatError(
+                        f"{path}: storage {key} holds {stored} elements, the pickle says {numel}")
+                raw = f.read(numel * dtype.itemsize)
+                if len(raw) != numel * dtype.itemsize:
+                    raise weights_lib.WeightsFileFormatError(f"{path}: truncated storage {key}")
+                storages[str(key)] = np.frombuffer(raw, dtype)
+            f.seek(start)
+            obj = Unpickler(f, storages, specs).load()
+        except (weights_lib.UnsafeWeightsFileError, weights_lib.WeightsFileFormatError):
+            raise
+        except Exception as error:  # a corrupt or foreign file: say which
+            raise weights_lib.WeightsFileFormatError(f"{path}: cannot read as a torch legacy file: {error}") from error
+    return weights_lib._unwrap_checkpoint(obj, path)  # noqa: SLF001
+
+
+def read_torch_state_dict(path) -> dict[str, np.ndarray]:
+    """`mtcolor.weights.read_state_dict`, plus torch's legacy (pre-1.6, non-zip) .pth format."""
+    path = Path(path)
+    try:
+        return weights_lib.read_state_dict(path)
+    except weights_lib.WeightsFileFormatError:
+        if path.suffix.lower() not in (".pth", ".pt") or not path.is_file():
+            raise
+        with open(path, "rb") as f:
+            if f.read(1) != b"\x80":  # not a pickle either: keep read_state_dict's message
+                raise
+        return _read_legacy_pth(path)
+
+
+def find_fid_inception_weights(*, download: bool = True, urlopen=None) -> Path:
+    """`pt_inception-2015-12-05-6726825d.pth` from torch's hub cache (where pytorch-fid caches it),
+    else downloaded there with its sha256 prefix (6726825d) checked."""
+    dirs = weights_lib.torch_hub_checkpoint_dirs()
+    for directory in dirs:
+        if (directory / FID_WEIGHTS_FILENAME).is_file():
+            return directory / FID_WEIGHTS_FILENAME
+    instructions = (
+        f"Put {FID_WEIGHTS_FILENAME} into {dirs[0]} (or point TORCH_HOME at a directory whose "
+        f"hub/checkpoints holds it), or pass its path with --fid_weights PATH. To fetch it on a "
+        f"machine with internet access: `curl -LO {FID_WEIGHTS_URL}` (its sha256 starts with "
+        "6726825d), or `pip install pytorch-fid` and run `python -c \"from pytorch_fid.inception "
+        "import fid_inception_v3; fid_inception_v3()\"` there, then copy "
+        f"~/.cache/torch/hub/checkpoints/{FID_WEIGHTS_FILENAME}."
+    )
+    searched = ", ".join(str(d) for d in dirs)
+    if not download:
+        raise weights_lib.WeightsNotAvailableError(f"{FID_WEIGHTS_FILENAME} not found in {searched}. {instructions}")
+    try:
+        logging.info("Downloading %s to %s", FID_WEIGHTS_URL, dirs[0])
+        return weights_lib.download_checked(FID_WEIGHTS_URL, dirs[0], urlopen=urlopen)
+    except OSError as error:  # URLError, timeouts, DNS failures: offline
+        raise weights_lib.WeightsNotAvailableError(
+            f"{FID_WEIGHTS_FILENAME} not found in {searched} and the download from {FID_WEIGHTS_URL} "
+            f"failed ({error}). {instructions}") from error
+
+
+def load_fid_inception(weights="download", *, download: bool = True) -> dict:
+    """`FIDInceptionV3` variables from a weights file path, or "download" (find in torch's hub
+    cache, else download there with the hash checked; offline: `WeightsNotAvailableError` with
+    instructions)."""
+    if isinstance(weights, str) and weights == "download":
+        path = find_fid_inception_weights(download=download)
+    else:
+        path = Path(weights).expanduser()
+    return convert_fid_inception_state_dict(read_torch_state_dict(path), path=path)
+
+
+def fid_feature_extractor(variables):
+    """The "fid" `FeatureExtractor` (see `mtcolor.eval.frechet`) for loaded `FIDInceptionV3` variables.
+
+    The variables are a jit *argument*, not a closure: closed-over they would be baked into the
+    compiled program as ~90 MB of constants, which XLA:CPU spends tens of seconds folding.
+    """
+    from mtcolor.eval.frechet import FeatureExtractor
+
+    apply = jax.jit(FIDInceptionV3().apply)
+    device_variables = jax.device_put(variables)
+    return FeatureExtractor(
+        metric_name="fid",
+        features=lambda rgb: apply(device_variables, rgb),
+        description="FID: Inception-v3 pool3 (2048-d) features, pytorch-fid weights",
+    )
