@@ -1,12 +1,17 @@
 """Write the small torch-made fixtures for tests/test_weights.py (run once, with torch installed).
 
-    /work/venv_torch/bin/python benchmarks/make_weight_fixtures.py
+    /work/venv_torch/bin/python benchmarks/make_weight_fixtures.py [--legacy-only]
+
+`--legacy-only` rewrites just torch_legacy.pth, after checking that the seeded tensors still equal
+torch_small_expected.npz (which the test compares the legacy file against).
 
 torch is only needed here; the tests read the files with mtcolor.weights, which never imports it.
 Outputs in tests/fixtures/:
   torch_small.pth            genuine torch.save zip of tensors of assorted dtypes and layouts
   torch_small_expected.npz   the same tensors as torch sees them (contiguous numpy copies)
-  torch_legacy.pth           the pre-1.6 non-zip format (torch.save(_use_new_zipfile_serialization=False))
+  torch_legacy.pth           the same tensors in the pre-1.6 non-zip format
+                             (torch.save(_use_new_zipfile_serialization=False)); expected values are
+                             torch_small_expected.npz too
   torch_malicious.pth        a torch.save zip whose pickle calls os.system (must be refused)
   resnet18_strided.pth       a real torchvision resnet18 state dict (keys, shapes, int64 counters)
                              whose tensors are strided views of small random storages, so the file
@@ -16,6 +21,7 @@ Outputs in tests/fixtures/:
 
 import os
 from pathlib import Path
+import sys
 
 import numpy as np
 import torch
@@ -92,12 +98,26 @@ def strided_resnet18():
     return small, probes
 
 
+def write_legacy(tensors):
+    torch.save(tensors, OUT / "torch_legacy.pth", _use_new_zipfile_serialization=False)
+    back = torch.load(OUT / "torch_legacy.pth", weights_only=True)
+    assert all(torch.equal(back[k], tensors[k]) for k in tensors)
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     tensors = small_tensors()
+    if "--legacy-only" in sys.argv[1:]:
+        expected = np.load(OUT / "torch_small_expected.npz")
+        got = expected_numpy(tensors)
+        assert sorted(got) == sorted(expected.files)
+        assert all(np.array_equal(got[k], expected[k]) and got[k].dtype == expected[k].dtype for k in got)
+        write_legacy(tensors)
+        print(f"torch_legacy.pth: {(OUT / 'torch_legacy.pth').stat().st_size} bytes")
+        return
     torch.save(tensors, OUT / "torch_small.pth")
     np.savez(OUT / "torch_small_expected.npz", **expected_numpy(tensors))
-    torch.save({"f32": tensors["f32"]}, OUT / "torch_legacy.pth", _use_new_zipfile_serialization=False)
+    write_legacy(tensors)
     torch.save({"conv1.weight": tensors["f32"], "evil": _Evil()}, OUT / "torch_malicious.pth")
     sd, probes = strided_resnet18()
     torch.save(sd, OUT / "resnet18_strided.pth")

@@ -1,7 +1,7 @@
 """ImageNet ResNet-18 weights for `mtcolor.models.ResNet18`, imported without PyTorch.
 
-Reads torchvision/timm state dicts (`.pth` zip archives through a restricted unpickler that can
-never run code, `.safetensors`, `.npz`) and maps their keys onto the flax parameter names of
+Reads torchvision/timm state dicts (`.pth` in PyTorch's zip format or its legacy pre-1.6 format,
+both through a restricted unpickler that can never run code; `.safetensors`; `.npz`) and maps their keys onto the flax parameter names of
 `mtcolor.models.ResNet18`. Everything here is numpy-only: importing this module pulls in neither
 torch, TensorFlow nor JAX.
 """
@@ -287,10 +287,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     }
 
-    def __init__(self, file, read_storage, source):
+    def __init__(self, file, read_storage, source, *, legacy: bool = False):
         super().__init__(file)
+        # read_storage(type name, key, numel) -> 1-D array; None for records that hold no tensors.
         self._read_storage = read_storage
         self._source = source
+        self._legacy = legacy
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
@@ -306,24 +308,31 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
+        # Zip archives: ('storage', type, key, location, numel). The legacy format appends
+        # view_metadata, which torch >= 1.0 always writes as None (storage views predate it).
+        length = 6 if self._legacy else 5
+        if (self._read_storage is None
+                or not (isinstance(pid, tuple) and len(pid) == length and pid[0] == "storage"
+                        and isinstance(pid[1], _StorageType))):
             raise WeightsFileFormatError(f"{self._source}: unsupported persistent id {pid!r:.200}")
-        _, storage_type, key, _location, numel = pid
+        if self._legacy and pid[5] is not None:
+            raise WeightsFileFormatError(
+                f"{self._source}: storage views (torch < 1.0 legacy files) are not supported")
+        _, storage_type, key, _location, numel = pid[:5]
         return self._read_storage(storage_type.name, str(key), int(numel))
 
 
 def _read_pth(path: Path) -> dict:
-    """A `torch.save` zip archive (PyTorch >= 1.6) as {name: numpy array}."""
+    """A `torch.save` file as {name: numpy array}: the zip archive (PyTorch >= 1.6), or the legacy
+    format (a sequence of pickles, the default before 1.6; e.g. pytorch-fid's Inception weights)."""
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
-            head = f.read(2)
-        hint = (
-            "It looks like PyTorch's legacy (pre-1.6, non-zip) serialization. "
-            if head[:1] == b"\x80" else ""
-        )
+            head = f.read(1)
+        if head == b"\x80":  # a pickle's PROTO opcode: what a legacy file starts with
+            return _read_legacy_pth(path)
         raise WeightsFileFormatError(
-            f"{path}: not a PyTorch zip archive. {hint}Re-save it with a current PyTorch: "
+            f"{path}: neither a PyTorch zip archive nor a legacy torch.save file (pickles). "
+            "Re-save it with a current PyTorch: "
             "torch.save(torch.load(path, weights_only=True), new_path)."
         )
     with zipfile.ZipFile(path) as archive:
@@ -367,6 +376,69 @@ def _read_pth(path: Path) -> dict:
     return _unwrap_checkpoint(obj, path)
 
 
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
+
+def _read_legacy_pth(path: Path) -> dict:
+    """A legacy (pre-1.6, `_use_new_zipfile_serialization=False`) `torch.save` file.
+
+    Layout: pickles of the magic number, the protocol version and a sys_info dict; the object
+    pickle, whose storages are persistent ids; a pickled list of storage keys; then each storage
+    as an int64 element count and its raw (native, here little-endian) bytes. Every pickle goes
+    through `_RestrictedUnpickler`, the header records included, so a file cannot run code from
+    any of them. The storages come after the object pickle that uses them, so that pickle is read
+    twice: first with zero stand-ins to learn each storage's dtype and size, then for real.
+    """
+
+    def load_record(f, read_storage=None):
+        return _RestrictedUnpickler(f, read_storage, path, legacy=True).load()
+
+    specs: dict[str, tuple[str, int]] = {}
+
+    def note_storage(type_name: str, key: str, numel: int) -> np.ndarray:
+        if specs.setdefault(key, (type_name, numel)) != (type_name, numel):
+            raise WeightsFileFormatError(f"{path}: storage {key} is declared with two types or sizes")
+        return np.zeros(numel, np.uint8)  # only its size matters on this pass
+
+    with open(path, "rb") as f:
+        try:
+            if load_record(f) != _LEGACY_MAGIC:
+                raise WeightsFileFormatError(f"{path}: not a torch.save file (bad magic number)")
+            if (protocol := load_record(f)) != _LEGACY_PROTOCOL:
+                raise WeightsFileFormatError(f"{path}: unknown legacy protocol version {protocol!r:.50}")
+            sys_info = load_record(f)
+            if not isinstance(sys_info, Mapping):
+                raise WeightsFileFormatError(f"{path}: malformed sys_info record")
+            if not sys_info.get("little_endian", True):
+                raise WeightsFileFormatError(f"{path}: big-endian legacy files are not supported")
+            start = f.tell()
+            load_record(f, note_storage)
+            keys = load_record(f)
+            if not isinstance(keys, list) or set(map(str, keys)) != set(specs):
+                raise WeightsFileFormatError(f"{path}: the storage key list does not match the pickle")
+            storages: dict[str, np.ndarray] = {}
+            for key in map(str, keys):
+                type_name, numel = specs[key]
+                dtype = _numpy_dtype(_STORAGE_DTYPES[type_name], "little")
+                header = f.read(8)
+                stored = int.from_bytes(header, "little", signed=True) if len(header) == 8 else None
+                if stored != numel:
+                    raise WeightsFileFormatError(
+                        f"{path}: storage {key} holds {stored} elements, the pickle says {numel}")
+                raw = f.read(numel * dtype.itemsize)
+                if len(raw) != numel * dtype.itemsize:
+                    raise WeightsFileFormatError(f"{path}: storage {key} is truncated")
+                storages[key] = np.frombuffer(raw, dtype)
+            f.seek(start)
+            obj = load_record(f, lambda type_name, key, numel: storages[key])
+        except (UnsafeWeightsFileError, WeightsFileFormatError):
+            raise
+        except Exception as e:  # a corrupt or foreign file: say which
+            raise WeightsFileFormatError(f"{path}: cannot read as a legacy torch.save file: {e}") from e
+    return _unwrap_checkpoint(obj, path)
+
+
 def _unwrap_checkpoint(obj, path) -> dict:
     """The state dict itself, also when a training checkpoint wraps it in {'state_dict': ...}."""
     if not isinstance(obj, Mapping):
@@ -379,7 +451,9 @@ def _unwrap_checkpoint(obj, path) -> dict:
 
 
 def read_state_dict(path) -> dict[str, np.ndarray]:
-    """{name: numpy array} from a `.pth` (torch zip, read without torch), `.safetensors` or `.npz`."""
+    """{name: numpy array} from a `.pth` (torch zip or legacy format, read without torch through
+    a restricted unpickler: a file that wants to run code raises `UnsafeWeightsFileError` naming
+    the refused global), `.safetensors` or `.npz`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -407,8 +481,8 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
 def load_torchvision_resnet18(path, in_channels: int = 3) -> dict[str, dict]:
     """`mtcolor.models.ResNet18` variables {"params", "batch_stats"} from a ResNet-18 weights file.
 
-    `path`: a torchvision/timm state dict as `.pth` (PyTorch's zip format, read through a
-    restricted unpickler: torch is not imported and a file that wants to run code is refused
+    `path`: a torchvision/timm state dict as `.pth` (PyTorch's zip or legacy pre-1.6 format, read
+    through a restricted unpickler: torch is not imported and a file that wants to run code is refused
     with `UnsafeWeightsFileError`), `.safetensors` or `.npz` with the torchvision key names
     (a common prefix such as 'module.' is stripped). `in_channels=1` sums conv1's RGB kernels.
     """

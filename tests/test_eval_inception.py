@@ -2,8 +2,6 @@
 
 import importlib.util
 import io
-import os
-import pickle
 from pathlib import Path
 import urllib.error
 
@@ -116,30 +114,16 @@ def test_load_from_file_ignores_fc_and_counters(tmp_path, torch_state_dict, vari
 
 
 def test_legacy_torch_format_is_read(tmp_path, golden):
+    # pytorch-fid's weights file predates torch's zip format; the shared reader must take both
+    # (its refusal of legacy files that run code is tested in tests/test_weights.py).
     path = tmp_path / "legacy.pth"
     path.write_bytes(golden["legacy_pth"].tobytes())
-    state = inception.read_torch_state_dict(path)
+    state = weights.read_state_dict(path)
     expected = {k[len("legacy_expected__"):]: v for k, v in golden.items() if k.startswith("legacy_expected__")}
     assert sorted(state) == sorted(expected)
     for key, value in expected.items():
         assert state[key].dtype == value.dtype, key
         np.testing.assert_array_equal(state[key], value, err_msg=key)
-
-
-def test_legacy_file_that_runs_code_is_refused(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ("touch pwned_marker",))
-
-    buffer = io.BytesIO()
-    for record in (inception._LEGACY_MAGIC, 1001, {"little_endian": True}, {"w": Evil()}):
-        pickle.dump(record, buffer, protocol=2)
-    (tmp_path / "evil.pth").write_bytes(buffer.getvalue())
-    with pytest.raises(weights.UnsafeWeightsFileError):
-        inception.read_torch_state_dict(tmp_path / "evil.pth")
-    assert not (tmp_path / "pwned_marker").exists()
 
 
 def test_weights_lookup_cache_and_offline(tmp_path, monkeypatch):

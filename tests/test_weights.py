@@ -145,8 +145,12 @@ from pathlib import Path  # noqa: E402
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def test_pth_reader_matches_values_torch_wrote():
-    sd = weights.read_state_dict(FIXTURES / "torch_small.pth")
+# torch_legacy.pth holds the same tensors as torch_small.pth, in torch's pre-1.6 non-zip format.
+@pytest.mark.parametrize("filename", ["torch_small.pth", "torch_legacy.pth"])
+def test_pth_reader_matches_values_torch_wrote(filename):
+    path = FIXTURES / filename
+    assert zipfile.is_zipfile(path) == (filename == "torch_small.pth")  # control: the two formats
+    sd = weights.read_state_dict(path)
     expected = np.load(FIXTURES / "torch_small_expected.npz")
     names = {k.removesuffix("__as_float32") for k in expected.files}
     assert set(sd) == names
@@ -254,10 +258,51 @@ def test_any_other_global_is_refused(tmp_path, module, name):
     assert not marker.exists()
 
 
-def test_legacy_format_is_refused_with_advice():
-    with pytest.raises(weights.WeightsFileFormatError, match="legacy") as info:
-        weights.read_state_dict(FIXTURES / "torch_legacy.pth")
-    assert "Re-save" in str(info.value) and "torch_legacy.pth" in str(info.value)
+# The legacy format's leading records, as torch writes them (torch/serialization.py).
+_LEGACY_HEADER = (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True})
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _legacy_file(path, records):
+    import pickle
+
+    with open(path, "wb") as f:
+        for record in records:
+            pickle.dump(record, f, protocol=2)
+    return path
+
+
+def test_legacy_file_that_runs_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned_marker"
+    # A state dict whose pickle calls os.system, in the object record and in the magic-number slot
+    # (a reader that trusted the header records would run the latter before any check).
+    in_object = _legacy_file(tmp_path / "in_object.pth", [*_LEGACY_HEADER, {"w": _Evil(marker)}])
+    in_header = _legacy_file(tmp_path / "in_header.pth", [_Evil(marker), *_LEGACY_HEADER[1:], {}])
+    for path in (in_object, in_header):
+        with pytest.raises(weights.UnsafeWeightsFileError, match=r"posix\.system") as info:
+            weights.read_state_dict(path)
+        assert str(path) in str(info.value)
+    assert not marker.exists()
+
+
+def test_legacy_truncated_and_foreign_files_are_format_errors(tmp_path):
+    data = (FIXTURES / "torch_legacy.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[:-3])
+    with pytest.raises(weights.WeightsFileFormatError, match="truncated"):
+        weights.read_state_dict(tmp_path / "cut.pth")
+    wrong_magic = _legacy_file(tmp_path / "magic.pth", [12345, *_LEGACY_HEADER[1:], {}])
+    with pytest.raises(weights.WeightsFileFormatError, match="magic"):
+        weights.read_state_dict(wrong_magic)
+    (tmp_path / "text.pth").write_bytes(b"hello")
+    with pytest.raises(weights.WeightsFileFormatError, match="text.pth.*Re-save"):
+        weights.read_state_dict(tmp_path / "text.pth")
 
 
 def test_unknown_and_missing_files_name_the_path(tmp_path):

@@ -31,7 +31,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 import logging
 from pathlib import Path
-import pickle
 from typing import Any
 
 import flax.linen as nn
@@ -309,86 +308,6 @@ def convert_fid_inception_state_dict(state_dict: Mapping[str, np.ndarray], *, pa
     return variables
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading the file. pytorch-fid published its weights in 2019, before torch 1.6 made the zip
-# archive the default, so the file may be in torch's legacy (non-zip) serialization, which
-# `mtcolor.weights.read_state_dict` refuses. The legacy reader below uses the same restricted
-# unpickler (only tensors, storages and OrderedDict; a file that wants anything else is refused).
-
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-
-
-def _read_legacy_pth(path: Path) -> dict:
-    """A pre-1.6 `torch.save` file: magic, protocol, sys_info pickles, the object pickle (whose
-    storages are persistent ids), the list of storage keys, then each storage as int64 numel +
-    raw little-endian bytes. The object pickle is read twice: once to learn the storages'
-    dtypes and sizes, once more to build the tensors from the storages read after it."""
-    restricted = weights_lib._RestrictedUnpickler  # noqa: SLF001 - shared security allow-list
-
-    class Unpickler(restricted):
-        def __init__(self, file, storages, specs):
-            super().__init__(file, None, path)
-            self._storages, self._specs = storages, specs
-
-        def persistent_load(self, pid):
-            if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"
-                    and isinstance(pid[1], weights_lib._StorageType)):  # noqa: SLF001
-                raise weights_lib.WeightsFileFormatError(f"{path}: unsupported persistent id {pid!r:.200}")
-            _, storage_type, key, _location, numel, view_metadata = pid
-            if view_metadata is not None:
-                raise weights_lib.WeightsFileFormatError(f"{path}: storage views are not supported")
-            self._specs[str(key)] = (storage_type.name, int(numel))
-            if self._storages is None:  # first pass: a stand-in storage of the right size
-                return np.zeros(int(numel), np.uint8)
-            return self._storages[str(key)]
-
-    with open(path, "rb") as f:
-        try:
-            if pickle.load(f) != _LEGACY_MAGIC:
-                raise weights_lib.WeightsFileFormatError(f"{path}: not a torch legacy file (bad magic number)")
-            pickle.load(f)  # protocol version
-            sys_info = pickle.load(f)
-            if not sys_info.get("little_endian", True):
-                raise weights_lib.WeightsFileFormatError(f"{path}: big-endian legacy files are not supported")
-            start = f.tell()
-            specs: dict[str, tuple[str, int]] = {}
-            Unpickler(f, None, specs).load()
-            keys = pickle.load(f)
-            storages = {}
-            for key in keys:
-                type_name, numel = specs[str(key)]
-                dtype = weights_lib._numpy_dtype(weights_lib._STORAGE_DTYPES[type_name], "little")  # noqa: SLF001
-                stored = int(np.frombuffer(f.read(8), "<i8")[0])
-                if stored != numel:
-                    raise weights_lib.WeightsFileFormatError(
-                        f"{path}: storage {key} holds {stored} elements, the pickle says {numel}")
-                raw = f.read(numel * dtype.itemsize)
-                if len(raw) != numel * dtype.itemsize:
-                    raise weights_lib.WeightsFileFormatError(f"{path}: truncated storage {key}")
-                storages[str(key)] = np.frombuffer(raw, dtype)
-            f.seek(start)
-            obj = Unpickler(f, storages, specs).load()
-        except (weights_lib.UnsafeWeightsFileError, weights_lib.WeightsFileFormatError):
-            raise
-        except Exception as error:  # a corrupt or foreign file: say which
-            raise weights_lib.WeightsFileFormatError(f"{path}: cannot read as a torch legacy file: {error}") from error
-    return weights_lib._unwrap_checkpoint(obj, path)  # noqa: SLF001
-
-
-def read_torch_state_dict(path) -> dict[str, np.ndarray]:
-    """`mtcolor.weights.read_state_dict`, plus torch's legacy (pre-1.6, non-zip) .pth format."""
-    path = Path(path)
-    try:
-        return weights_lib.read_state_dict(path)
-    except weights_lib.WeightsFileFormatError:
-        if path.suffix.lower() not in (".pth", ".pt") or not path.is_file():
-            raise
-        with open(path, "rb") as f:
-            if f.read(1) != b"\x80":  # not a pickle either: keep read_state_dict's message
-                raise
-        return _read_legacy_pth(path)
-
-
 def find_fid_inception_weights(*, download: bool = True, urlopen=None) -> Path:
     """`pt_inception-2015-12-05-6726825d.pth` from torch's hub cache (where pytorch-fid caches it),
     else downloaded there with its sha256 prefix (6726825d) checked."""
@@ -419,12 +338,13 @@ def find_fid_inception_weights(*, download: bool = True, urlopen=None) -> Path:
 def load_fid_inception(weights="download", *, download: bool = True) -> dict:
     """`FIDInceptionV3` variables from a weights file path, or "download" (find in torch's hub
     cache, else download there with the hash checked; offline: `WeightsNotAvailableError` with
-    instructions)."""
+    instructions). pytorch-fid published the file in 2019, before torch 1.6 made the zip archive
+    the default; `mtcolor.weights.read_state_dict` reads both formats without torch."""
     if isinstance(weights, str) and weights == "download":
         path = find_fid_inception_weights(download=download)
     else:
         path = Path(weights).expanduser()
-    return convert_fid_inception_state_dict(read_torch_state_dict(path), path=path)
+    return convert_fid_inception_state_dict(weights_lib.read_state_dict(path), path=path)
 
 
 def fid_feature_extractor(variables):
