@@ -131,10 +131,10 @@ def evaluate_model(
         metric = extractor.metric_name
         if not features[metric]["model"]:
             continue
-        stats = {name: frechet.feature_statistics(np.concatenate(f)) for name, f in features[metric].items()}
-        result["model"][metric] = frechet.frechet_distance(*stats["model"], *stats["ground_truth"])
-        result["grayscale_baseline"][metric] = frechet.frechet_distance(
-            *stats["grayscale_baseline"], *stats["ground_truth"])
+        sets = {name: np.concatenate(f) for name, f in features[metric].items()}
+        result["model"][metric] = frechet.frechet_distance_of_features(sets["model"], sets["ground_truth"])
+        result["grayscale_baseline"][metric] = frechet.frechet_distance_of_features(
+            sets["grayscale_baseline"], sets["ground_truth"])
         result["ground_truth"][metric] = 0.0
         result.setdefault("frechet", []).append(
             {"metric": metric, "description": extractor.description, "num_images": num_examples})
