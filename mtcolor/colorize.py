@@ -17,6 +17,7 @@ work runs in pixel chunks of power-of-two sizes (a handful of compilations howev
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from pathlib import Path
@@ -33,7 +34,19 @@ MAX_CHUNK_PIXELS = 1 << 20
 MIN_CHUNK_PIXELS = 1 << 12
 GAMUT_BISECTION_STEPS = 10  # chroma factor resolved to 2^-10
 
-Image.MAX_IMAGE_PIXELS = None  # the user's own photos: no decompression-bomb limit
+
+
+@contextlib.contextmanager
+def _no_decompression_bomb_limit():
+    """The user's own photos may be huge (panoramas, scans): lift Pillow's decompression-bomb limit
+    while opening one, and put the process-wide setting back, so importing or running this tool
+    never weakens the training pipeline's bad-file checks."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 # --------------------------------------------------------------------------------------------
@@ -46,7 +59,7 @@ def read_image(path) -> tuple[np.ndarray, np.ndarray | None]:
     16-bit grayscale keeps its 16-bit precision; CMYK, palette, YCbCr ... go through Pillow's
     conversion to RGB; EXIF orientation is applied so the output is upright like in a viewer.
     """
-    with Image.open(path) as image:
+    with _no_decompression_bomb_limit(), Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
         mode = image.mode
         alpha = None
