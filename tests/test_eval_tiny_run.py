@@ -15,25 +15,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("mtcolor.train.checkpointing")
 
-from mtcolor.eval import evaluate, frechet, report  # noqa: E402
+from mtcolor.eval import evaluate, frechet, report
 
 REPO = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    if not (REPO / "experiments" / "configs" / "tiny.py").exists():
-        pytest.skip("experiments/configs/tiny.py not available")
-    workdir = tmp_path_factory.mktemp("tiny") / "multitask"
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.multitask", "--config=experiments/configs/tiny.py",
-         f"--workdir={workdir}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return workdir
+def tiny_run(tiny_multitask_run):
+    # tests/conftest.py: one tiny multitask run of experiments/configs/tiny.py shared by the suite.
+    return tiny_multitask_run[0]
 
 
 def test_report_on_real_run(tiny_run, tmp_path):

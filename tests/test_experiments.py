@@ -36,10 +36,8 @@ def _params(workdir, step=None):
 
 
 @pytest.fixture(scope="module")
-def multitask_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("multitask")
-  summary = loop.train_and_evaluate(_config("multitask"), str(workdir))
-  return workdir, summary
+def multitask_run(tiny_multitask_run):
+  return tiny_multitask_run  # tests/conftest.py: the tiny config's multitask run, shared
 
 
 def test_multitask_run_writes_every_output(multitask_run):

@@ -107,7 +107,6 @@ def test_series_in_epochs_for_runs_of_different_lengths(three_runs):
 
 
 def test_figure_two_grid_rows(tmp_path):
-    pytest.importorskip("mtcolor.data.color")
     rng = np.random.default_rng(0)
     L = rng.uniform(-1, 1, (3, 32, 32, 1)).astype(np.float32)
     ab = rng.uniform(-0.3, 0.3, (3, 32, 32, 2)).astype(np.float32)

@@ -387,7 +387,7 @@ def test_mismatch_error_from_file_names_the_file(tmp_path):
 
 def test_shapes_agree_with_flax_resnet18():
     """Cross-check of two independent hand tables: this module's and mtcolor.models'."""
-    models = pytest.importorskip("mtcolor.models")
+    from mtcolor import models
     import jax
 
     for in_channels, n_params in ((3, 11_176_512), (1, 11_170_240)):

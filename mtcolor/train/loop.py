@@ -61,7 +61,7 @@ def _make_tracker(pipeline, config):
                       min_examples=int(config.data.get("bad_check_min_examples", 200)))
 
 
-def _iteration(fns, state, batch):
+def train_iteration(fns, state, batch):
   """steps.train_step as two compiled calls (D, then G or the classifier) with the same key: the
   same arithmetic, and the compiled D and G steps are shared with direct users of them."""
   rng = fns.iteration_rng(state)
@@ -259,7 +259,7 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
       tracker.observe(batch)
       tracker.check()  # stops the run (TooManyBadInputsError) above data.max_bad_fraction
     arrays = _model_inputs(batch)
-    state, step_metrics = _iteration(fns, state, sharding.put_batch(arrays, mesh))
+    state, step_metrics = train_iteration(fns, state, sharding.put_batch(arrays, mesh))
     step += 1
     pending.append((step, step_metrics))
     if state.optimizer.backbone_frozen and step >= phase1:

@@ -19,6 +19,7 @@ While the backbone is frozen its params are copied through unchanged (bitwise) a
 from __future__ import annotations
 
 import functools
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -215,6 +216,13 @@ def jit_steps(mesh=None):
       classifier_step=jax.jit(classifier_step, donate_argnums=0, **kwargs))
 
 
-class JittedSteps:
-  def __init__(self, **fns):
-    self.__dict__.update(fns)
+class JittedSteps(NamedTuple):
+  """The jitted step functions of ``jit_steps`` (one compilation cache per mesh)."""
+
+  iteration_rng: Callable
+  train_step: Callable
+  eval_step: Callable
+  predict_ab: Callable
+  discriminator_step: Callable
+  generator_step: Callable
+  classifier_step: Callable
