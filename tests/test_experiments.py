@@ -62,7 +62,8 @@ def test_multitask_run_writes_every_output(multitask_run):
   assert sorted(os.listdir(workdir / "images")) == ["step_3.png", "step_6.png"]
   from PIL import Image
   grid = np.asarray(Image.open(workdir / "images" / "step_6.png"))
-  assert grid.shape == (3 * 34 + 2, 4 * 34 + 2, 3)  # rows input / prediction / truth, 4 columns
+  # rows input / prediction / truth, 4 columns; 32 px cells enlarged 3x (to >= 96 px), 2 px gutters
+  assert grid.shape == (3 * (3 * 32 + 2) + 2, 4 * (3 * 32 + 2) + 2, 3)
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
   assert sorted(int(s) for s in os.listdir(workdir / "checkpoints")) == [2, 4, 6]
 
@@ -168,3 +169,38 @@ def test_single_task_runs(experiment, tmp_path):
   _, model, variables = checkpointing.load_for_inference(str(tmp_path), "best")
   out = model.apply(variables, np.zeros((1, 32, 32, 1), np.float32), train=False)
   assert out.shape == ((1, 32, 32, 2) if experiment == "colorization" else (1, 5))
+
+
+def test_killed_process_resumes_to_identical_parameters(multitask_run, tmp_path):
+  """SIGKILL the real entry point right after its first checkpoint is finalized (a save may be in
+  flight), re-run: the final parameters are bitwise those of the uninterrupted run."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  from pathlib import Path
+
+  reference, _ = multitask_run
+  workdir = tmp_path / "killed"
+  repo = Path(__file__).parents[1]
+  process = subprocess.Popen(
+      [sys.executable, "-m", "experiments.multitask", "--config=experiments/configs/tiny.py",
+       f"--workdir={workdir}"], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  checkpoints = workdir / "checkpoints"
+  deadline = time.monotonic() + 300
+  while not (checkpoints / "2").is_dir():
+    assert process.poll() is None, process.stderr.read().decode()[-3000:]
+    assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
+    time.sleep(0.01)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert process.returncode == -signal.SIGKILL
+  finished = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+  assert finished and finished[-1] < 6, f"the run ended before it was killed: {finished}"
+  assert not (workdir / "summary.json").exists()
+
+  summary = loop.train_and_evaluate(_config("multitask"), str(workdir))
+  assert summary["steps"] == 6 and summary["steps_this_run"] < 6
+  a, b = _params(reference), _params(workdir)
+  diffs = jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a, b))
+  assert max(diffs) == 0.0

@@ -24,9 +24,16 @@ def colorization_rows(L, ab_pred, ab_true) -> list[np.ndarray]:
   return [np.asarray(x) for x in (gray, pred, true)]
 
 
-def make_grid(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
-  """Rows of (N, H, W, 3) images -> one (R*(H+pad)+pad, N*(W+pad)+pad, 3) uint8 grid, white
-  gutters."""
+def make_grid(rows: list[np.ndarray], pad: int = 2, min_cell: int = 96) -> np.ndarray:
+  """Rows of (N, H, W, 3) images -> one uint8 grid with white gutters.
+
+  Images smaller than ``min_cell`` pixels are enlarged by an integer factor with nearest-neighbour
+  sampling (pixels stay sharp squares), so a 32 px run's grid is legible in TensorBoard and as a
+  PNG; 256 px images are left as they are.
+  """
+  scale = max(1, -(-min_cell // max(rows[0].shape[1:3])))
+  if scale > 1:
+    rows = [np.repeat(np.repeat(np.asarray(row), scale, axis=1), scale, axis=2) for row in rows]
   n, h, w, _ = rows[0].shape
   grid = np.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, np.uint8)
   for r, row in enumerate(rows):
