@@ -554,34 +554,49 @@ def download_checked(url: str, directory, *, urlopen=None, timeout: float = 60.0
     return target
 
 
-def find_torchvision_resnet18(*, download: bool = True, urlopen=None) -> Path:
-    """The official `resnet18-f37072fd.pth`: from the torch hub cache, else downloaded there."""
+def find_hub_checkpoint(url: str, *, how_to_fetch: str, pass_path_hint: str,
+                        download: bool = True, urlopen=None) -> Path:
+    """A published weights file (its name carries a sha256 prefix, torch hub style): from torch's
+    hub cache (`torch_hub_checkpoint_dirs()`), else downloaded there with `download_checked`.
+
+    Offline (or with download=False) raises `WeightsNotAvailableError` saying where the file was
+    looked for, where to put it, and `how_to_fetch` it on a machine with internet access.
+    """
     import urllib.parse
 
-    filename = Path(urllib.parse.urlparse(TORCHVISION_RESNET18_URL).path).name
+    filename = Path(urllib.parse.urlparse(url).path).name
     dirs = torch_hub_checkpoint_dirs()
     for directory in dirs:
         if (directory / filename).is_file():
             return directory / filename
     instructions = (
         f"Put {filename} into {dirs[0]} (or point TORCH_HOME at a directory whose "
-        f"hub/checkpoints holds it), or pass its path as `pretrained`. To fetch it on a "
-        f"machine with internet access: `curl -LO {TORCHVISION_RESNET18_URL}` (its sha256 "
-        f"starts with {_hash_prefix(filename)}), or run `python -c \"import torchvision; "
-        "torchvision.models.resnet18(weights='IMAGENET1K_V1')\"` there and copy "
-        f"~/.cache/torch/hub/checkpoints/{filename}."
+        f"hub/checkpoints holds it), or {pass_path_hint}. To fetch it on a machine with internet "
+        f"access: `curl -LO {url}` (its sha256 starts with {_hash_prefix(filename)}), or "
+        f"{how_to_fetch} there and copy ~/.cache/torch/hub/checkpoints/{filename}."
     )
     searched = ", ".join(str(d) for d in dirs)
     if not download:
         raise WeightsNotAvailableError(f"{filename} not found in {searched}. {instructions}")
     try:
-        logging.info("Downloading %s to %s", TORCHVISION_RESNET18_URL, dirs[0])
-        return download_checked(TORCHVISION_RESNET18_URL, dirs[0], urlopen=urlopen)
+        logging.info("Downloading %s to %s", url, dirs[0])
+        return download_checked(url, dirs[0], urlopen=urlopen)
     except OSError as e:  # URLError, timeouts, DNS failures: offline
         raise WeightsNotAvailableError(
-            f"{filename} not found in {searched} and the download from "
-            f"{TORCHVISION_RESNET18_URL} failed ({e}). {instructions}"
+            f"{filename} not found in {searched} and the download from {url} failed ({e}). "
+            f"{instructions}"
         ) from e
+
+
+def find_torchvision_resnet18(*, download: bool = True, urlopen=None) -> Path:
+    """The official `resnet18-f37072fd.pth`: from the torch hub cache, else downloaded there."""
+    return find_hub_checkpoint(
+        TORCHVISION_RESNET18_URL,
+        how_to_fetch="run `python -c \"import torchvision; "
+        "torchvision.models.resnet18(weights='IMAGENET1K_V1')\"`",
+        pass_path_hint="pass its path as `pretrained`",
+        download=download, urlopen=urlopen,
+    )
 
 
 def load_resnet18(pretrained, in_channels: int = 3, *, download: bool = True) -> dict[str, dict]:

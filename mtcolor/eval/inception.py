@@ -29,7 +29,6 @@ weights map mechanically: `<path>.conv.weight` (OIHW) -> params `<path>/conv/ker
 from __future__ import annotations
 
 from collections.abc import Mapping
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -311,28 +310,13 @@ def convert_fid_inception_state_dict(state_dict: Mapping[str, np.ndarray], *, pa
 def find_fid_inception_weights(*, download: bool = True, urlopen=None) -> Path:
     """`pt_inception-2015-12-05-6726825d.pth` from torch's hub cache (where pytorch-fid caches it),
     else downloaded there with its sha256 prefix (6726825d) checked."""
-    dirs = weights_lib.torch_hub_checkpoint_dirs()
-    for directory in dirs:
-        if (directory / FID_WEIGHTS_FILENAME).is_file():
-            return directory / FID_WEIGHTS_FILENAME
-    instructions = (
-        f"Put {FID_WEIGHTS_FILENAME} into {dirs[0]} (or point TORCH_HOME at a directory whose "
-        f"hub/checkpoints holds it), or pass its path with --fid_weights PATH. To fetch it on a "
-        f"machine with internet access: `curl -LO {FID_WEIGHTS_URL}` (its sha256 starts with "
-        "6726825d), or `pip install pytorch-fid` and run `python -c \"from pytorch_fid.inception "
-        "import fid_inception_v3; fid_inception_v3()\"` there, then copy "
-        f"~/.cache/torch/hub/checkpoints/{FID_WEIGHTS_FILENAME}."
+    return weights_lib.find_hub_checkpoint(
+        FID_WEIGHTS_URL,
+        how_to_fetch="`pip install pytorch-fid` and run `python -c \"from pytorch_fid.inception "
+        "import fid_inception_v3; fid_inception_v3()\"`",
+        pass_path_hint="pass its path with --fid_weights PATH",
+        download=download, urlopen=urlopen,
     )
-    searched = ", ".join(str(d) for d in dirs)
-    if not download:
-        raise weights_lib.WeightsNotAvailableError(f"{FID_WEIGHTS_FILENAME} not found in {searched}. {instructions}")
-    try:
-        logging.info("Downloading %s to %s", FID_WEIGHTS_URL, dirs[0])
-        return weights_lib.download_checked(FID_WEIGHTS_URL, dirs[0], urlopen=urlopen)
-    except OSError as error:  # URLError, timeouts, DNS failures: offline
-        raise weights_lib.WeightsNotAvailableError(
-            f"{FID_WEIGHTS_FILENAME} not found in {searched} and the download from {FID_WEIGHTS_URL} "
-            f"failed ({error}). {instructions}") from error
 
 
 def load_fid_inception(weights="download", *, download: bool = True) -> dict:
