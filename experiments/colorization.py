@@ -3,4 +3,4 @@
 from mtcolor.train import cli
 
 if __name__ == "__main__":
-  cli.run("colorization")
+    cli.run("colorization")

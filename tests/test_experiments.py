@@ -17,190 +17,212 @@ from mtcolor.train import checkpointing
 from mtcolor.train import loop
 from mtcolor.train import writers
 
-COLOR_NAMES = {"l1", "loss_l1", "loss_gan", "loss_g", "loss_d", "loss_d_real", "loss_d_fake",
-               "d_real", "d_fake"}
+COLOR_NAMES = {
+    "l1",
+    "loss_l1",
+    "loss_gan",
+    "loss_g",
+    "loss_d",
+    "loss_d_real",
+    "loss_d_fake",
+    "d_real",
+    "d_fake",
+}
 CLASS_NAMES = {"loss_cls", "accuracy"}
 
 
 def _config(experiment="multitask", **train):
-  config = tiny.get_config()
-  config.experiment = experiment
-  for key, value in train.items():
-    config.train[key] = value
-  return config
+    config = tiny.get_config()
+    config.experiment = experiment
+    for key, value in train.items():
+        config.train[key] = value
+    return config
 
 
 def _params(workdir, step=None):
-  _, _, variables = checkpointing.load_for_inference(str(workdir), step)
-  return variables
+    _, _, variables = checkpointing.load_for_inference(str(workdir), step)
+    return variables
 
 
 @pytest.fixture(scope="module")
 def multitask_run(tiny_multitask_run):
-  return tiny_multitask_run  # tests/conftest.py: the tiny config's multitask run, shared
+    return tiny_multitask_run  # tests/conftest.py: the tiny config's multitask run, shared
 
 
 def test_multitask_run_writes_every_output(multitask_run):
-  workdir, summary = multitask_run
-  assert summary["experiment"] == "multitask" and summary["steps"] == 6
-  assert summary["epochs"] == pytest.approx(2.0)
-  on_disk = json.load(open(workdir / "summary.json"))
-  assert on_disk["final"]["val"].keys() == COLOR_NAMES | CLASS_NAMES
-  assert on_disk["best"]["metric"] == "accuracy" and on_disk["best"]["step"] in (3, 6)
-  assert json.load(open(workdir / "config.json"))["experiment"] == "multitask"
-  records = writers.read_scalars(str(workdir / "scalars.jsonl"))
-  val = [r for r in records if "val/l1" in r]
-  train = [r for r in records if "train/l1" in r]
-  # 3 steps per epoch, one evaluation per epoch in the tiny config; train logged every 2 steps.
-  assert [r["step"] for r in val] == [3, 6]
-  assert [r["epoch"] for r in val] == [1.0, 2.0]
-  assert [r["step"] for r in train] == [2, 4, 6]
-  assert {f"val/{n}" for n in COLOR_NAMES | CLASS_NAMES} <= val[-1].keys()
-  # The val split has 6 examples in batches of 4: accuracy is a multiple of 1/6, not of 1/8.
-  assert round(val[-1]["val/accuracy"] * 6) == pytest.approx(val[-1]["val/accuracy"] * 6, abs=1e-5)
-  assert val[-1]["val/loss_l1"] == pytest.approx(100 * val[-1]["val/l1"], rel=1e-5)
-  assert sorted(os.listdir(workdir / "images")) == ["step_3.png", "step_6.png"]
-  from PIL import Image
-  grid = np.asarray(Image.open(workdir / "images" / "step_6.png"))
-  # rows input / prediction / truth, 4 columns; 32 px cells enlarged 3x (to >= 96 px), 2 px gutters
-  assert grid.shape == (3 * (3 * 32 + 2) + 2, 4 * (3 * 32 + 2) + 2, 3)
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
-  assert sorted(int(s) for s in os.listdir(workdir / "checkpoints")) == [2, 4, 6]
+    workdir, summary = multitask_run
+    assert summary["experiment"] == "multitask" and summary["steps"] == 6
+    assert summary["epochs"] == pytest.approx(2.0)
+    on_disk = json.load(open(workdir / "summary.json"))
+    assert on_disk["final"]["val"].keys() == COLOR_NAMES | CLASS_NAMES
+    assert on_disk["best"]["metric"] == "accuracy" and on_disk["best"]["step"] in (3, 6)
+    assert json.load(open(workdir / "config.json"))["experiment"] == "multitask"
+    records = writers.read_scalars(str(workdir / "scalars.jsonl"))
+    val = [r for r in records if "val/l1" in r]
+    train = [r for r in records if "train/l1" in r]
+    # 3 steps per epoch, one evaluation per epoch in the tiny config; train logged every 2 steps.
+    assert [r["step"] for r in val] == [3, 6]
+    assert [r["epoch"] for r in val] == [1.0, 2.0]
+    assert [r["step"] for r in train] == [2, 4, 6]
+    assert {f"val/{n}" for n in COLOR_NAMES | CLASS_NAMES} <= val[-1].keys()
+    # The val split has 6 examples in batches of 4: accuracy is a multiple of 1/6, not of 1/8.
+    assert round(val[-1]["val/accuracy"] * 6) == pytest.approx(
+        val[-1]["val/accuracy"] * 6, abs=1e-5
+    )
+    assert val[-1]["val/loss_l1"] == pytest.approx(100 * val[-1]["val/l1"], rel=1e-5)
+    assert sorted(os.listdir(workdir / "images")) == ["step_3.png", "step_6.png"]
+    from PIL import Image
+
+    grid = np.asarray(Image.open(workdir / "images" / "step_6.png"))
+    # rows input / prediction / truth, 4 columns; 32 px cells enlarged 3x (to >= 96 px), 2 px gutters
+    assert grid.shape == (3 * (3 * 32 + 2) + 2, 4 * (3 * 32 + 2) + 2, 3)
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
+    assert sorted(int(s) for s in os.listdir(workdir / "checkpoints")) == [2, 4, 6]
 
 
 def test_load_for_inference_latest_and_best(multitask_run):
-  workdir, summary = multitask_run
-  config, model, variables = checkpointing.load_for_inference(str(workdir))
-  assert config.experiment == "multitask"
-  L = np.zeros((2, 32, 32, 1), np.float32)
-  ab, logits = model.apply(variables, L, train=False)
-  assert ab.shape == (2, 32, 32, 2) and logits.shape == (2, 5)
-  _, _, best = checkpointing.load_for_inference(str(workdir), "best")
-  assert jax.tree.structure(best) == jax.tree.structure(variables)
+    workdir, summary = multitask_run
+    config, model, variables = checkpointing.load_for_inference(str(workdir))
+    assert config.experiment == "multitask"
+    L = np.zeros((2, 32, 32, 1), np.float32)
+    ab, logits = model.apply(variables, L, train=False)
+    assert ab.shape == (2, 32, 32, 2) and logits.shape == (2, 5)
+    _, _, best = checkpointing.load_for_inference(str(workdir), "best")
+    assert jax.tree.structure(best) == jax.tree.structure(variables)
 
 
 def test_interrupted_runs_resume_to_identical_parameters(multitask_run, tmp_path):
-  """Three invocations of 2 steps each (checkpoints at 2: phase 1, at 4: phase 2) end bitwise
-  equal to the uninterrupted run."""
-  reference, _ = multitask_run
-  workdir = tmp_path / "resumed"
-  for expected_step in (2, 4, 6):
-    summary = loop.train_and_evaluate(_config("multitask", max_steps_per_run=2), str(workdir))
-    assert summary["steps"] == expected_step
-  a, b = _params(reference), _params(workdir)
-  diffs = jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a, b))
-  assert max(diffs) == 0.0
-  records = writers.read_scalars(str(workdir / "scalars.jsonl"))
-  assert [r["step"] for r in records if "val/l1" in r] == [3, 6]
+    """Three invocations of 2 steps each (checkpoints at 2: phase 1, at 4: phase 2) end bitwise
+    equal to the uninterrupted run."""
+    reference, _ = multitask_run
+    workdir = tmp_path / "resumed"
+    for expected_step in (2, 4, 6):
+        summary = loop.train_and_evaluate(_config("multitask", max_steps_per_run=2), str(workdir))
+        assert summary["steps"] == expected_step
+    a, b = _params(reference), _params(workdir)
+    diffs = jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a, b))
+    assert max(diffs) == 0.0
+    records = writers.read_scalars(str(workdir / "scalars.jsonl"))
+    assert [r["step"] for r in records if "val/l1" in r] == [3, 6]
 
 
 def test_half_written_checkpoint_is_ignored(multitask_run, tmp_path):
-  """A save killed before orbax's final rename leaves only a tmp directory, never picked up."""
-  reference, _ = multitask_run
-  workdir = tmp_path / "copy"
-  shutil.copytree(reference, workdir)
-  partial = workdir / "checkpoints" / "8.orbax-checkpoint-tmp-1234"
-  (partial / "state").mkdir(parents=True)
-  (partial / "state" / "garbage").write_bytes(b"\0" * 10)
-  manager = checkpointing.make_manager(str(workdir))
-  assert manager.latest_step() == 6
-  manager.close()
+    """A save killed before orbax's final rename leaves only a tmp directory, never picked up."""
+    reference, _ = multitask_run
+    workdir = tmp_path / "copy"
+    shutil.copytree(reference, workdir)
+    partial = workdir / "checkpoints" / "8.orbax-checkpoint-tmp-1234"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "garbage").write_bytes(b"\0" * 10)
+    manager = checkpointing.make_manager(str(workdir))
+    assert manager.latest_step() == 6
+    manager.close()
 
 
 class _NaNAtStep:
-  """The data pipeline with a NaN pixel in the training batch of one step (1-based)."""
+    """The data pipeline with a NaN pixel in the training batch of one step (1-based)."""
 
-  def __init__(self, step):
-    from mtcolor.data import pipeline
-    self._pipeline, self._step = pipeline, step
-    self.num_examples = pipeline.num_examples
-    self.make_eval_iterator = pipeline.make_eval_iterator
-    self.BadInputTracker = pipeline.BadInputTracker
+    def __init__(self, step):
+        from mtcolor.data import pipeline
 
-  def make_train_iterator(self, *args, **kwargs):
-    base = self._pipeline.make_train_iterator(*args, **kwargs)
-    outer = self
+        self._pipeline, self._step = pipeline, step
+        self.num_examples = pipeline.num_examples
+        self.make_eval_iterator = pipeline.make_eval_iterator
+        self.BadInputTracker = pipeline.BadInputTracker
 
-    class Iterator:
-      count = 0
+    def make_train_iterator(self, *args, **kwargs):
+        base = self._pipeline.make_train_iterator(*args, **kwargs)
+        outer = self
 
-      def __next__(self):
-        batch = dict(next(base))
-        Iterator.count += 1
-        if Iterator.count == outer._step:
-          batch["L"] = batch["L"].copy()
-          batch["L"][0, 0, 0, 0] = np.nan
-        return batch
+        class Iterator:
+            count = 0
 
-      def __iter__(self):
-        return self
+            def __next__(self):
+                batch = dict(next(base))
+                Iterator.count += 1
+                if Iterator.count == outer._step:
+                    batch["L"] = batch["L"].copy()
+                    batch["L"][0, 0, 0, 0] = np.nan
+                return batch
 
-      # grain's orbax handler stores a non-DatasetIterator's state as bytes.
-      def get_state(self):
-        return json.dumps(base.get_state()).encode()
+            def __iter__(self):
+                return self
 
-      def set_state(self, state):
-        base.set_state(json.loads(state.decode()))
+            # grain's orbax handler stores a non-DatasetIterator's state as bytes.
+            def get_state(self):
+                return json.dumps(base.get_state()).encode()
 
-      def start_prefetch(self):
-        pass
+            def set_state(self, state):
+                base.set_state(json.loads(state.decode()))
 
-    return Iterator()
+            def start_prefetch(self):
+                pass
+
+        return Iterator()
 
 
 def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_checkpoint(tmp_path):
-  workdir = tmp_path / "nan"
-  with pytest.raises(loop.NonFiniteLossError, match=r"step 4 .*loss_g=nan") as info:
-    loop.train_and_evaluate(_config("multitask"), str(workdir), data=_NaNAtStep(4))
-  assert "last good checkpoint is step 2" in str(info.value)
-  assert sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()) == [2]
+    workdir = tmp_path / "nan"
+    with pytest.raises(loop.NonFiniteLossError, match=r"step 4 .*loss_g=nan") as info:
+        loop.train_and_evaluate(_config("multitask"), str(workdir), data=_NaNAtStep(4))
+    assert "last good checkpoint is step 2" in str(info.value)
+    assert sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()) == [2]
 
 
 @pytest.mark.parametrize("experiment", ["colorization", "classification"])
 def test_single_task_runs(experiment, tmp_path):
-  # Unfrozen from the start: one compile of the train step per experiment (the phase switch is
-  # covered by the multi-task run).
-  config = _config(experiment, frozen_epochs=0, unfrozen_epochs=1, log_every_steps=3)
-  summary = loop.train_and_evaluate(config, str(tmp_path))
-  names = COLOR_NAMES if experiment == "colorization" else CLASS_NAMES | {"loss"}
-  assert summary["final"]["val"].keys() == names
-  assert summary["best"]["metric"] == ("l1" if experiment == "colorization" else "accuracy")
-  assert os.path.isdir(tmp_path / "images") == (experiment == "colorization")
-  _, model, variables = checkpointing.load_for_inference(str(tmp_path), "best")
-  out = model.apply(variables, np.zeros((1, 32, 32, 1), np.float32), train=False)
-  assert out.shape == ((1, 32, 32, 2) if experiment == "colorization" else (1, 5))
+    # Unfrozen from the start: one compile of the train step per experiment (the phase switch is
+    # covered by the multi-task run).
+    config = _config(experiment, frozen_epochs=0, unfrozen_epochs=1, log_every_steps=3)
+    summary = loop.train_and_evaluate(config, str(tmp_path))
+    names = COLOR_NAMES if experiment == "colorization" else CLASS_NAMES | {"loss"}
+    assert summary["final"]["val"].keys() == names
+    assert summary["best"]["metric"] == ("l1" if experiment == "colorization" else "accuracy")
+    assert os.path.isdir(tmp_path / "images") == (experiment == "colorization")
+    _, model, variables = checkpointing.load_for_inference(str(tmp_path), "best")
+    out = model.apply(variables, np.zeros((1, 32, 32, 1), np.float32), train=False)
+    assert out.shape == ((1, 32, 32, 2) if experiment == "colorization" else (1, 5))
 
 
 def test_killed_process_resumes_to_identical_parameters(multitask_run, tmp_path):
-  """SIGKILL the real entry point right after its first checkpoint is finalized (a save may be in
-  flight), re-run: the final parameters are bitwise those of the uninterrupted run."""
-  import signal
-  import subprocess
-  import sys
-  import time
-  from pathlib import Path
+    """SIGKILL the real entry point right after its first checkpoint is finalized (a save may be in
+    flight), re-run: the final parameters are bitwise those of the uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
 
-  reference, _ = multitask_run
-  workdir = tmp_path / "killed"
-  repo = Path(__file__).parents[1]
-  process = subprocess.Popen(
-      [sys.executable, "-m", "experiments.multitask", "--config=experiments/configs/tiny.py",
-       f"--workdir={workdir}"], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  checkpoints = workdir / "checkpoints"
-  deadline = time.monotonic() + 300
-  while not (checkpoints / "2").is_dir():
-    assert process.poll() is None, process.stderr.read().decode()[-3000:]
-    assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
-    time.sleep(0.01)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  assert process.returncode == -signal.SIGKILL
-  finished = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
-  assert finished and finished[-1] < 6, f"the run ended before it was killed: {finished}"
-  assert not (workdir / "summary.json").exists()
+    reference, _ = multitask_run
+    workdir = tmp_path / "killed"
+    repo = Path(__file__).parents[1]
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "experiments.multitask",
+            "--config=experiments/configs/tiny.py",
+            f"--workdir={workdir}",
+        ],
+        cwd=repo,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    checkpoints = workdir / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "2").is_dir():
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    finished = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    assert finished and finished[-1] < 6, f"the run ended before it was killed: {finished}"
+    assert not (workdir / "summary.json").exists()
 
-  summary = loop.train_and_evaluate(_config("multitask"), str(workdir))
-  assert summary["steps"] == 6 and summary["steps_this_run"] < 6
-  a, b = _params(reference), _params(workdir)
-  diffs = jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a, b))
-  assert max(diffs) == 0.0
+    summary = loop.train_and_evaluate(_config("multitask"), str(workdir))
+    assert summary["steps"] == 6 and summary["steps_this_run"] < 6
+    a, b = _params(reference), _params(workdir)
+    diffs = jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a, b))
+    assert max(diffs) == 0.0

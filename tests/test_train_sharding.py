@@ -60,16 +60,24 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_four_devices_match_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-  proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=root, capture_output=True,
-                        text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-  result = json.loads(line[len("RESULT "):])
-  assert result["moved"] > 1e-4  # the update did something (Adam's first step moves ~lr = 2e-4)
-  assert result["metrics"] < 1e-4  # losses (loss_g ~ 30) agree to float32 rounding
-  assert result["batch_stats"] < 1e-5
-  assert result["grad_rel"] < 1e-4, result
-  assert result["params_where_grad_above_noise"] < 1e-6, result
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT ") :])
+    assert result["moved"] > 1e-4  # the update did something (Adam's first step moves ~lr = 2e-4)
+    assert result["metrics"] < 1e-4  # losses (loss_g ~ 30) agree to float32 rounding
+    assert result["batch_stats"] < 1e-5
+    assert result["grad_rel"] < 1e-4, result
+    assert result["params_where_grad_above_noise"] < 1e-6, result

@@ -16,37 +16,39 @@ SIZE, BATCH = 32, 4
 
 
 def _batch(seed=0, mask=None):
-  rng = np.random.default_rng(seed)
-  batch = {"L": rng.uniform(-1, 1, (BATCH, SIZE, SIZE, 1)).astype(np.float32),
-           "ab": rng.uniform(-0.4, 0.4, (BATCH, SIZE, SIZE, 2)).astype(np.float32),
-           "label": np.asarray([0, 1, 2, 3], np.int32)}
-  if mask is not None:
-    batch["mask"] = np.asarray(mask, np.float32)
-  return sharding.put_batch(batch, MESH)
+    rng = np.random.default_rng(seed)
+    batch = {
+        "L": rng.uniform(-1, 1, (BATCH, SIZE, SIZE, 1)).astype(np.float32),
+        "ab": rng.uniform(-0.4, 0.4, (BATCH, SIZE, SIZE, 2)).astype(np.float32),
+        "label": np.asarray([0, 1, 2, 3], np.int32),
+    }
+    if mask is not None:
+        batch["mask"] = np.asarray(mask, np.float32)
+    return sharding.put_batch(batch, MESH)
 
 
 def _host(tree):
-  return jax.tree.map(np.array, jax.device_get(tree))
+    return jax.tree.map(np.array, jax.device_get(tree))
 
 
 def _leaves(tree):
-  return dict(jax.tree_util.tree_flatten_with_path(tree)[0])
+    return dict(jax.tree_util.tree_flatten_with_path(tree)[0])
 
 
 def _changed(before, after):
-  """{path: changed?} over the leaves of two trees of the same structure."""
-  b, a = _leaves(before), _leaves(after)
-  assert b.keys() == a.keys()
-  return {k: not np.array_equal(b[k], a[k]) for k in b}
+    """{path: changed?} over the leaves of two trees of the same structure."""
+    b, a = _leaves(before), _leaves(after)
+    assert b.keys() == a.keys()
+    return {k: not np.array_equal(b[k], a[k]) for k in b}
 
 
 def _all_equal(before, after):
-  return not any(_changed(before, after).values())
+    return not any(_changed(before, after).values())
 
 
 def _all_changed(before, after):
-  flags = _changed(before, after)
-  return all(flags.values()), [jax.tree_util.keystr(k) for k, v in flags.items() if not v]
+    flags = _changed(before, after)
+    return all(flags.values()), [jax.tree_util.keystr(k) for k, v in flags.items() if not v]
 
 
 # The tiny test config on the 1-device mesh, replicated as the loop places it: the compiled steps
@@ -55,120 +57,129 @@ MESH = sharding.make_mesh(jax.devices()[:1])
 
 
 def _fns():
-  return steps.jit_steps(MESH)
+    return steps.jit_steps(MESH)
 
 
 def _key(seed):
-  return sharding.replicate(jax.random.PRNGKey(seed), MESH)
+    return sharding.replicate(jax.random.PRNGKey(seed), MESH)
 
 
 def _copy(state):
-  return sharding.replicate(jax.tree.map(jnp.copy, state), MESH)
+    return sharding.replicate(jax.tree.map(jnp.copy, state), MESH)
 
 
 @pytest.fixture(scope="module")
 def multitask_state():
-  config = tiny.get_config()
-  assert (config.image_size, config.batch_size) == (SIZE, BATCH)
-  state = state_lib.create_train_state(config, jax.random.PRNGKey(0), backbone_frozen=True)
-  return sharding.replicate(state, MESH)
+    config = tiny.get_config()
+    assert (config.image_size, config.batch_size) == (SIZE, BATCH)
+    state = state_lib.create_train_state(config, jax.random.PRNGKey(0), backbone_frozen=True)
+    return sharding.replicate(state, MESH)
 
 
 @pytest.fixture(scope="module")
 def phase1_update(multitask_state):
-  before = _host(multitask_state)
-  after, metrics = _fns().generator_step(
-      _copy(multitask_state), _batch(), _key(1))
-  return before, after, metrics
+    before = _host(multitask_state)
+    after, metrics = _fns().generator_step(_copy(multitask_state), _batch(), _key(1))
+    return before, after, metrics
 
 
 def test_phase1_generator_step_changes_exactly_the_trainable_leaves(phase1_update):
-  before, after, metrics = phase1_update
-  after_h = _host(after)
-  model_b, model_a = before.params["model"], after_h.params["model"]
-  # Frozen backbone: weights and BN running statistics bitwise unchanged.
-  assert _all_equal(model_b["backbone"], model_a["backbone"])
-  assert _all_equal(before.batch_stats["model"]["backbone"], after_h.batch_stats["model"]["backbone"])
-  # Decoder and head: every parameter moved; the decoder's BN statistics moved.
-  for name in ("decoder", "head"):
-    ok, unchanged = _all_changed(model_b[name], model_a[name])
-    assert ok, f"{name} leaves not updated: {unchanged}"
-  ok, unchanged = _all_changed(before.batch_stats["model"]["decoder"],
-                               after_h.batch_stats["model"]["decoder"])
-  assert ok, unchanged
-  # The G step leaves the discriminator alone (params and BN statistics).
-  assert _all_equal(before.params["discriminator"], after_h.params["discriminator"])
-  assert _all_equal(before.batch_stats["discriminator"], after_h.batch_stats["discriminator"])
-  assert _all_equal(before.opt_state["discriminator"], after_h.opt_state["discriminator"])
-  assert int(after_h.step) == 1
-  assert set(metrics) >= {"l1", "loss_l1", "loss_gan", "loss_g", "loss_cls", "accuracy"}
-  assert float(metrics["loss_l1"]) == pytest.approx(100 * float(metrics["l1"]), rel=1e-6)
+    before, after, metrics = phase1_update
+    after_h = _host(after)
+    model_b, model_a = before.params["model"], after_h.params["model"]
+    # Frozen backbone: weights and BN running statistics bitwise unchanged.
+    assert _all_equal(model_b["backbone"], model_a["backbone"])
+    assert _all_equal(
+        before.batch_stats["model"]["backbone"], after_h.batch_stats["model"]["backbone"]
+    )
+    # Decoder and head: every parameter moved; the decoder's BN statistics moved.
+    for name in ("decoder", "head"):
+        ok, unchanged = _all_changed(model_b[name], model_a[name])
+        assert ok, f"{name} leaves not updated: {unchanged}"
+    ok, unchanged = _all_changed(
+        before.batch_stats["model"]["decoder"], after_h.batch_stats["model"]["decoder"]
+    )
+    assert ok, unchanged
+    # The G step leaves the discriminator alone (params and BN statistics).
+    assert _all_equal(before.params["discriminator"], after_h.params["discriminator"])
+    assert _all_equal(before.batch_stats["discriminator"], after_h.batch_stats["discriminator"])
+    assert _all_equal(before.opt_state["discriminator"], after_h.opt_state["discriminator"])
+    assert int(after_h.step) == 1
+    assert set(metrics) >= {"l1", "loss_l1", "loss_gan", "loss_g", "loss_cls", "accuracy"}
+    assert float(metrics["loss_l1"]) == pytest.approx(100 * float(metrics["l1"]), rel=1e-6)
 
 
 def test_frozen_backbone_carries_no_adam_state(multitask_state):
-  inner = multitask_state.opt_state["model"].inner_states
-  assert jax.tree_util.tree_leaves(inner["backbone"]) == []
-  rest_leaves = _leaves(inner["rest"])
-  assert not any("'backbone'" in jax.tree_util.keystr(k) for k in rest_leaves)
-  assert any("'decoder'" in jax.tree_util.keystr(k) for k in rest_leaves)
+    inner = multitask_state.opt_state["model"].inner_states
+    assert jax.tree_util.tree_leaves(inner["backbone"]) == []
+    rest_leaves = _leaves(inner["rest"])
+    assert not any("'backbone'" in jax.tree_util.keystr(k) for k in rest_leaves)
+    assert any("'decoder'" in jax.tree_util.keystr(k) for k in rest_leaves)
 
 
 def test_phase2_trains_backbone_and_keeps_rest_adam_state(phase1_update):
-  _, after1, _ = phase1_update
-  state = _copy(state_lib.unfreeze_backbone(jax.tree.map(jnp.copy, after1)))
-  assert not state.optimizer.backbone_frozen
-  rest_before = _host(state.opt_state["model"].inner_states["rest"])
-  assert int(rest_before.inner_state[0].count) == 1  # carried over from phase 1
-  backbone_opt = state.opt_state["model"].inner_states["backbone"].inner_state[0]
-  assert int(backbone_opt.count) == 0  # fresh Adam for the backbone
-  before = _host(state)
-  after, _ = _fns().generator_step(state, _batch(1), _key(2))
-  after = _host(after)
-  ok, unchanged = _all_changed(before.params["model"]["backbone"], after.params["model"]["backbone"])
-  assert ok, f"backbone leaves not updated in phase 2: {unchanged}"
-  ok, unchanged = _all_changed(before.batch_stats["model"]["backbone"],
-                               after.batch_stats["model"]["backbone"])
-  assert ok, unchanged
-  assert int(after.opt_state["model"].inner_states["rest"].inner_state[0].count) == 2
+    _, after1, _ = phase1_update
+    state = _copy(state_lib.unfreeze_backbone(jax.tree.map(jnp.copy, after1)))
+    assert not state.optimizer.backbone_frozen
+    rest_before = _host(state.opt_state["model"].inner_states["rest"])
+    assert int(rest_before.inner_state[0].count) == 1  # carried over from phase 1
+    backbone_opt = state.opt_state["model"].inner_states["backbone"].inner_state[0]
+    assert int(backbone_opt.count) == 0  # fresh Adam for the backbone
+    before = _host(state)
+    after, _ = _fns().generator_step(state, _batch(1), _key(2))
+    after = _host(after)
+    ok, unchanged = _all_changed(
+        before.params["model"]["backbone"], after.params["model"]["backbone"]
+    )
+    assert ok, f"backbone leaves not updated in phase 2: {unchanged}"
+    ok, unchanged = _all_changed(
+        before.batch_stats["model"]["backbone"], after.batch_stats["model"]["backbone"]
+    )
+    assert ok, unchanged
+    assert int(after.opt_state["model"].inner_states["rest"].inner_state[0].count) == 2
 
 
 def test_discriminator_step_changes_only_the_discriminator(multitask_state):
-  before = _host(multitask_state)
-  after, metrics = _fns().discriminator_step(
-      _copy(multitask_state), _batch(), _key(1))
-  after = _host(after)
-  for part in ("params", "batch_stats", "opt_state"):
-    assert _all_equal(getattr(before, part)["model"], getattr(after, part)["model"]), part
-  ok, unchanged = _all_changed(before.params["discriminator"], after.params["discriminator"])
-  assert ok, unchanged
-  ok, unchanged = _all_changed(before.batch_stats["discriminator"], after.batch_stats["discriminator"])
-  assert ok, unchanged
-  assert int(after.step) == 0  # an iteration counts once, at its G update
-  assert float(metrics["loss_d"]) == pytest.approx(
-      0.5 * (float(metrics["loss_d_real"]) + float(metrics["loss_d_fake"])), rel=1e-6)
-  assert 0.0 < float(metrics["d_real"]) < 1.0 and 0.0 < float(metrics["d_fake"]) < 1.0
+    before = _host(multitask_state)
+    after, metrics = _fns().discriminator_step(_copy(multitask_state), _batch(), _key(1))
+    after = _host(after)
+    for part in ("params", "batch_stats", "opt_state"):
+        assert _all_equal(getattr(before, part)["model"], getattr(after, part)["model"]), part
+    ok, unchanged = _all_changed(before.params["discriminator"], after.params["discriminator"])
+    assert ok, unchanged
+    ok, unchanged = _all_changed(
+        before.batch_stats["discriminator"], after.batch_stats["discriminator"]
+    )
+    assert ok, unchanged
+    assert int(after.step) == 0  # an iteration counts once, at its G update
+    assert float(metrics["loss_d"]) == pytest.approx(
+        0.5 * (float(metrics["loss_d_real"]) + float(metrics["loss_d_fake"])), rel=1e-6
+    )
+    assert 0.0 < float(metrics["d_real"]) < 1.0 and 0.0 < float(metrics["d_fake"]) < 1.0
 
 
 def test_update_frozen_bn_stats_option_moves_only_the_statistics(multitask_state):
-  state = multitask_state.replace(
-      optimizer=dataclasses.replace(multitask_state.optimizer, update_frozen_bn_stats=True))
-  before = _host(state)
-  after, _ = _fns().generator_step(_copy(state), _batch(),
-                                              _key(1))
-  after = _host(after)
-  assert _all_equal(before.params["model"]["backbone"], after.params["model"]["backbone"])
-  ok, unchanged = _all_changed(before.batch_stats["model"]["backbone"],
-                               after.batch_stats["model"]["backbone"])
-  assert ok, unchanged
+    state = multitask_state.replace(
+        optimizer=dataclasses.replace(multitask_state.optimizer, update_frozen_bn_stats=True)
+    )
+    before = _host(state)
+    after, _ = _fns().generator_step(_copy(state), _batch(), _key(1))
+    after = _host(after)
+    assert _all_equal(before.params["model"]["backbone"], after.params["model"]["backbone"])
+    ok, unchanged = _all_changed(
+        before.batch_stats["model"]["backbone"], after.batch_stats["model"]["backbone"]
+    )
+    assert ok, unchanged
 
 
 def test_eval_step_masks_padded_rows(phase1_update):
-  _, state, _ = phase1_update
-  full = jax.device_get(_fns().eval_step(state, _batch(3, mask=[1, 1, 1, 1])))
-  np.testing.assert_array_equal(full["mask"], np.ones(BATCH))
-  out = jax.device_get(_fns().eval_step(state, _batch(3, mask=[1, 1, 0, 0])))
-  np.testing.assert_array_equal(out["mask"], [1, 1, 0, 0])
-  from mtcolor.train import metrics as metrics_lib
-  names = metrics_lib.metric_names(state.objective)
-  value = metrics_lib.compute(metrics_lib.from_step_outputs(names, out))["l1"]
-  assert value == pytest.approx(float(np.mean(full["l1"][:2])), rel=1e-6)
+    _, state, _ = phase1_update
+    full = jax.device_get(_fns().eval_step(state, _batch(3, mask=[1, 1, 1, 1])))
+    np.testing.assert_array_equal(full["mask"], np.ones(BATCH))
+    out = jax.device_get(_fns().eval_step(state, _batch(3, mask=[1, 1, 0, 0])))
+    np.testing.assert_array_equal(out["mask"], [1, 1, 0, 0])
+    from mtcolor.train import metrics as metrics_lib
+
+    names = metrics_lib.metric_names(state.objective)
+    value = metrics_lib.compute(metrics_lib.from_step_outputs(names, out))["l1"]
+    assert value == pytest.approx(float(np.mean(full["l1"][:2])), rel=1e-6)

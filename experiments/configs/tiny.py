@@ -4,19 +4,19 @@ from mtcolor.train.config import base_config
 
 
 def get_config():
-  config = base_config("multitask")
-  config.image_size = 32
-  config.batch_size = 4
-  config.data.source = "synthetic"
-  config.data.synthetic.train_size = 12
-  config.data.synthetic.val_size = 6  # 2 batches, the second padded
-  config.data.worker_count = 0
-  config.data.read_threads = 1
-  config.model.pretrained = None
-  config.train.frozen_epochs = 1
-  config.train.unfrozen_epochs = 1
-  config.train.evals_per_epoch = 1
-  config.train.log_every_steps = 2
-  config.train.checkpoint_every_steps = 2
-  config.train.num_image_examples = 4
-  return config
+    config = base_config("multitask")
+    config.image_size = 32
+    config.batch_size = 4
+    config.data.source = "synthetic"
+    config.data.synthetic.train_size = 12
+    config.data.synthetic.val_size = 6  # 2 batches, the second padded
+    config.data.worker_count = 0
+    config.data.read_threads = 1
+    config.model.pretrained = None
+    config.train.frozen_epochs = 1
+    config.train.unfrozen_epochs = 1
+    config.train.evals_per_epoch = 1
+    config.train.log_every_steps = 2
+    config.train.checkpoint_every_steps = 2
+    config.train.num_image_examples = 4
+    return config

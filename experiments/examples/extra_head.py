@@ -17,39 +17,40 @@ from mtcolor.train import loop
 
 
 class PooledHeadMultiTask(nn.Module):
-  """ResNet-18 -> (ColorDecoder, average-pooled ClassHead). Keeps the contract the trainer
-  relies on: a submodule named ``backbone`` (frozen in phase 1), ``(L, train, backbone_train)``
-  arguments, and (ab, logits) outputs for the "multitask" experiment."""
+    """ResNet-18 -> (ColorDecoder, average-pooled ClassHead). Keeps the contract the trainer
+    relies on: a submodule named ``backbone`` (frozen in phase 1), ``(L, train, backbone_train)``
+    arguments, and (ab, logits) outputs for the "multitask" experiment."""
 
-  num_classes: int = 5
-  hidden: int = 256
+    num_classes: int = 5
+    hidden: int = 256
 
-  @nn.compact
-  def __call__(self, L, train: bool = False, backbone_train: bool | None = None):
-    backbone_train = train if backbone_train is None else backbone_train
-    features = ResNet18(in_channels=1, name="backbone")(L, train=backbone_train)
-    ab = ColorDecoder(name="decoder")(features, train=train)
-    logits = ClassHead(self.num_classes, pooling="avg", hidden=self.hidden, name="head")(
-        features, train=train)
-    return ab, logits
+    @nn.compact
+    def __call__(self, L, train: bool = False, backbone_train: bool | None = None):
+        backbone_train = train if backbone_train is None else backbone_train
+        features = ResNet18(in_channels=1, name="backbone")(L, train=backbone_train)
+        ab = ColorDecoder(name="decoder")(features, train=train)
+        logits = ClassHead(self.num_classes, pooling="avg", hidden=self.hidden, name="head")(
+            features, train=train
+        )
+        return ab, logits
 
 
 def configure(config):
-  """The experiment's changes to any base config: multi-task, classification loss x3."""
-  config.experiment = "multitask"
-  config.loss.cls_weight = 3.0
-  return config
+    """The experiment's changes to any base config: multi-task, classification loss x3."""
+    config.experiment = "multitask"
+    config.loss.cls_weight = 3.0
+    return config
 
 
 def train(config, workdir: str) -> dict:
-  model = PooledHeadMultiTask(num_classes=config.model.num_classes)
-  return loop.train_and_evaluate(configure(config), workdir, model=model)
+    model = PooledHeadMultiTask(num_classes=config.model.num_classes)
+    return loop.train_and_evaluate(configure(config), workdir, model=model)
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
+    from absl import app, flags
+    from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file("config", "experiments/configs/demo.py", lock_config=False)
-  flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-  app.run(lambda argv: train(flags.FLAGS.config, flags.FLAGS.workdir))
+    config_flags.DEFINE_config_file("config", "experiments/configs/demo.py", lock_config=False)
+    flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+    app.run(lambda argv: train(flags.FLAGS.config, flags.FLAGS.workdir))

@@ -27,116 +27,135 @@ BEST_MODEL = "model"
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
 def best_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints_best")
+    return os.path.join(os.path.abspath(workdir), "checkpoints_best")
 
 
 def make_manager(workdir: str, *, max_to_keep: int = 3, asynchronous: bool = True):
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=asynchronous,
-      cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=True,
+        enable_async_checkpointing=asynchronous,
+        cleanup_tmp_directories=True,
+    )
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
 def make_best_manager(workdir: str, *, metric: str, mode: str):
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=1, create=True, best_fn=lambda m: m[metric], best_mode=mode,
-      enable_async_checkpointing=False, cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(best_dir(workdir), options=options)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1,
+        create=True,
+        best_fn=lambda m: m[metric],
+        best_mode=mode,
+        enable_async_checkpointing=False,
+        cleanup_tmp_directories=True,
+    )
+    return ocp.CheckpointManager(best_dir(workdir), options=options)
 
 
 def save(manager, step: int, state, train_iter=None, extra: dict | None = None) -> None:
-  import grain
+    import grain
 
-  items = {STATE: ocp.args.StandardSave(state)}
-  if train_iter is not None:
-    items[DATA_ITER] = grain.checkpoint.CheckpointSave(train_iter)
-  if extra is not None:
-    items[EXTRA] = ocp.args.JsonSave(extra)
-  manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+    items = {STATE: ocp.args.StandardSave(state)}
+    if train_iter is not None:
+        items[DATA_ITER] = grain.checkpoint.CheckpointSave(train_iter)
+    if extra is not None:
+        items[EXTRA] = ocp.args.JsonSave(extra)
+    manager.save(int(step), args=ocp.args.Composite(**items), force=True)
 
 
 def restore(manager, step: int, abstract_state, train_iter=None):
-  """Restore ``state`` (into the structure/shardings of ``abstract_state``) and, if given, the
-  train iterator in place. Returns the state."""
-  import grain
+    """Restore ``state`` (into the structure/shardings of ``abstract_state``) and, if given, the
+    train iterator in place. Returns the state."""
+    import grain
 
-  items = {STATE: ocp.args.StandardRestore(abstract_state)}
-  if train_iter is not None:
-    items[DATA_ITER] = grain.checkpoint.CheckpointRestore(train_iter)
-  restored = manager.restore(int(step), args=ocp.args.Composite(**items))
-  return restored[STATE]
+    items = {STATE: ocp.args.StandardRestore(abstract_state)}
+    if train_iter is not None:
+        items[DATA_ITER] = grain.checkpoint.CheckpointRestore(train_iter)
+    restored = manager.restore(int(step), args=ocp.args.Composite(**items))
+    return restored[STATE]
 
 
 def restore_extra(manager, step: int):
-  """The JSON item saved with ``extra=`` at ``step``, or None if that checkpoint has none."""
-  if not os.path.isdir(os.path.join(manager.directory, str(step), EXTRA)):
-    return None
-  return manager.restore(int(step), args=ocp.args.Composite(
-      **{EXTRA: ocp.args.JsonRestore()}))[EXTRA]
+    """The JSON item saved with ``extra=`` at ``step``, or None if that checkpoint has none."""
+    if not os.path.isdir(os.path.join(manager.directory, str(step), EXTRA)):
+        return None
+    return manager.restore(int(step), args=ocp.args.Composite(**{EXTRA: ocp.args.JsonRestore()}))[
+        EXTRA
+    ]
 
 
 def save_best(best_manager, step: int, state, metrics: dict) -> None:
-  variables = {"params": state.params["model"], "batch_stats": state.batch_stats["model"]}
-  best_manager.save(int(step), args=ocp.args.Composite(
-      **{BEST_MODEL: ocp.args.StandardSave(variables)}), metrics=metrics, force=True)
+    variables = {"params": state.params["model"], "batch_stats": state.batch_stats["model"]}
+    best_manager.save(
+        int(step),
+        args=ocp.args.Composite(**{BEST_MODEL: ocp.args.StandardSave(variables)}),
+        metrics=metrics,
+        force=True,
+    )
 
 
 def abstract_like(tree, sharding=None):
-  """ShapeDtypeStructs (with ``sharding`` if given) describing ``tree``'s arrays."""
-  def leaf(x):
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-  return jax.tree.map(leaf, tree)
+    """ShapeDtypeStructs (with ``sharding`` if given) describing ``tree``'s arrays."""
+
+    def leaf(x):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    return jax.tree.map(leaf, tree)
 
 
 def load_config(workdir: str):
-  import ml_collections
+    import ml_collections
 
-  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+        return ml_collections.ConfigDict(json.load(f))
 
 
 def load_for_inference(workdir: str, step=None, *, model=None):
-  """The trained network of a run, for colorizing / classifying / evaluating.
+    """The trained network of a run, for colorizing / classifying / evaluating.
 
-  Args:
-    workdir: a training run's directory (holds config.json and checkpoints/).
-    step: None for the latest checkpoint, "best" for the best-by-validation one
-      (checkpoints_best/), or an int step present in checkpoints/.
-    model: the flax module to return instead of the one the config describes (for runs trained
-      with a custom model passed to ``train_and_evaluate``).
+    Args:
+      workdir: a training run's directory (holds config.json and checkpoints/).
+      step: None for the latest checkpoint, "best" for the best-by-validation one
+        (checkpoints_best/), or an int step present in checkpoints/.
+      model: the flax module to return instead of the one the config describes (for runs trained
+        with a custom model passed to ``train_and_evaluate``).
 
-  Returns:
-    (config, model, variables): the run's ml_collections config, the generator
-    (MultiTaskGenerator / Colorizer) or the Classifier module, and {"params", "batch_stats"} as
-    host numpy arrays. Apply with ``model.apply(variables, L, train=False)`` on L normalized to
-    [-1, 1], shape (N, H, W, 1).
-  """
-  from mtcolor.train import state as state_lib
+    Returns:
+      (config, model, variables): the run's ml_collections config, the generator
+      (MultiTaskGenerator / Colorizer) or the Classifier module, and {"params", "batch_stats"} as
+      host numpy arrays. Apply with ``model.apply(variables, L, train=False)`` on L normalized to
+      [-1, 1], shape (N, H, W, 1).
+    """
+    from mtcolor.train import state as state_lib
 
-  config = load_config(workdir)
-  model = model if model is not None else state_lib.build_model(config)
-  if step == "best":
-    manager = ocp.CheckpointManager(best_dir(workdir))
-    chosen = manager.best_step() if manager.best_step() is not None else manager.latest_step()
-    if chosen is None:
-      raise FileNotFoundError(f"no best checkpoint under {best_dir(workdir)}")
-    restored = manager.restore(chosen, args=ocp.args.Composite(
-        **{BEST_MODEL: ocp.args.StandardRestore()}))
-    variables = restored[BEST_MODEL]
-  else:
-    manager = ocp.CheckpointManager(checkpoint_dir(workdir))
-    chosen = manager.latest_step() if step is None else int(step)
-    if chosen is None:
-      raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)}")
-    # Restored without a target: nested dicts of arrays, of which the model's part is taken.
-    restored = manager.restore(chosen, args=ocp.args.Composite(
-        **{STATE: ocp.args.StandardRestore()}))[STATE]
-    variables = {"params": restored["params"]["model"],
-                 "batch_stats": restored["batch_stats"]["model"]}
-  manager.close()
-  variables = jax.device_get(variables)
-  return config, model, variables
+    config = load_config(workdir)
+    model = model if model is not None else state_lib.build_model(config)
+    if step == "best":
+        manager = ocp.CheckpointManager(best_dir(workdir))
+        chosen = manager.best_step() if manager.best_step() is not None else manager.latest_step()
+        if chosen is None:
+            raise FileNotFoundError(f"no best checkpoint under {best_dir(workdir)}")
+        restored = manager.restore(
+            chosen, args=ocp.args.Composite(**{BEST_MODEL: ocp.args.StandardRestore()})
+        )
+        variables = restored[BEST_MODEL]
+    else:
+        manager = ocp.CheckpointManager(checkpoint_dir(workdir))
+        chosen = manager.latest_step() if step is None else int(step)
+        if chosen is None:
+            raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)}")
+        # Restored without a target: nested dicts of arrays, of which the model's part is taken.
+        restored = manager.restore(
+            chosen, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore()})
+        )[STATE]
+        variables = {
+            "params": restored["params"]["model"],
+            "batch_stats": restored["batch_stats"]["model"],
+        }
+    manager.close()
+    variables = jax.device_get(variables)
+    return config, model, variables

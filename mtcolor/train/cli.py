@@ -8,39 +8,40 @@ from ml_collections import config_flags
 
 
 class _DropInfoFrom(logging.Filter):
-  """Drops INFO records logged from files under the given package directories (orbax logs
-  every file it writes)."""
+    """Drops INFO records logged from files under the given package directories (orbax logs
+    every file it writes)."""
 
-  def __init__(self, *packages):
-    super().__init__()
-    self._parts = tuple(f"/{p}/" for p in packages)
+    def __init__(self, *packages):
+        super().__init__()
+        self._parts = tuple(f"/{p}/" for p in packages)
 
-  def filter(self, record):
-    return record.levelno > logging.INFO or not any(p in record.pathname for p in self._parts)
+    def filter(self, record):
+        return record.levelno > logging.INFO or not any(p in record.pathname for p in self._parts)
 
 
 def quiet_library_logs():
-  from absl import logging as absl_logging
+    from absl import logging as absl_logging
 
-  absl_logging.get_absl_handler().addFilter(_DropInfoFrom("orbax", "grain"))
+    absl_logging.get_absl_handler().addFilter(_DropInfoFrom("orbax", "grain"))
 
 
 def run(experiment: str) -> None:
-  """``python -m experiments.<experiment> --config=... --workdir=...``; the entry point's
-  experiment overrides config.experiment."""
-  config_flags.DEFINE_config_file(
-      "config", "experiments/configs/demo.py", "Training config file.", lock_config=False)
-  flags.DEFINE_string("workdir", None, "Output directory (re-use it to resume).")
-  flags.mark_flags_as_required(["workdir"])
+    """``python -m experiments.<experiment> --config=... --workdir=...``; the entry point's
+    experiment overrides config.experiment."""
+    config_flags.DEFINE_config_file(
+        "config", "experiments/configs/demo.py", "Training config file.", lock_config=False
+    )
+    flags.DEFINE_string("workdir", None, "Output directory (re-use it to resume).")
+    flags.mark_flags_as_required(["workdir"])
 
-  def main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    quiet_library_logs()
-    from mtcolor.train import loop
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        quiet_library_logs()
+        from mtcolor.train import loop
 
-    config = flags.FLAGS.config
-    config.experiment = experiment
-    loop.train_and_evaluate(config, flags.FLAGS.workdir)
+        config = flags.FLAGS.config
+        config.experiment = experiment
+        loop.train_and_evaluate(config, flags.FLAGS.workdir)
 
-  app.run(main)
+    app.run(main)

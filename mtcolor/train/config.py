@@ -10,55 +10,57 @@ import ml_collections
 
 
 def data_defaults() -> ml_collections.ConfigDict:
-  try:
-    from mtcolor.data import pipeline
-  except ImportError:  # only while the data package is incomplete
-    return ml_collections.ConfigDict({"source": "synthetic", "image_size": 256, "batch_size": 16})
-  return pipeline.default_data_config()
+    try:
+        from mtcolor.data import pipeline
+    except ImportError:  # only while the data package is incomplete
+        return ml_collections.ConfigDict(
+            {"source": "synthetic", "image_size": 256, "batch_size": 16}
+        )
+    return pipeline.default_data_config()
 
 
 def base_config(experiment: str = "multitask") -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.experiment = experiment
-  config.seed = 0
-  config.batch_size = 16
-  config.image_size = 256
+    config = ml_collections.ConfigDict()
+    config.experiment = experiment
+    config.seed = 0
+    config.batch_size = 16
+    config.image_size = 256
 
-  config.data = data_defaults()
-  config.data.batch_size = config.get_ref("batch_size")
-  config.data.image_size = config.get_ref("image_size")
+    config.data = data_defaults()
+    config.data.batch_size = config.get_ref("batch_size")
+    config.data.image_size = config.get_ref("image_size")
 
-  config.model = ml_collections.ConfigDict()
-  config.model.num_classes = 5
-  config.model.pooling = "flatten"
-  config.model.pretrained = ml_collections.FieldReference(None, field_type=str)
+    config.model = ml_collections.ConfigDict()
+    config.model.num_classes = 5
+    config.model.pooling = "flatten"
+    config.model.pretrained = ml_collections.FieldReference(None, field_type=str)
 
-  config.loss = ml_collections.ConfigDict()
-  config.loss.gan_mode = "vanilla"  # "l1" | "vanilla" | "lsgan" (see mtcolor.train.losses)
-  config.loss.l1_weight = 100.0
-  config.loss.gan_weight = 1.0
-  # None: 10 for the multi-task model, 1 for the single-task classifier (paper III-C).
-  config.loss.cls_weight = ml_collections.FieldReference(None, field_type=float)
+    config.loss = ml_collections.ConfigDict()
+    config.loss.gan_mode = "vanilla"  # "l1" | "vanilla" | "lsgan" (see mtcolor.train.losses)
+    config.loss.l1_weight = 100.0
+    config.loss.gan_weight = 1.0
+    # None: 10 for the multi-task model, 1 for the single-task classifier (paper III-C).
+    config.loss.cls_weight = ml_collections.FieldReference(None, field_type=float)
 
-  config.optim = ml_collections.ConfigDict()
-  config.optim.learning_rate = 2e-4
-  config.optim.b1 = 0.5
-  config.optim.b2 = 0.999
+    config.optim = ml_collections.ConfigDict()
+    config.optim.learning_rate = 2e-4
+    config.optim.b1 = 0.5
+    config.optim.b2 = 0.999
 
-  config.train = ml_collections.ConfigDict()
-  config.train.frozen_epochs = 30
-  config.train.unfrozen_epochs = 15
-  config.train.update_frozen_bn_stats = False
-  config.train.evals_per_epoch = 2
-  config.train.log_every_steps = 50
-  # None: checkpoint at every evaluation (twice per epoch).
-  config.train.checkpoint_every_steps = ml_collections.FieldReference(None, field_type=int)
-  config.train.max_to_keep = 3
-  # None: val/accuracy (max) when the model classifies, else val/l1 (min).
-  config.train.best_metric = ml_collections.FieldReference(None, field_type=str)
-  config.train.num_image_examples = 8
-  # Stop (after checkpointing) when this invocation has trained this many steps; re-run the same
-  # command to continue. For time-limited jobs; None runs to the end.
-  config.train.max_steps_per_run = ml_collections.FieldReference(None, field_type=int)
-  config.train.distributed = False
-  return config
+    config.train = ml_collections.ConfigDict()
+    config.train.frozen_epochs = 30
+    config.train.unfrozen_epochs = 15
+    config.train.update_frozen_bn_stats = False
+    config.train.evals_per_epoch = 2
+    config.train.log_every_steps = 50
+    # None: checkpoint at every evaluation (twice per epoch).
+    config.train.checkpoint_every_steps = ml_collections.FieldReference(None, field_type=int)
+    config.train.max_to_keep = 3
+    # None: val/accuracy (max) when the model classifies, else val/l1 (min).
+    config.train.best_metric = ml_collections.FieldReference(None, field_type=str)
+    config.train.num_image_examples = 8
+    # Stop (after checkpointing) when this invocation has trained this many steps; re-run the same
+    # command to continue. For time-limited jobs; None runs to the end.
+    config.train.max_steps_per_run = ml_collections.FieldReference(None, field_type=int)
+    config.train.distributed = False
+    return config

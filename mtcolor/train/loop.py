@@ -26,295 +26,320 @@ BATCH_KEYS = ("L", "ab", "label", "mask")
 
 
 class NonFiniteLossError(FloatingPointError):
-  """A loss term became NaN or infinite; the message names the step and the terms."""
+    """A loss term became NaN or infinite; the message names the step and the terms."""
 
 
 def _json_ready(config) -> dict:
-  return json.loads(config.to_json_best_effort())
+    return json.loads(config.to_json_best_effort())
 
 
 def _flat_hparams(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      out.update(_flat_hparams(value, name + "."))
-    elif isinstance(value, (bool, int, float, str)):
-      out[name] = value
-    elif value is None:
-      out[name] = "None"
-    else:
-      out[name] = str(value)
-  return out
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_hparams(value, name + "."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        elif value is None:
+            out[name] = "None"
+        else:
+            out[name] = str(value)
+    return out
 
 
 def _model_inputs(batch: dict) -> dict:
-  return {k: v for k, v in batch.items() if k in BATCH_KEYS}
+    return {k: v for k, v in batch.items() if k in BATCH_KEYS}
 
 
 def _make_tracker(pipeline, config):
-  """The data pipeline's bad-input tracker (counts skipped files, enforces max_bad_fraction)."""
-  tracker_type = getattr(pipeline, "BadInputTracker", None)
-  if tracker_type is None:
-    return None
-  return tracker_type(config.data.get("max_bad_fraction"),
-                      min_examples=int(config.data.get("bad_check_min_examples", 200)))
+    """The data pipeline's bad-input tracker (counts skipped files, enforces max_bad_fraction)."""
+    tracker_type = getattr(pipeline, "BadInputTracker", None)
+    if tracker_type is None:
+        return None
+    return tracker_type(
+        config.data.get("max_bad_fraction"),
+        min_examples=int(config.data.get("bad_check_min_examples", 200)),
+    )
 
 
 def train_iteration(fns, state, batch):
-  """steps.train_step as two compiled calls (D, then G or the classifier) with the same key: the
-  same arithmetic, and the compiled D and G steps are shared with direct users of them."""
-  rng = fns.iteration_rng(state)
-  metrics = {}
-  if state.discriminator is not None:
-    state, metrics = fns.discriminator_step(state, batch, rng)
-  state, model_metrics = fns.generator_step(state, batch, rng)
-  return state, {**metrics, **model_metrics}
+    """steps.train_step as two compiled calls (D, then G or the classifier) with the same key: the
+    same arithmetic, and the compiled D and G steps are shared with direct users of them."""
+    rng = fns.iteration_rng(state)
+    metrics = {}
+    if state.discriminator is not None:
+        state, metrics = fns.discriminator_step(state, batch, rng)
+    state, model_metrics = fns.generator_step(state, batch, rng)
+    return state, {**metrics, **model_metrics}
 
 
 def _best_metric(config, objective) -> tuple[str, str]:
-  name = config.train.best_metric
-  if name is None:
-    name = "accuracy" if objective.has_class else "l1"
-  mode = "max" if name == "accuracy" else "min"
-  return name, mode
+    name = config.train.best_metric
+    if name is None:
+        name = "accuracy" if objective.has_class else "l1"
+    mode = "max" if name == "accuracy" else "min"
+    return name, mode
 
 
 def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
-  """Trains ``config.experiment`` in ``workdir`` (resuming if it holds checkpoints).
+    """Trains ``config.experiment`` in ``workdir`` (resuming if it holds checkpoints).
 
-  Args:
-    config: an ml_collections ConfigDict as made by experiments/configs/*.py.
-    workdir: output directory (config.json, checkpoints/, checkpoints_best/, tensorboard/,
-      scalars.jsonl, images/, summary.json).
-    model: optional flax module replacing the config's model (library use: another head). It
-      must have a ``backbone`` submodule (frozen in phase 1), accept
-      ``(L, train=..., backbone_train=...)`` and return what config.experiment's model returns:
-      (ab, logits) for "multitask", ab for "colorization", logits for "classification".
-    data: optional object with the mtcolor.data.pipeline functions ``num_examples``,
-      ``make_train_iterator`` and ``make_eval_iterator`` (default: mtcolor.data.pipeline), for
-      another data set.
+    Args:
+      config: an ml_collections ConfigDict as made by experiments/configs/*.py.
+      workdir: output directory (config.json, checkpoints/, checkpoints_best/, tensorboard/,
+        scalars.jsonl, images/, summary.json).
+      model: optional flax module replacing the config's model (library use: another head). It
+        must have a ``backbone`` submodule (frozen in phase 1), accept
+        ``(L, train=..., backbone_train=...)`` and return what config.experiment's model returns:
+        (ab, logits) for "multitask", ab for "colorization", logits for "classification".
+      data: optional object with the mtcolor.data.pipeline functions ``num_examples``,
+        ``make_train_iterator`` and ``make_eval_iterator`` (default: mtcolor.data.pipeline), for
+        another data set.
 
-  Returns:
-    The summary dict also written to workdir/summary.json.
-  """
-  if data is None:
-    from mtcolor.data import pipeline as data
-  pipeline = data
+    Returns:
+      The summary dict also written to workdir/summary.json.
+    """
+    if data is None:
+        from mtcolor.data import pipeline as data
+    pipeline = data
 
-  sharding.maybe_initialize_distributed(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  is_main = jax.process_index() == 0
-  if is_main:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      json.dump(_json_ready(config), f, indent=2, sort_keys=True)
+    sharding.maybe_initialize_distributed(config)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(_json_ready(config), f, indent=2, sort_keys=True)
 
-  mesh = sharding.make_mesh()
-  global_batch = int(config.data.batch_size)
-  sharding.check_batch_divisible(global_batch, mesh)
-  num_train = int(pipeline.num_examples(config.data, "train"))
-  steps_per_epoch = max(1, num_train // global_batch)
-  phase1 = state_lib.phase1_steps(config, steps_per_epoch)
-  total_steps = (int(config.train.frozen_epochs) + int(config.train.unfrozen_epochs)) * steps_per_epoch
-  eval_every = max(1, steps_per_epoch // max(1, int(config.train.evals_per_epoch)))
-  ckpt_every = config.train.checkpoint_every_steps or eval_every
-  log_every = max(1, int(config.train.log_every_steps))
+    mesh = sharding.make_mesh()
+    global_batch = int(config.data.batch_size)
+    sharding.check_batch_divisible(global_batch, mesh)
+    num_train = int(pipeline.num_examples(config.data, "train"))
+    steps_per_epoch = max(1, num_train // global_batch)
+    phase1 = state_lib.phase1_steps(config, steps_per_epoch)
+    total_steps = (
+        int(config.train.frozen_epochs) + int(config.train.unfrozen_epochs)
+    ) * steps_per_epoch
+    eval_every = max(1, steps_per_epoch // max(1, int(config.train.evals_per_epoch)))
+    ckpt_every = config.train.checkpoint_every_steps or eval_every
+    log_every = max(1, int(config.train.log_every_steps))
 
-  train_iter = pipeline.make_train_iterator(
-      config.data, seed=int(config.seed), shard_index=jax.process_index(),
-      shard_count=jax.process_count())
-  manager = checkpointing.make_manager(workdir, max_to_keep=int(config.train.max_to_keep))
-  objective = state_lib.objective_from_config(config)
-  best_name, best_mode = _best_metric(config, objective)
-  best_manager = checkpointing.make_best_manager(workdir, metric=best_name, mode=best_mode)
+    train_iter = pipeline.make_train_iterator(
+        config.data,
+        seed=int(config.seed),
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+    )
+    manager = checkpointing.make_manager(workdir, max_to_keep=int(config.train.max_to_keep))
+    objective = state_lib.objective_from_config(config)
+    best_name, best_mode = _best_metric(config, objective)
+    best_manager = checkpointing.make_best_manager(workdir, metric=best_name, mode=best_mode)
 
-  rng = jax.random.PRNGKey(int(config.seed))
-  latest = manager.latest_step()
-  if latest is not None:
-    frozen = state_lib.backbone_frozen_at(latest, phase1)
-    # The structure only: pretrained weights are not read again, the checkpoint has them.
-    abstract_config = config.copy_and_resolve_references()
-    abstract_config.model.pretrained = None
-    abstract = jax.eval_shape(
-        lambda r: state_lib.create_train_state(abstract_config, r, backbone_frozen=frozen,
-                                               model=model), rng)
-    abstract = checkpointing.abstract_like(abstract, sharding.replicated(mesh))
-    state = checkpointing.restore(manager, latest, abstract, train_iter)
-    logging.info("resumed from %s step %d", checkpointing.checkpoint_dir(workdir), latest)
-  else:
-    state = state_lib.create_train_state(config, rng, backbone_frozen=phase1 > 0, model=model)
-    state = sharding.replicate(state, mesh)
-  step = int(jax.device_get(state.step))
-  start_step = step
+    rng = jax.random.PRNGKey(int(config.seed))
+    latest = manager.latest_step()
+    if latest is not None:
+        frozen = state_lib.backbone_frozen_at(latest, phase1)
+        # The structure only: pretrained weights are not read again, the checkpoint has them.
+        abstract_config = config.copy_and_resolve_references()
+        abstract_config.model.pretrained = None
+        abstract = jax.eval_shape(
+            lambda r: state_lib.create_train_state(
+                abstract_config, r, backbone_frozen=frozen, model=model
+            ),
+            rng,
+        )
+        abstract = checkpointing.abstract_like(abstract, sharding.replicated(mesh))
+        state = checkpointing.restore(manager, latest, abstract, train_iter)
+        logging.info("resumed from %s step %d", checkpointing.checkpoint_dir(workdir), latest)
+    else:
+        state = state_lib.create_train_state(config, rng, backbone_frozen=phase1 > 0, model=model)
+        state = sharding.replicate(state, mesh)
+    step = int(jax.device_get(state.step))
+    start_step = step
 
-  from clu import periodic_actions  # imports TensorFlow
+    from clu import periodic_actions  # imports TensorFlow
 
-  from mtcolor.train import writers
+    from mtcolor.train import writers
 
-  writer = writers.create_writer(workdir, is_main_process=is_main)
-  if latest is None:
-    writer.write_hparams(_flat_hparams(_json_ready(config)))
-  hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)]
-  fns = steps_lib.jit_steps(mesh)
-  names = metrics_lib.metric_names(state.objective)
-  images_dir = os.path.join(workdir, "images")
+    writer = writers.create_writer(workdir, is_main_process=is_main)
+    if latest is None:
+        writer.write_hparams(_flat_hparams(_json_ready(config)))
+    hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)]
+    fns = steps_lib.jit_steps(mesh)
+    names = metrics_lib.metric_names(state.objective)
+    images_dir = os.path.join(workdir, "images")
 
-  pending: list[tuple[int, dict]] = []  # (step after the update, device metrics)
-  window = metrics_lib.empty(names)
-  final = {"train": {}, "val": {}}
-  best = _read_best(workdir) or {"metric": best_name, "step": None, "val": {}}
-  best_value = best["val"].get(best_name) if best["metric"] == best_name else None
-  tracker = _make_tracker(pipeline, config)
-  if tracker is not None and latest is not None:
-    tracker_state = checkpointing.restore_extra(manager, latest)
-    if tracker_state is not None:
-      tracker.set_state(tracker_state)
-
-  def check_pending():
-    """Fetch and NaN-check every step since the last check; fold them into the window."""
-    nonlocal window
-    if not pending:
-      return
-    host = jax.device_get([m for _, m in pending])
-    for (s, _), values in zip(pending, host):
-      bad = metrics_lib.first_non_finite(values)
-      if bad:
-        manager.wait_until_finished()
-        good = manager.latest_step()
-        writer.flush()
-        raise NonFiniteLossError(
-            f"non-finite loss at step {s} (the update from step {s - 1} to {s}): "
-            + ", ".join(f"{n}={float(np.asarray(values[n]).mean())}" for n in bad)
-            + f"; the last good checkpoint is step {good} in {checkpointing.checkpoint_dir(workdir)}"
-            " (nothing after it was saved)")
-      window = window.merge(metrics_lib.from_step_outputs(names, values))
-    pending.clear()
-
-  def write_train(s):
-    nonlocal window
-    check_pending()
-    values = metrics_lib.compute(window)
-    final["train"] = values
-    scalars = {f"train/{k}": v for k, v in values.items()}
-    if tracker is not None:
-      scalars.update(tracker.scalars())
-    scalars["epoch"] = s / steps_per_epoch
-    writer.write_scalars(s, scalars)
+    pending: list[tuple[int, dict]] = []  # (step after the update, device metrics)
     window = metrics_lib.empty(names)
+    final = {"train": {}, "val": {}}
+    best = _read_best(workdir) or {"metric": best_name, "step": None, "val": {}}
+    best_value = best["val"].get(best_name) if best["metric"] == best_name else None
+    tracker = _make_tracker(pipeline, config)
+    if tracker is not None and latest is not None:
+        tracker_state = checkpointing.restore_extra(manager, latest)
+        if tracker_state is not None:
+            tracker.set_state(tracker_state)
 
-  def evaluate(s):
-    nonlocal best_value
-    collection = metrics_lib.empty(names)
-    first = None
-    for batch in pipeline.make_eval_iterator(config.data, split="val",
-                                             shard_index=jax.process_index(),
-                                             shard_count=jax.process_count()):
-      arrays = _model_inputs(batch)
-      if first is None:
-        first = arrays
-      dev = sharding.put_batch(arrays, mesh)
-      collection = collection.merge(
-          metrics_lib.from_step_outputs(names, fns.eval_step(state, dev)))
-    values = metrics_lib.compute(collection)
-    final["val"] = values
-    scalars = {f"val/{k}": v for k, v in values.items()}
-    scalars["epoch"] = s / steps_per_epoch
-    writer.write_scalars(s, scalars)
-    if first is not None and state.objective.has_color:
-      n = min(int(config.train.num_image_examples), first["L"].shape[0])
-      L = first["L"][:n]
-      ab_pred = jax.device_get(fns.predict_ab(state, sharding.put_batch(
-          {"L": first["L"]}, mesh)["L"]))[:n]
-      grid = images_lib.make_grid(images_lib.colorization_rows(L, ab_pred, first["ab"][:n]))
-      if is_main:
-        images_lib.save_png(grid, os.path.join(images_dir, f"step_{s}.png"))
-      writer.write_images(s, {"val/colorization": grid[None]})
-    value = values.get(best_name)
-    if value is not None and np.isfinite(value):
-      improved = best_value is None or (value > best_value if best_mode == "max" else value < best_value)
-      if improved:
-        best_value = value
-        checkpointing.save_best(best_manager, s, state, {best_name: value})
-        best.update(step=s, val=dict(values))
-        if is_main:
-          with open(os.path.join(workdir, "best.json"), "w", encoding="utf-8") as f:
-            json.dump(best, f)
-    writer.flush()
+    def check_pending():
+        """Fetch and NaN-check every step since the last check; fold them into the window."""
+        nonlocal window
+        if not pending:
+            return
+        host = jax.device_get([m for _, m in pending])
+        for (s, _), values in zip(pending, host):
+            bad = metrics_lib.first_non_finite(values)
+            if bad:
+                manager.wait_until_finished()
+                good = manager.latest_step()
+                writer.flush()
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {s} (the update from step {s - 1} to {s}): "
+                    + ", ".join(f"{n}={float(np.asarray(values[n]).mean())}" for n in bad)
+                    + f"; the last good checkpoint is step {good} in {checkpointing.checkpoint_dir(workdir)}"
+                    " (nothing after it was saved)"
+                )
+            window = window.merge(metrics_lib.from_step_outputs(names, values))
+        pending.clear()
 
-  def save(s):
-    check_pending()  # never checkpoint a state produced by a non-finite loss
-    checkpointing.save(manager, s, state, train_iter,
-                       extra=tracker.get_state() if tracker is not None else None)
+    def write_train(s):
+        nonlocal window
+        check_pending()
+        values = metrics_lib.compute(window)
+        final["train"] = values
+        scalars = {f"train/{k}": v for k, v in values.items()}
+        if tracker is not None:
+            scalars.update(tracker.scalars())
+        scalars["epoch"] = s / steps_per_epoch
+        writer.write_scalars(s, scalars)
+        window = metrics_lib.empty(names)
 
-  t0 = time.time()
-  stop_at = total_steps
-  if config.train.max_steps_per_run:
-    stop_at = min(total_steps, start_step + int(config.train.max_steps_per_run))
-  if state.optimizer.backbone_frozen and step >= phase1:
-    state = sharding.replicate(state_lib.unfreeze_backbone(state), mesh)
-  while step < stop_at:
-    batch = next(train_iter)
-    if tracker is not None:
-      tracker.observe(batch)
-      tracker.check()  # stops the run (TooManyBadInputsError) above data.max_bad_fraction
-    arrays = _model_inputs(batch)
-    state, step_metrics = train_iteration(fns, state, sharding.put_batch(arrays, mesh))
-    step += 1
-    pending.append((step, step_metrics))
+    def evaluate(s):
+        nonlocal best_value
+        collection = metrics_lib.empty(names)
+        first = None
+        for batch in pipeline.make_eval_iterator(
+            config.data,
+            split="val",
+            shard_index=jax.process_index(),
+            shard_count=jax.process_count(),
+        ):
+            arrays = _model_inputs(batch)
+            if first is None:
+                first = arrays
+            dev = sharding.put_batch(arrays, mesh)
+            collection = collection.merge(
+                metrics_lib.from_step_outputs(names, fns.eval_step(state, dev))
+            )
+        values = metrics_lib.compute(collection)
+        final["val"] = values
+        scalars = {f"val/{k}": v for k, v in values.items()}
+        scalars["epoch"] = s / steps_per_epoch
+        writer.write_scalars(s, scalars)
+        if first is not None and state.objective.has_color:
+            n = min(int(config.train.num_image_examples), first["L"].shape[0])
+            L = first["L"][:n]
+            ab_pred = jax.device_get(
+                fns.predict_ab(state, sharding.put_batch({"L": first["L"]}, mesh)["L"])
+            )[:n]
+            grid = images_lib.make_grid(images_lib.colorization_rows(L, ab_pred, first["ab"][:n]))
+            if is_main:
+                images_lib.save_png(grid, os.path.join(images_dir, f"step_{s}.png"))
+            writer.write_images(s, {"val/colorization": grid[None]})
+        value = values.get(best_name)
+        if value is not None and np.isfinite(value):
+            improved = best_value is None or (
+                value > best_value if best_mode == "max" else value < best_value
+            )
+            if improved:
+                best_value = value
+                checkpointing.save_best(best_manager, s, state, {best_name: value})
+                best.update(step=s, val=dict(values))
+                if is_main:
+                    with open(os.path.join(workdir, "best.json"), "w", encoding="utf-8") as f:
+                        json.dump(best, f)
+        writer.flush()
+
+    def save(s):
+        check_pending()  # never checkpoint a state produced by a non-finite loss
+        checkpointing.save(
+            manager,
+            s,
+            state,
+            train_iter,
+            extra=tracker.get_state() if tracker is not None else None,
+        )
+
+    t0 = time.time()
+    stop_at = total_steps
+    if config.train.max_steps_per_run:
+        stop_at = min(total_steps, start_step + int(config.train.max_steps_per_run))
     if state.optimizer.backbone_frozen and step >= phase1:
-      # Phase 2 starts now, so a checkpoint taken at this step is already in phase 2 and
-      # restore rebuilds it from the step alone (state.backbone_frozen_at).
-      state = sharding.replicate(state_lib.unfreeze_backbone(state), mesh)
-      logging.info("step %d: backbone unfrozen (phase 2)", step)
-    for hook in hooks:
-      hook(step)
-    if step % log_every == 0 or step == stop_at:
-      write_train(step)
-    if step % eval_every == 0 or step == total_steps:
-      check_pending()
-      evaluate(step)
-    if step % ckpt_every == 0 or step == stop_at:
-      save(step)
-  check_pending()
-  manager.wait_until_finished()
-  wall = time.time() - t0
+        state = sharding.replicate(state_lib.unfreeze_backbone(state), mesh)
+    while step < stop_at:
+        batch = next(train_iter)
+        if tracker is not None:
+            tracker.observe(batch)
+            tracker.check()  # stops the run (TooManyBadInputsError) above data.max_bad_fraction
+        arrays = _model_inputs(batch)
+        state, step_metrics = train_iteration(fns, state, sharding.put_batch(arrays, mesh))
+        step += 1
+        pending.append((step, step_metrics))
+        if state.optimizer.backbone_frozen and step >= phase1:
+            # Phase 2 starts now, so a checkpoint taken at this step is already in phase 2 and
+            # restore rebuilds it from the step alone (state.backbone_frozen_at).
+            state = sharding.replicate(state_lib.unfreeze_backbone(state), mesh)
+            logging.info("step %d: backbone unfrozen (phase 2)", step)
+        for hook in hooks:
+            hook(step)
+        if step % log_every == 0 or step == stop_at:
+            write_train(step)
+        if step % eval_every == 0 or step == total_steps:
+            check_pending()
+            evaluate(step)
+        if step % ckpt_every == 0 or step == stop_at:
+            save(step)
+    check_pending()
+    manager.wait_until_finished()
+    wall = time.time() - t0
 
-  if not final["val"] and step == total_steps:
-    evaluate(step)
-  summary = {
-      "experiment": config.experiment,
-      "steps": step,
-      "epochs": step / steps_per_epoch,
-      "wall_time_s": wall,
-      "steps_this_run": step - start_step,
-      "finished": step >= total_steps,
-      "final": final,
-      "best": best,
-      "config": _json_ready(config),
-  }
-  if is_main:
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-      json.dump(summary, f, indent=2, sort_keys=True, default=float)
-  writer.flush()
-  writer.close()
-  manager.close()
-  best_manager.close()
-  if is_main:
-    if tracker is not None:
-      print(tracker.report())
-    print(f"TensorBoard logs: {os.path.join(workdir, 'tensorboard')}  "
-          f"(tensorboard --logdir {os.path.join(workdir, 'tensorboard')})")
-    print(f"Image grids:      {images_dir}/step_<N>.png")
-    print(f"Scalars:          {os.path.join(workdir, 'scalars.jsonl')}")
-    print(f"Summary:          {os.path.join(workdir, 'summary.json')}")
-  return summary
+    if not final["val"] and step == total_steps:
+        evaluate(step)
+    summary = {
+        "experiment": config.experiment,
+        "steps": step,
+        "epochs": step / steps_per_epoch,
+        "wall_time_s": wall,
+        "steps_this_run": step - start_step,
+        "finished": step >= total_steps,
+        "final": final,
+        "best": best,
+        "config": _json_ready(config),
+    }
+    if is_main:
+        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2, sort_keys=True, default=float)
+    writer.flush()
+    writer.close()
+    manager.close()
+    best_manager.close()
+    if is_main:
+        if tracker is not None:
+            print(tracker.report())
+        print(
+            f"TensorBoard logs: {os.path.join(workdir, 'tensorboard')}  "
+            f"(tensorboard --logdir {os.path.join(workdir, 'tensorboard')})"
+        )
+        print(f"Image grids:      {images_dir}/step_<N>.png")
+        print(f"Scalars:          {os.path.join(workdir, 'scalars.jsonl')}")
+        print(f"Summary:          {os.path.join(workdir, 'summary.json')}")
+    return summary
 
 
 def _read_best(workdir):
-  """best.json of an earlier invocation of this run (resume), or None."""
-  path = os.path.join(workdir, "best.json")
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+    """best.json of an earlier invocation of this run (resume), or None."""
+    path = os.path.join(workdir, "best.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

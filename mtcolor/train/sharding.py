@@ -15,59 +15,61 @@ DATA_AXIS = "data"
 
 
 def maybe_initialize_distributed(config=None) -> bool:
-  """``jax.distributed.initialize()`` when the config (train.distributed) or the environment
-  (JAX_COORDINATOR_ADDRESS, or a cluster auto-detected by JAX such as SLURM / Cloud TPU pods,
-  requested with MTCOLOR_DISTRIBUTED=1) says the run spans several hosts. Must run before any
-  other JAX call touches devices."""
-  wanted = False
-  if config is not None and config.get("train") is not None:
-    wanted = bool(config.train.get("distributed", False))
-  wanted = wanted or bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
-  wanted = wanted or os.environ.get("MTCOLOR_DISTRIBUTED", "0") == "1"
-  if not wanted:
-    return False
-  if jax.distributed.is_initialized():
+    """``jax.distributed.initialize()`` when the config (train.distributed) or the environment
+    (JAX_COORDINATOR_ADDRESS, or a cluster auto-detected by JAX such as SLURM / Cloud TPU pods,
+    requested with MTCOLOR_DISTRIBUTED=1) says the run spans several hosts. Must run before any
+    other JAX call touches devices."""
+    wanted = False
+    if config is not None and config.get("train") is not None:
+        wanted = bool(config.train.get("distributed", False))
+    wanted = wanted or bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+    wanted = wanted or os.environ.get("MTCOLOR_DISTRIBUTED", "0") == "1"
+    if not wanted:
+        return False
+    if jax.distributed.is_initialized():
+        return True
+    jax.distributed.initialize()
     return True
-  jax.distributed.initialize()
-  return True
 
 
 def make_mesh(devices=None) -> Mesh:
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec())
+    return NamedSharding(mesh, PartitionSpec())
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
 def replicate(tree, mesh: Mesh):
-  return jax.device_put(tree, replicated(mesh))
+    return jax.device_put(tree, replicated(mesh))
 
 
 def put_batch(batch: dict, mesh: Mesh, *, process_local: bool = True) -> dict:
-  """numpy batch -> global jax arrays sharded along the batch axis.
+    """numpy batch -> global jax arrays sharded along the batch axis.
 
-  process_local=True: ``batch`` is this process's slice of the global batch (the train
-  iterator is sharded by process). False: every process holds the same full batch (evaluation
-  without process sharding); each takes the rows its devices need.
-  """
-  sharding = batch_sharded(mesh)
-  out = {}
-  for name, value in batch.items():
-    value = np.asarray(value)
-    if process_local:
-      out[name] = jax.make_array_from_process_local_data(sharding, value)
-    else:
-      out[name] = jax.make_array_from_process_local_data(sharding, value, value.shape)
-  return out
+    process_local=True: ``batch`` is this process's slice of the global batch (the train
+    iterator is sharded by process). False: every process holds the same full batch (evaluation
+    without process sharding); each takes the rows its devices need.
+    """
+    sharding = batch_sharded(mesh)
+    out = {}
+    for name, value in batch.items():
+        value = np.asarray(value)
+        if process_local:
+            out[name] = jax.make_array_from_process_local_data(sharding, value)
+        else:
+            out[name] = jax.make_array_from_process_local_data(sharding, value, value.shape)
+    return out
 
 
 def check_batch_divisible(global_batch: int, mesh: Mesh):
-  if global_batch % mesh.size:
-    raise ValueError(f"global batch {global_batch} is not divisible by the {mesh.size} devices "
-                     f"of the data mesh; choose data.batch_size as a multiple of {mesh.size}")
+    if global_batch % mesh.size:
+        raise ValueError(
+            f"global batch {global_batch} is not divisible by the {mesh.size} devices "
+            f"of the data mesh; choose data.batch_size as a multiple of {mesh.size}"
+        )

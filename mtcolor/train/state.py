@@ -26,149 +26,159 @@ DISCRIMINATOR = "discriminator"
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-  """Which outputs the model has and how its loss terms are weighted (paper III-C)."""
+    """Which outputs the model has and how its loss terms are weighted (paper III-C)."""
 
-  experiment: str
-  gan_mode: str = "vanilla"
-  l1_weight: float = 100.0
-  gan_weight: float = 1.0
-  cls_weight: float = 10.0
+    experiment: str
+    gan_mode: str = "vanilla"
+    l1_weight: float = 100.0
+    gan_weight: float = 1.0
+    cls_weight: float = 10.0
 
-  def __post_init__(self):
-    if self.experiment not in EXPERIMENTS:
-      raise ValueError(f"experiment must be one of {EXPERIMENTS}, got {self.experiment!r}")
+    def __post_init__(self):
+        if self.experiment not in EXPERIMENTS:
+            raise ValueError(f"experiment must be one of {EXPERIMENTS}, got {self.experiment!r}")
 
-  @property
-  def has_color(self) -> bool:
-    return self.experiment in ("multitask", "colorization")
+    @property
+    def has_color(self) -> bool:
+        return self.experiment in ("multitask", "colorization")
 
-  @property
-  def has_class(self) -> bool:
-    return self.experiment in ("multitask", "classification")
+    @property
+    def has_class(self) -> bool:
+        return self.experiment in ("multitask", "classification")
 
-  @property
-  def has_discriminator(self) -> bool:
-    return self.has_color
+    @property
+    def has_discriminator(self) -> bool:
+        return self.has_color
 
-  def split_outputs(self, outputs):
-    """Model outputs -> (ab or None, logits or None)."""
-    if self.experiment == "multitask":
-      ab, logits = outputs
-      return ab, logits
-    if self.experiment == "colorization":
-      return outputs, None
-    return None, outputs
+    def split_outputs(self, outputs):
+        """Model outputs -> (ab or None, logits or None)."""
+        if self.experiment == "multitask":
+            ab, logits = outputs
+            return ab, logits
+        if self.experiment == "colorization":
+            return outputs, None
+        return None, outputs
 
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array  # number of completed training iterations (generator/classifier updates)
-  params: dict
-  batch_stats: dict
-  opt_state: dict
-  rng: jax.Array  # base key; the key of iteration s is fold_in(rng, s)
-  model: nn.Module = flax.struct.field(pytree_node=False)
-  discriminator: Any = flax.struct.field(pytree_node=False)  # nn.Module or None
-  objective: Objective = flax.struct.field(pytree_node=False)
-  optimizer: optim.OptimizerSpec = flax.struct.field(pytree_node=False)
+    step: jax.Array  # number of completed training iterations (generator/classifier updates)
+    params: dict
+    batch_stats: dict
+    opt_state: dict
+    rng: jax.Array  # base key; the key of iteration s is fold_in(rng, s)
+    model: nn.Module = flax.struct.field(pytree_node=False)
+    discriminator: Any = flax.struct.field(pytree_node=False)  # nn.Module or None
+    objective: Objective = flax.struct.field(pytree_node=False)
+    optimizer: optim.OptimizerSpec = flax.struct.field(pytree_node=False)
 
-  @property
-  def model_variables(self) -> dict:
-    return {"params": self.params[MODEL], "batch_stats": self.batch_stats[MODEL]}
+    @property
+    def model_variables(self) -> dict:
+        return {"params": self.params[MODEL], "batch_stats": self.batch_stats[MODEL]}
 
 
 def objective_from_config(config) -> Objective:
-  loss = config.loss
-  cls_weight = loss.cls_weight
-  if cls_weight is None:
-    # Paper III-C: x10 in the multi-task model to balance it against the colorization loss,
-    # plain cross-entropy in the single-task classifier.
-    cls_weight = 10.0 if config.experiment == "multitask" else 1.0
-  return Objective(
-      experiment=config.experiment,
-      gan_mode=loss.gan_mode,
-      l1_weight=float(loss.l1_weight),
-      gan_weight=float(loss.gan_weight),
-      cls_weight=float(cls_weight))
+    loss = config.loss
+    cls_weight = loss.cls_weight
+    if cls_weight is None:
+        # Paper III-C: x10 in the multi-task model to balance it against the colorization loss,
+        # plain cross-entropy in the single-task classifier.
+        cls_weight = 10.0 if config.experiment == "multitask" else 1.0
+    return Objective(
+        experiment=config.experiment,
+        gan_mode=loss.gan_mode,
+        l1_weight=float(loss.l1_weight),
+        gan_weight=float(loss.gan_weight),
+        cls_weight=float(cls_weight),
+    )
 
 
 def optimizer_spec_from_config(config, backbone_frozen: bool) -> optim.OptimizerSpec:
-  return optim.OptimizerSpec(
-      learning_rate=float(config.optim.learning_rate),
-      b1=float(config.optim.b1),
-      b2=float(config.optim.b2),
-      backbone_frozen=backbone_frozen,
-      update_frozen_bn_stats=bool(config.train.update_frozen_bn_stats))
+    return optim.OptimizerSpec(
+        learning_rate=float(config.optim.learning_rate),
+        b1=float(config.optim.b1),
+        b2=float(config.optim.b2),
+        backbone_frozen=backbone_frozen,
+        update_frozen_bn_stats=bool(config.train.update_frozen_bn_stats),
+    )
 
 
 def build_model(config) -> nn.Module:
-  """The paper's model for config.experiment (mtcolor.models compositions)."""
-  from mtcolor import models
+    """The paper's model for config.experiment (mtcolor.models compositions)."""
+    from mtcolor import models
 
-  m = config.model
-  if config.experiment == "multitask":
-    return models.MultiTaskGenerator(num_classes=m.num_classes, pooling=m.pooling)
-  if config.experiment == "colorization":
-    return models.Colorizer()
-  return models.Classifier(num_classes=m.num_classes, in_channels=1, pooling=m.pooling)
+    m = config.model
+    if config.experiment == "multitask":
+        return models.MultiTaskGenerator(num_classes=m.num_classes, pooling=m.pooling)
+    if config.experiment == "colorization":
+        return models.Colorizer()
+    return models.Classifier(num_classes=m.num_classes, in_channels=1, pooling=m.pooling)
 
 
 def build_discriminator(config):
-  from mtcolor import models
+    from mtcolor import models
 
-  return models.PatchDiscriminator() if config.experiment != "classification" else None
+    return models.PatchDiscriminator() if config.experiment != "classification" else None
 
 
 def phase1_steps(config, steps_per_epoch: int) -> int:
-  return int(config.train.frozen_epochs) * int(steps_per_epoch)
+    return int(config.train.frozen_epochs) * int(steps_per_epoch)
 
 
 def backbone_frozen_at(step: int, phase1: int) -> bool:
-  """The phase of a state follows from its step: the switch to phase 2 is applied as soon as
-  the step count reaches ``phase1`` (before that state is evaluated or saved)."""
-  return int(step) < int(phase1)
+    """The phase of a state follows from its step: the switch to phase 2 is applied as soon as
+    the step count reaches ``phase1`` (before that state is evaluated or saved)."""
+    return int(step) < int(phase1)
 
 
-def create_train_state(config, rng: jax.Array, *, backbone_frozen: bool = True,
-                       model: nn.Module | None = None) -> TrainState:
-  """A fresh state. ``model`` replaces the config's model (library use: another head)."""
-  from mtcolor import models
+def create_train_state(
+    config, rng: jax.Array, *, backbone_frozen: bool = True, model: nn.Module | None = None
+) -> TrainState:
+    """A fresh state. ``model`` replaces the config's model (library use: another head)."""
 
-  model = model if model is not None else build_model(config)
-  discriminator = build_discriminator(config)
-  size = int(config.data.image_size)
-  init_rng, d_rng, state_rng = jax.random.split(rng, 3)
-  model_vars = _init(model, init_rng, size, 1, config.model.pretrained)
-  params = {MODEL: model_vars["params"]}
-  batch_stats = {MODEL: model_vars.get("batch_stats", {})}
-  spec = optimizer_spec_from_config(config, backbone_frozen)
-  opt_state = {MODEL: optim.model_tx(spec).init(params[MODEL])}
-  if discriminator is not None:
-    d_vars = _init(discriminator, d_rng, size, 3, None)
-    params[DISCRIMINATOR] = d_vars["params"]
-    batch_stats[DISCRIMINATOR] = d_vars.get("batch_stats", {})
-    opt_state[DISCRIMINATOR] = optim.discriminator_tx(spec).init(params[DISCRIMINATOR])
-  return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-      opt_state=opt_state, rng=state_rng, model=model, discriminator=discriminator,
-      objective=objective_from_config(config), optimizer=spec)
+    model = model if model is not None else build_model(config)
+    discriminator = build_discriminator(config)
+    size = int(config.data.image_size)
+    init_rng, d_rng, state_rng = jax.random.split(rng, 3)
+    model_vars = _init(model, init_rng, size, 1, config.model.pretrained)
+    params = {MODEL: model_vars["params"]}
+    batch_stats = {MODEL: model_vars.get("batch_stats", {})}
+    spec = optimizer_spec_from_config(config, backbone_frozen)
+    opt_state = {MODEL: optim.model_tx(spec).init(params[MODEL])}
+    if discriminator is not None:
+        d_vars = _init(discriminator, d_rng, size, 3, None)
+        params[DISCRIMINATOR] = d_vars["params"]
+        batch_stats[DISCRIMINATOR] = d_vars.get("batch_stats", {})
+        opt_state[DISCRIMINATOR] = optim.discriminator_tx(spec).init(params[DISCRIMINATOR])
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        rng=state_rng,
+        model=model,
+        discriminator=discriminator,
+        objective=objective_from_config(config),
+        optimizer=spec,
+    )
 
 
 def _init(module, rng, size, in_channels, pretrained):
-  """init_variables, compiled when no weights file is read (init op by op takes ~10 s on CPU)."""
-  from mtcolor import models
+    """init_variables, compiled when no weights file is read (init op by op takes ~10 s on CPU)."""
+    from mtcolor import models
 
-  if pretrained is None:
-    return jax.jit(lambda r: models.init_variables(module, r, size, in_channels, None))(rng)
-  return models.init_variables(module, rng, size, in_channels, pretrained=pretrained)
+    if pretrained is None:
+        return jax.jit(lambda r: models.init_variables(module, r, size, in_channels, None))(rng)
+    return models.init_variables(module, rng, size, in_channels, pretrained=pretrained)
 
 
 def unfreeze_backbone(state: TrainState) -> TrainState:
-  """Phase switch: Adam for the backbone from a fresh state, everything else carried over."""
-  if not state.optimizer.backbone_frozen:
-    return state
-  new_opt, spec = optim.unfreeze_opt_state(state.opt_state[MODEL], state.params[MODEL],
-                                           state.optimizer)
-  opt_state = dict(state.opt_state)
-  opt_state[MODEL] = new_opt
-  return state.replace(opt_state=opt_state, optimizer=spec)
+    """Phase switch: Adam for the backbone from a fresh state, everything else carried over."""
+    if not state.optimizer.backbone_frozen:
+        return state
+    new_opt, spec = optim.unfreeze_opt_state(
+        state.opt_state[MODEL], state.params[MODEL], state.optimizer
+    )
+    opt_state = dict(state.opt_state)
+    opt_state[MODEL] = new_opt
+    return state.replace(opt_state=opt_state, optimizer=spec)
