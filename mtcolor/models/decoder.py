@@ -10,6 +10,7 @@ from flax import linen as nn
 from mtcolor.models.conv import conv_general_dilated
 from mtcolor.models.init import pix2pix_kernel_init, pix2pix_scale_init
 from mtcolor.models.resnet import batch_norm
+from mtcolor.precision import at_least_float32
 
 Initializer = Callable[..., Any]
 
@@ -122,4 +123,4 @@ class ColorDecoder(nn.Module):
         x = nn.Conv(
             2, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, kernel_init=self.kernel_init, name="to_ab"
         )(x)
-        return jnp.tanh(x).astype(jnp.float32)
+        return at_least_float32(jnp.tanh(x))

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mtcolor.models.init import pytorch_dense_bias_init, pytorch_dense_kernel_init
+from mtcolor.precision import at_least_float32
 
 
 class ClassHead(nn.Module):
@@ -57,4 +58,4 @@ class ClassHead(nn.Module):
             bias_init=pytorch_dense_bias_init(self.hidden),
             name="fc2",
         )(x)
-        return x.astype(jnp.float32)
+        return at_least_float32(x)

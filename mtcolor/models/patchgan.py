@@ -10,6 +10,7 @@ from flax import linen as nn
 from mtcolor.models.conv import conv_general_dilated
 from mtcolor.models.init import pix2pix_kernel_init, pix2pix_scale_init
 from mtcolor.models.resnet import batch_norm
+from mtcolor.precision import at_least_float32
 
 Initializer = Callable[..., Any]
 
@@ -50,4 +51,4 @@ class PatchDiscriminator(nn.Module):
             x = batch_norm(train, self.dtype, self.scale_init, f"bn{index}")(x)
             x = nn.leaky_relu(x, LEAKY_SLOPE)
         x = conv(1, 1, True, "conv5")(x)
-        return x.astype(jnp.float32)
+        return at_least_float32(x)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+from mtcolor.precision import at_least_float32
 
 GAN_MODES = ("l1", "vanilla", "lsgan")
 
 
 def l1_per_example(pred: jax.Array, target: jax.Array) -> jax.Array:
     """Mean |pred - target| over every axis but the first (normalized ab, so the unweighted L1)."""
-    diff = jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32))
+    diff = jnp.abs(at_least_float32(pred) - at_least_float32(target))
     return diff.reshape(diff.shape[0], -1).mean(axis=1)
 
 
@@ -33,7 +34,7 @@ def gan_per_example(logits: jax.Array, target_is_real: bool, mode: str) -> jax.A
       "vanilla": binary cross-entropy with logits, the reference tutorial's (pix2pix's) choice.
       "lsgan": mean squared error of the raw logits against the label (LSGAN).
     """
-    logits = logits.astype(jnp.float32)
+    logits = at_least_float32(logits)
     label = jnp.full_like(logits, 1.0 if target_is_real else 0.0)
     if mode == "l1":
         per_patch = jnp.abs(jax.nn.sigmoid(logits) - label)
@@ -58,7 +59,7 @@ def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array, mode: str
 
 
 def cross_entropy_per_example(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return optax.softmax_cross_entropy_with_integer_labels(at_least_float32(logits), labels)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

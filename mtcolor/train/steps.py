@@ -28,6 +28,7 @@ import optax
 from mtcolor.train import losses
 from mtcolor.train import optim
 from mtcolor.train.state import DISCRIMINATOR, MODEL, TrainState
+from mtcolor.precision import at_least_float32
 
 BACKBONE = optim.BACKBONE
 
@@ -63,7 +64,7 @@ def _apply_discriminator(state: TrainState, params, batch_stats, L, ab, *, train
 
 
 def _mean_sigmoid(logits):
-    return jax.nn.sigmoid(logits.astype(jnp.float32)).mean()
+    return jax.nn.sigmoid(at_least_float32(logits)).mean()
 
 
 def discriminator_step(state: TrainState, batch, rng):
@@ -198,7 +199,7 @@ def eval_step(state: TrainState, batch):
         d_real = losses.gan_per_example(real_logits, True, obj.gan_mode)
         d_fake = losses.gan_per_example(fake_logits, False, obj.gan_mode)
         per_ex_sigmoid = lambda z: (
-            jax.nn.sigmoid(z.astype(jnp.float32)).reshape(z.shape[0], -1).mean(1)
+            jax.nn.sigmoid(at_least_float32(z)).reshape(z.shape[0], -1).mean(1)
         )
         out.update(
             l1=l1,
