@@ -1,0 +1,1 @@
+"""Multi-task loss weightings and gradient combinations (docstring filled in below)."""
