@@ -25,6 +25,10 @@ def project_simplex(v: jax.Array) -> jax.Array:
     """Euclidean projection of v onto {x >= 0, sum(x) = 1} (Duchi et al. 2008, fig. 1: sort,
     find the largest k with u_k > (cumsum_k - 1) / k, shift and clip)."""
     t = v.shape[-1]
+    # The projection commutes with adding a constant to every entry; shifting the largest entry to
+    # 0 keeps the entries that matter (within ~1 of the largest) exact in float32 even after a
+    # huge gradient step (x - 2^24 g), where cumsum(u) - 1 would round the 1 away.
+    v = v - jnp.max(v)
     u = jnp.sort(v)[::-1]
     css = jnp.cumsum(u) - 1.0
     k = jnp.arange(1, t + 1, dtype=v.dtype)
@@ -80,7 +84,22 @@ def min_norm_weights(gram: jax.Array, num_iters: int = 200) -> jax.Array:
     def decrease(x, d):
         return 2.0 * jnp.dot(d, k @ x) + jnp.dot(d, k @ d)
 
-    return simplex_descent(lambda x: 2.0 * (k @ x), decrease, jnp.full((t,), 1.0 / t), num_iters)
+    x = simplex_descent(lambda x: 2.0 * (k @ x), decrease, jnp.full((t,), 1.0 / t), num_iters)
+    # Polish: projected gradient is slow when 0 is nearly in the hull (conflicting gradients);
+    # on the support S it found, the minimiser solves the KKT system [2K_SS 1; 1^T 0] [x; mu] =
+    # [0; 1] exactly (pinv: K_SS may be singular). Accepted only if feasible and not worse.
+    support = x > 1e-7
+    m = jnp.zeros((t + 1, t + 1))
+    m = m.at[:t, :t].set(jnp.where(support[:, None] & support[None, :], 2.0 * k, 0.0))
+    m = m.at[:t, :t].add(jnp.diag(jnp.where(support, 0.0, 1.0)))
+    m = m.at[:t, t].set(support.astype(k.dtype)).at[t, :t].set(support.astype(k.dtype))
+    rhs = jnp.zeros((t + 1,)).at[t].set(1.0)
+    y = (jnp.linalg.pinv(m, hermitian=True) @ rhs)[:t]
+    ok = jnp.all(y >= -1e-6) & (jnp.abs(jnp.sum(y) - 1.0) < 1e-4) & jnp.all(jnp.isfinite(y))
+    y = jnp.maximum(y, 0.0)
+    y = y / jnp.where(jnp.sum(y) > 0, jnp.sum(y), 1.0)
+    ok = ok & (decrease(x, y - x) <= 0)
+    return jnp.where(ok, y, x)
 
 
 def cagrad_inner_weights(gram: jax.Array, c: float, num_iters: int = 300) -> jax.Array:
@@ -114,21 +133,35 @@ def nash_weights(
     gram: jax.Array, alpha0: jax.Array, num_iters: int = 30, ridge: float = 1e-6
 ) -> jax.Array:
     """The Nash bargaining solution alpha > 0 of K alpha = 1 / alpha (Navon et al. 2022, eq. 2 /
-    Claim 3.1), for K = gram / ||gram||_F as in the official code (which solves the same fixed
-    point by CCP with cvxpy).
+    Claim 3.1: G^T G alpha = 1 / alpha), K the raw Gram matrix.
 
-    K alpha = 1/alpha is the stationarity condition of the strictly convex, self-concordant
-    F(alpha) = 1/2 alpha^T K alpha - sum(log alpha), so damped Newton (Nesterov 2004, sec. 4.1.5:
+    The official code (and torchjd) hands cvxpy K_n = K / ||K||_F for conditioning, but its
+    constraint log(alpha ||K||_F) + log((K_n alpha)_i) >= 0 makes the fixed point that of the raw
+    K; so here beta solves K_n beta = 1 / beta and alpha = beta / sqrt(||K||_F). Consequence
+    (the paper's): |alpha @ G|^2 = alpha^T K alpha = T, whatever the gradients' scale.
+
+    K_n beta = 1/beta is the stationarity condition of the strictly convex, self-concordant
+    F(beta) = 1/2 beta^T K_n beta - sum(log beta), so damped Newton (Nesterov 2004, sec. 4.1.5:
     step 1/(1 + lambda) while the Newton decrement lambda >= 1/4, full steps after) converges
     globally from any positive start and quadratically near the solution, and never leaves
-    alpha > 0. `ridge` * I is added to K so that a solution exists when K is singular in a
-    positive direction (e.g. two opposite gradients, where F is unbounded below); it moves a
-    well-conditioned solution by O(ridge).
+    beta > 0. ridge * diag(K_n) (+ 1e-12) is added to K_n's diagonal so that a solution exists when K is singular in a
+    positive direction (two opposite gradients, where F is unbounded below, or zero gradients); it
+    moves a well-conditioned solution by O(ridge). `alpha0` (the previous solution) warm-starts
+    the iteration, as the official CCP loop does.
     """
     t = gram.shape[0]
     norm = jnp.linalg.norm(gram)
-    k = gram / jnp.where(norm > jnp.finfo(jnp.float32).tiny, norm, 1.0) + ridge * jnp.eye(t)
-    alpha0 = jnp.where(jnp.all(alpha0 > 0) & jnp.all(jnp.isfinite(alpha0)), alpha0, 1.0)
+    norm = jnp.where(norm > jnp.finfo(jnp.float32).tiny, norm, 1.0)
+    k = gram / norm
+    # Relative to each diagonal entry, so that a task whose gradient is 100x smaller than the
+    # others' is not swamped; the absolute floor covers zero gradients.
+    k = k + jnp.diag(ridge * jnp.diagonal(k) + 1e-12)
+    beta0 = alpha0 * jnp.sqrt(norm)
+    # Without a previous solution (alpha0 not positive, e.g. the zeros of a fresh state) start at
+    # 1 / sqrt(diag K_n), the solution for orthogonal gradients: Newton's damped phase is slow
+    # for gradients of very different scales when started from ones.
+    cold = 1.0 / jnp.sqrt(jnp.diagonal(k))
+    beta0 = jnp.where(jnp.all(beta0 > 0) & jnp.all(jnp.isfinite(beta0)), beta0, cold)
 
     def body(_, a):
         g = k @ a - 1.0 / a
@@ -140,4 +173,4 @@ def nash_weights(
         # A full step is safe for lambda < 1 in exact arithmetic; guard float32 all the same.
         return jnp.where(jnp.all(new > 0) & jnp.all(jnp.isfinite(new)), new, a)
 
-    return jax.lax.fori_loop(0, num_iters, body, alpha0)
+    return jax.lax.fori_loop(0, num_iters, body, beta0) / jnp.sqrt(norm)

@@ -39,7 +39,7 @@ _HI = jax.lax.Precision.HIGHEST
 class CombinationState(NamedTuple):
     """State of every combination (one type, so a train state's structure does not depend on the
     method): `step` counts updates; `alpha` is nash_mtl's previous solution (warm start and the
-    weights reused between `update_weights_every` solves), ones for the other methods."""
+    weights reused between `update_weights_every` solves); zeros (none yet) in a fresh state."""
 
     step: jax.Array  # int32 scalar
     alpha: jax.Array  # f32[T]
@@ -60,7 +60,7 @@ def gram_matrix(task_grads: jax.Array) -> jax.Array:
 
 
 def _init(num_tasks: int) -> CombinationState:
-    return CombinationState(step=jnp.zeros((), jnp.int32), alpha=jnp.ones((num_tasks,), jnp.float32))
+    return CombinationState(step=jnp.zeros((), jnp.int32), alpha=jnp.zeros((num_tasks,), jnp.float32))
 
 
 def _from_weights(weights_fn) -> GradientCombination:
@@ -129,8 +129,8 @@ def pcgrad() -> GradientCombination:
 
     def weights_fn(k, key):
         t = k.shape[0]
-        keys = jax.random.split(key, t)
-        orders = jax.vmap(lambda kk: jax.random.permutation(kk, t))(keys)
+        # One uniformly random permutation per task: the argsort of i.i.d. uniforms.
+        orders = jnp.argsort(jax.random.uniform(key, (t, t)), axis=1)
         return pcgrad_weights(k, orders)
 
     return _from_weights(weights_fn)
@@ -240,10 +240,9 @@ def nash_mtl(
 ) -> GradientCombination:
     """Nash-MTL (Navon et al. 2022, "Multi-Task Learning as a Bargaining Game", Algorithm 1).
 
-    alpha solves (K / ||K||_F) alpha = 1 / alpha, alpha > 0 (eq. 2 with the official code's
-    normalisation of G^T G by its Frobenius norm; the official code then uses that alpha
-    unscaled), solved by damped Newton (`_solvers.nash_weights`) warm-started from the previous
-    solution like the official CCP loop. It is recomputed every `update_weights_every` steps and
+    alpha solves K alpha = 1 / alpha, alpha > 0 (eq. 2; the fixed point the official code's CCP
+    reaches, see `_solvers.nash_weights`), by damped Newton warm-started from the previous
+    solution like the official CCP loop; |alpha @ G| = sqrt(T) before clipping. It is recomputed every `update_weights_every` steps and
     reused in between (official option). If |alpha @ G| > max_norm the weights are scaled down to
     max_norm (torchjd's form of the official clip_grad_norm_ on the shared parameters; 0 turns it
     off).

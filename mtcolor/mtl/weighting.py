@@ -307,8 +307,8 @@ def famo(
     Adam(weight_decay=gamma)) along J_softmax(z)^T delta (official `update`, eq. 6).
 
     Base weights: the log makes each task's scale irrelevant, so b enters twice, as in the
-    official code for b = 1 up to a constant: the logits start at log(b) (softmax(z) proportional to
-    b; official: zeros) and the objective is multiplied by sum(b), so that at equal losses the
+    official code for b = 1 up to a constant: the logits start at log(b) - mean(log b) (softmax(z)
+    proportional to b; official: zeros) and the objective is multiplied by sum(b), so that at equal losses the
     multipliers of the raw losses start at exactly b (official: sum to 1; a constant factor T for
     b = 1, absorbed by the learning rate). `weights(state)` returns sum(b) softmax(z); the actual
     multiplier of the raw loss L_i at a step is weights_i / (c (L_i - m_i + eps)) (`task_terms`).
@@ -319,7 +319,8 @@ def famo(
     total = jnp.sum(base)
     m = jnp.zeros((num_tasks,), jnp.float32) if min_losses is None else _base(num_tasks, min_losses)
     opt = optax.chain(optax.add_decayed_weights(gamma), optax.adam(lr))
-    z0 = jnp.log(base / total)
+    # Centred so that b = 1 gives the official zeros (the weight decay is not shift invariant).
+    z0 = jnp.log(base) - jnp.mean(jnp.log(base))
 
     def init():
         return FAMOState(step=jnp.zeros((), jnp.int32), logits=z0, opt_state=opt.init(z0))
