@@ -311,7 +311,8 @@ def famo(
     proportional to b; official: zeros) and the objective is multiplied by sum(b), so that at equal losses the
     multipliers of the raw losses start at exactly b (official: sum to 1; a constant factor T for
     b = 1, absorbed by the learning rate). `weights(state)` returns sum(b) softmax(z); the actual
-    multiplier of the raw loss L_i at a step is weights_i / (c (L_i - m_i + eps)) (`task_terms`).
+    multiplier of the raw loss L_i at a step is weights_i / (c (L_i - m_i + eps)) (`task_terms`),
+    c computed from softmax(z).
     gamma: the official code's default is 1e-5 and its experiments use 1e-3 to 1e-2 (the paper's
     section 5 reports a decay of 1e-3 on NYUv2); 1e-3 here.
     """
@@ -329,10 +330,11 @@ def famo(
         return jax.lax.stop_gradient(total * jax.nn.softmax(state.logits))
 
     def task_terms(state, losses):
-        z = weights(state)
+        z = jax.lax.stop_gradient(jax.nn.softmax(state.logits))
         d = _f32(losses) - m + eps
+        # c from the unscaled distribution, so that sum(b) survives as an overall factor.
         c = jax.lax.stop_gradient(jnp.sum(z / d))
-        return z / c * jnp.log(d)
+        return total * z / c * jnp.log(d)
 
     def update(state, stats):
         if stats.losses_after is None:
