@@ -52,7 +52,9 @@ from LibMTL.weighting import PCGrad as LPCGrad
 from LibMTL.weighting import UW as LUW
 from LibMTL.weighting import GradNorm as LGradNorm
 
-FIXTURE = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "mtl_reference.npz"
+FIXTURE = (
+    pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "mtl_reference.npz"
+)
 torch.set_default_dtype(torch.float32)
 out: dict[str, np.ndarray] = {}
 
@@ -110,7 +112,10 @@ def exact_cagrad(k, c):
     starts = [b] + [np.eye(t)[i] * 0.9 + 0.1 / t for i in range(t)]
     for x0 in starts:
         res = scipy.optimize.minimize(
-            f, x0, method="SLSQP", bounds=[(0, 1)] * t,
+            f,
+            x0,
+            method="SLSQP",
+            bounds=[(0, 1)] * t,
             constraints=[{"type": "eq", "fun": lambda x: 1 - x.sum()}],
             options={"ftol": 1e-15, "maxiter": 1000},
         )
@@ -199,7 +204,9 @@ def host(method_cls, model, t):
     obj.rep_grad = False
     obj.epoch = 0
     object.__setattr__(obj, "get_share_params", lambda: model.shared.parameters())
-    object.__setattr__(obj, "zero_grad_share_params", lambda: model.shared.zero_grad(set_to_none=False))
+    object.__setattr__(
+        obj, "zero_grad_share_params", lambda: model.shared.zero_grad(set_to_none=False)
+    )
     obj.init_param() if hasattr(obj, "init_param") else None
     obj._compute_grad_dim()
     return obj
@@ -313,7 +320,9 @@ for t in (2, 3):
     key = f"libmtl/gradnorm/t{t}"
     out[f"{key}/loss_scale"] = gn.loss_scale.detach().numpy()
     out[f"{key}/grad_norms"] = j.norm(dim=1).detach().numpy()
-    out[f"{key}/loss_ratios"] = (losses.detach().numpy() / gn.train_loss_buffer[:, 0]).astype(np.float32)
+    out[f"{key}/loss_ratios"] = (losses.detach().numpy() / gn.train_loss_buffer[:, 0]).astype(
+        np.float32
+    )
     out[f"{key}/loss_scale_grad"] = gn.loss_scale.grad.detach().numpy()
     out[f"{key}/weights"] = weights
     lw = t * torch.softmax(gn.loss_scale.detach(), -1)
@@ -371,9 +380,17 @@ for t in (2, 3):
         out[f"famo/t{t}/{name}"] = np.stack(values).astype(np.float32)
 
 out["versions"] = np.array(
-    [f"torch=={version('torch')}", f"torchjd=={version('torchjd')}", f"LibMTL=={version('LibMTL')}",
-     f"cvxpy=={version('cvxpy')}", f"scipy=={version('scipy')}"]
+    [
+        f"torch=={version('torch')}",
+        f"torchjd=={version('torchjd')}",
+        f"LibMTL=={version('LibMTL')}",
+        f"cvxpy=={version('cvxpy')}",
+        f"scipy=={version('scipy')}",
+    ]
 )
-out = {k: (v.astype(np.float32) if v.dtype == np.float64 and "exact" not in k else v) for k, v in out.items()}
+out = {
+    k: (v.astype(np.float32) if v.dtype == np.float64 and "exact" not in k else v)
+    for k, v in out.items()
+}
 np.savez_compressed(FIXTURE, **out)
 print(f"wrote {FIXTURE} ({FIXTURE.stat().st_size} bytes, {len(out)} arrays)", out["versions"])

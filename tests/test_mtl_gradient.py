@@ -72,7 +72,9 @@ def _weights(jacobians, orders=None):
     ks = np.concatenate([ks, np.broadcast_to(np.eye(t), (_BATCH - n, t, t))])
     orders = np.concatenate([np.asarray(orders), np.broadcast_to(np.arange(t), (_BATCH - n, t, t))])
     out = _weights_fn(t)(jnp.asarray(ks, jnp.float32), jnp.asarray(orders, jnp.int32))
-    return [{m: np.asarray(w[i], np.float64) for m, w in out.items()} for i in range(len(jacobians))]
+    return [
+        {m: np.asarray(w[i], np.float64) for m, w in out.items()} for i in range(len(jacobians))
+    ]
 
 
 def _by_t(keys):
@@ -100,11 +102,19 @@ def test_against_torchjd_and_exact():
 
 
 def test_against_libmtl():
-    cases = sorted({k.rsplit("/", 1)[0] for k in FIX.files if k.startswith("libmtl/") and k.endswith("/combined")})
+    cases = sorted(
+        {
+            k.rsplit("/", 1)[0]
+            for k in FIX.files
+            if k.startswith("libmtl/") and k.endswith("/combined")
+        }
+    )
     for keys in _by_t(cases).values():
         js = [FIX[f"{c}/J"].astype(np.float64) for c in keys]
         t = js[0].shape[0]
-        orders = [FIX[f"{c}/orders"] if "pcgrad" in c else np.tile(np.arange(t), (t, 1)) for c in keys]
+        orders = [
+            FIX[f"{c}/orders"] if "pcgrad" in c else np.tile(np.arange(t), (t, 1)) for c in keys
+        ]
         for case, j, w in zip(keys, js, _weights(js, orders)):
             ref = FIX[f"{case}/combined"]
             name = case.split("/")[1]
@@ -129,7 +139,9 @@ def test_hand_computed_and_properties():
     g_rand = rng.normal(size=(2, 7)) * np.array([[3.0], [0.2]])
     g_conf = rng.normal(size=(2, 9))
     g_conf[1] = -0.8 * g_conf[0] + 0.3 * g_conf[1]
-    w_orth, w_135, w_opp, w_rand, w_conf = _weights([g_orth, g_135, g_opp, g_rand, g_conf], [orders] * 5)
+    w_orth, w_135, w_opp, w_rand, w_conf = _weights(
+        [g_orth, g_135, g_opp, g_rand, g_conf], [orders] * 5
+    )
     # PCGrad: orthogonal -> plain sum; 135 degrees: g1 - (-1/2) g2 = (1/2, 1/2), g2 + g1 = (0, 1).
     np.testing.assert_allclose(w_orth["pcgrad"], [1.0, 1.0])
     np.testing.assert_allclose(w_135["pcgrad"] @ g_135, [0.5, 1.5], atol=1e-6)
@@ -153,9 +165,18 @@ def test_hand_computed_and_properties():
 
 DEGENERATE = {
     1: [np.array([[1.0, -2.0, 3.0, 0.5]]), np.zeros((1, 4))],
-    2: [np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]), np.array([[1.0, 2, 0, 0], [0, 0, 0, 0]]),
-        np.full((2, 4), 1e-20), np.ones((2, 4)), np.zeros((2, 4))],
-    3: [np.zeros((3, 4)), np.ones((3, 4)), np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0], [0, 0.1, 0, 0]])],
+    2: [
+        np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]),
+        np.array([[1.0, 2, 0, 0], [0, 0, 0, 0]]),
+        np.full((2, 4), 1e-20),
+        np.ones((2, 4)),
+        np.zeros((2, 4)),
+    ],
+    3: [
+        np.zeros((3, 4)),
+        np.ones((3, 4)),
+        np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0], [0, 0.1, 0, 0]]),
+    ],
 }
 
 
@@ -189,10 +210,14 @@ def test_update_path_pcgrad_key_nash_state_trees_bfloat16():
     flat = np.concatenate(
         [np.asarray(tree["b"], np.float32), np.asarray(tree["w"], np.float32).reshape(3, -1)], 1
     )
-    np.testing.assert_allclose(np.asarray(out["b"]), (np.asarray(w) @ flat)[:4], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(out["b"]), (np.asarray(w) @ flat)[:4], rtol=1e-5, atol=1e-6
+    )
     # The key picks the orders: same key, same result; some keys differ for these gradients.
     np.testing.assert_array_equal(run(tree, state, KEY)[2], w)
-    outs = {tuple(np.round(np.asarray(run(tree, state, jax.random.key(s))[2]), 5)) for s in range(12)}
+    outs = {
+        tuple(np.round(np.asarray(run(tree, state, jax.random.key(s))[2]), 5)) for s in range(12)
+    }
     assert len(outs) > 1
     # nash_mtl: weights reused between solves, clipping, state round trip.
     nash = G.nash_mtl(max_norm=0.5, update_weights_every=2)

@@ -24,12 +24,18 @@ def test_uncertainty_matches_libmtl_uw(t):
     lw = W.uncertainty(t, lr=1e-3, init_log_var=-0.5)  # LibMTL's start and its Adam lr
     state = lw.init()
     for step, loss in enumerate(losses):
-        np.testing.assert_allclose(lw.weights(state), FIX[f"libmtl/uw/t{t}/weights"][step], rtol=1e-4)
+        np.testing.assert_allclose(
+            lw.weights(state), FIX[f"libmtl/uw/t{t}/weights"][step], rtol=1e-4
+        )
         state = lw.update(state, W.StepStats(jnp.asarray(loss)))
-        np.testing.assert_allclose(state.log_var, FIX[f"libmtl/uw/t{t}/log_var_after"][step], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            state.log_var, FIX[f"libmtl/uw/t{t}/log_var_after"][step], rtol=1e-4, atol=1e-6
+        )
     # The regulariser: term = L / (2 exp(s)) + s / 2.
     s = np.asarray(state.log_var)
-    np.testing.assert_allclose(lw.task_terms(state, jnp.asarray(losses[0])), losses[0] / (2 * np.exp(s)) + s / 2, rtol=1e-6)
+    np.testing.assert_allclose(
+        lw.task_terms(state, jnp.asarray(losses[0])), losses[0] / (2 * np.exp(s)) + s / 2, rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("t", [2, 3])
@@ -55,7 +61,9 @@ def test_gradnorm_objective_matches_libmtl(t):
         return W.gradnorm_objective(t * jax.nn.softmax(p), norms, ratios, 1.5)
 
     np.testing.assert_allclose(objective(p), FIX[f"{key}/L_grad"], rtol=1e-5)
-    np.testing.assert_allclose(jax.grad(objective)(p), FIX[f"{key}/loss_scale_grad"], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        jax.grad(objective)(p), FIX[f"{key}/loss_scale_grad"], rtol=1e-4, atol=1e-7
+    )
 
 
 def test_gradnorm_hand_computed():
@@ -80,8 +88,12 @@ def test_famo_matches_official(t):
         mult = jax.grad(lambda l: lw.task_terms(state, l).sum())(losses)
         # mtcolor's objective is the official one times sum(base) = T (docstring).
         np.testing.assert_allclose(mult, t * FIX[f"{key}/multipliers"][step], rtol=1e-5)
-        state = update(state, W.StepStats(losses, losses_after=jnp.asarray(FIX[f"{key}/losses_after"][step])))
-        np.testing.assert_allclose(state.logits, FIX[f"{key}/logits_after"][step], rtol=1e-4, atol=1e-6)
+        state = update(
+            state, W.StepStats(losses, losses_after=jnp.asarray(FIX[f"{key}/losses_after"][step]))
+        )
+        np.testing.assert_allclose(
+            state.logits, FIX[f"{key}/logits_after"][step], rtol=1e-4, atol=1e-6
+        )
 
 
 def test_famo_base_weights_start():
@@ -101,7 +113,10 @@ def test_common_contract(name):
     state = lw.init()
     np.testing.assert_allclose(lw.weights(state), base, rtol=1e-5)
     stats = W.StepStats(
-        jnp.array([0.5, 2.0, 1.0], jnp.bfloat16), jnp.array([1.0, 0.5, 0.1]), jnp.array([0.4, 1.9, 1.0]), True
+        jnp.array([0.5, 2.0, 1.0], jnp.bfloat16),
+        jnp.array([1.0, 0.5, 0.1]),
+        jnp.array([0.4, 1.9, 1.0]),
+        True,
     )
     state = jax.jit(lw.update)(state, stats)
     w = lw.weights(state)

@@ -60,7 +60,9 @@ def gram_matrix(task_grads: jax.Array) -> jax.Array:
 
 
 def _init(num_tasks: int) -> CombinationState:
-    return CombinationState(step=jnp.zeros((), jnp.int32), alpha=jnp.zeros((num_tasks,), jnp.float32))
+    return CombinationState(
+        step=jnp.zeros((), jnp.int32), alpha=jnp.zeros((num_tasks,), jnp.float32)
+    )
 
 
 def _from_weights(weights_fn) -> GradientCombination:
@@ -248,7 +250,9 @@ def nash_mtl(
     off).
     """
     if update_weights_every < 1:
-        raise ValueError(f"nash_mtl option update_weights_every must be >= 1, got {update_weights_every}")
+        raise ValueError(
+            f"nash_mtl option update_weights_every must be >= 1, got {update_weights_every}"
+        )
     if max_norm < 0:
         raise ValueError(f"nash_mtl option max_norm must be >= 0, got {max_norm}")
 
@@ -289,7 +293,9 @@ def gradient_from_config(name: str, **options: Any) -> GradientCombination:
         "nash_mtl": ("max_norm", "update_weights_every", "num_iters"),
     }
     if name not in allowed:
-        raise ValueError(f"unknown gradient combination {name!r}; expected one of {GRADIENT_METHODS}")
+        raise ValueError(
+            f"unknown gradient combination {name!r}; expected one of {GRADIENT_METHODS}"
+        )
     unknown = sorted(set(options) - set(allowed[name]))
     if unknown:
         raise ValueError(
