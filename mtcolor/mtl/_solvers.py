@@ -149,7 +149,6 @@ def nash_weights(
     moves a well-conditioned solution by O(ridge). `alpha0` (the previous solution) warm-starts
     the iteration, as the official CCP loop does.
     """
-    t = gram.shape[0]
     norm = jnp.linalg.norm(gram)
     norm = jnp.where(norm > jnp.finfo(jnp.float32).tiny, norm, 1.0)
     k = gram / norm
