@@ -12,6 +12,7 @@ from mtcolor.models.init import (
 )
 from mtcolor.models.patchgan import PatchDiscriminator
 from mtcolor.models.resnet import BasicBlock, ResNet18
+from mtcolor.models.unet import UNetDecoder
 
 __all__ = [
     "BasicBlock",
@@ -22,6 +23,7 @@ __all__ = [
     "MultiTaskGenerator",
     "PatchDiscriminator",
     "ResNet18",
+    "UNetDecoder",
     "init_variables",
     "pix2pix_kernel_init",
     "pix2pix_scale_init",
