@@ -186,7 +186,7 @@ def test_bad_files_are_skipped_and_counted_through_a_worker(tree_with_bad_files)
     it = pipeline.make_eval_iterator(config, "val", shard_index=0, shard_count=1)
     tracker = pipeline.BadInputTracker()
     batches = [tracker.observe(b) for b in it]
-    assert all(set(b) == {"L", "ab", "label", "mask"} for b in batches)
+    assert all(set(b) == {"L", "ab", "label", "has_label", "mask"} for b in batches)
     assert sum(b["mask"].sum() for b in batches) == 12
     expected = {r: 1 for r in bad_files()} | {"unreadable": 1}
     assert tracker.totals() == expected

@@ -15,6 +15,10 @@ An optional split file restricts (and may label) the files:
 
 Errors at start, naming what was looked for: a missing root, a class with no folder (or no split
 entry), a subset with no images.
+
+`ImageFilesSource` lists every image file under a root, at any depth and without labels: a flat
+folder of photos or a whole class tree, the unlabeled colorization data (docs/data.md, "Unlabeled
+images").
 """
 
 from __future__ import annotations
@@ -147,3 +151,66 @@ class FolderSource:
 
     def __repr__(self) -> str:
         return f"FolderSource(root={self.root!r}, classes={list(self.class_dirs)}, num_examples={len(self)})"
+
+
+class ImageFilesSource:
+    """grain random-access source of {"path", "label": 0, "key"} records: every image under a root.
+
+    For data without labels (the colorization-only stream): a flat folder, nested folders or an
+    ImageNet-style class tree (class folders are just folders here). Files are listed recursively
+    once, sorted by relative path; hidden files and folders and other extensions are not listed;
+    symlinked folders are followed (each real folder once). With a split file only its entries are
+    used (its class column, if any, is ignored).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        split_file: str | None = None,
+        extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    ):
+        root = os.path.expanduser(str(root))
+        if not root or not os.path.isdir(root):
+            raise FileNotFoundError(
+                f"image directory {root!r} does not exist (expected a folder of images, at any "
+                f"depth; set data.unlabeled.folder.root)"
+            )
+        self.root = root
+        extensions = tuple(e.lower() for e in extensions)
+        if split_file:
+            paths = [os.path.join(root, rel) for rel, _ in _read_split_file(split_file)]
+            where = f"split file {split_file!r}"
+        else:
+            paths = _list_images(root, extensions)
+            where = f"directory {root!r} (searched recursively)"
+        if not paths:
+            raise FileNotFoundError(f"no image files ({', '.join(extensions)}) in {where}")
+        self.paths = tuple(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        return {"path": self.paths[index], "label": 0, "key": self.paths[index]}
+
+    def __repr__(self) -> str:
+        return f"ImageFilesSource(root={self.root!r}, num_examples={len(self)})"
+
+
+def _list_images(root: str, extensions: tuple[str, ...]) -> list[str]:
+    """Image files under root at any depth, sorted by relative path; each real folder read once."""
+    found: list[str] = []
+    seen: set[str] = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a symlink cycle or a second link to the same folder
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            if not name.startswith(".") and name.lower().endswith(extensions):
+                found.append(os.path.join(folder, name))
+    return sorted(found, key=lambda p: os.path.relpath(p, root).split(os.sep))

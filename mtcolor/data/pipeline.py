@@ -8,11 +8,15 @@ Public API (see docs/data.md):
 - `make_eval_iterator(data_config, split="val", *, shard_index=None, shard_count=None)`: one pass
   over a split, the last batch padded (`mask` 0 on pads); every call is a fresh pass.
 - `num_examples(data_config, split)`: files/records in a split (before bad files are skipped).
+- `unlabeled_per_batch`, `labelled_per_batch`, `steps_per_epoch`: the batch split and the epoch
+  length (labelled examples) when `data.unlabeled` mixes unlabeled images into training batches.
 - `BadInputTracker`, `TooManyBadInputsError`, `SKIP_REASONS`, `BAD_REASONS`, `NEAR_GRAYSCALE`.
 
 Batches are dicts of numpy arrays:
   L (B, H, W, 1) float32 in [-1, 1] (L/50 - 1), ab (B, H, W, 2) float32 (ab/110, within [-1, 1]),
-  label (B,) int32, eval only: mask (B,) float32 (1 real, 0 padding),
+  label (B,) int32, has_label (B,) float32 (1 labelled, 0 unlabeled: the last
+  unlabeled_per_batch // shard_count rows of a training batch with data.unlabeled, whose label is 0;
+  all ones otherwise and in evaluation), eval only: mask (B,) float32 (1 real, 0 padding),
   bad_counts (len(SKIP_REASONS),) int64: files skipped since the previous batch, per reason,
   bad_examples: tuple of str, "reason: key (detail)" lines for those files (at most 2 per reason).
 B is the per-process batch: data_config.batch_size (global) // shard_count.
@@ -121,6 +125,44 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.tfds.label_key = "label"
     # Where the per-split label index for class subsets is cached ("" : ~/.cache/mtcolor/tfds).
     c.tfds.label_cache_dir = ""
+
+    # A second, UNLABELED training source for colorization (the paper's section V-B: colorization is
+    # self-supervised, so it can learn from far more images than classification has labels). Every
+    # training batch then holds batch_size - n labelled examples followed by n unlabeled ones,
+    # n = round(fraction * batch_size); unlabeled rows have label 0 and has_label 0. Evaluation and
+    # the epoch length (labelled examples only) are unaffected; docs/data.md, "Unlabeled images".
+    c.unlabeled = ml_collections.ConfigDict()
+    # None: off (labelled data only). "folder": every image under unlabeled.folder.root at any depth
+    # (a flat folder or a class tree; labels are not read). "tfds": a split of any tfds dataset with
+    # images. "synthetic": generated images distinct from the labelled synthetic ones.
+    # A typed placeholder so that --config.data.unlabeled.source=folder works.
+    c.unlabeled.source = ml_collections.config_dict.placeholder(str)
+    # Fraction of every global training batch drawn from the unlabeled source, 0 < fraction < 1. The
+    # same number, round(fraction * batch_size), in every batch; it must be divisible by the number
+    # of processes (each process takes its share of both streams).
+    c.unlabeled.fraction = 0.5
+    # The grayscale filter of the unlabeled stream, ON by default: an unlabeled image with mean
+    # chroma below this (CIELAB units, as grayscale_filter_threshold) is skipped and counted as
+    # "near_grayscale"; such photos only teach a colorizer to predict grey, and unlabeled photo
+    # collections are unvetted. 2.0 is below the just-noticeable colour difference (about 2.3), so
+    # it drops photos that look grey: 31 of 1,300 ImageNet validation photos (13 of them grayscale
+    # stored as RGB), keeping muted ones. None: off.
+    c.unlabeled.grayscale_threshold = 2.0
+    c.unlabeled.folder = ml_collections.ConfigDict()
+    # e.g. /data/photos or /data/imagenet/train (class folders are just folders here)
+    c.unlabeled.folder.root = ""
+    # Optional list of files: "relative/path" lines (a class column is ignored) or a CSV with a
+    # file column (as data.folder split files).
+    c.unlabeled.folder.split_file = ""
+    c.unlabeled.tfds = ml_collections.ConfigDict()
+    c.unlabeled.tfds.name = ""  # any tfds dataset with an image feature, prepared as array_record
+    c.unlabeled.tfds.data_dir = ""  # "" : tfds's default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+    c.unlabeled.tfds.split = "train"  # any tfds split expression, e.g. "train[10%:]"
+    c.unlabeled.tfds.image_key = "image"
+    c.unlabeled.synthetic = ml_collections.ConfigDict()
+    c.unlabeled.synthetic.size = 2000  # number of generated unlabeled images
+    # The generator's seed; the unlabeled images differ from the labelled ones even with one seed.
+    c.unlabeled.synthetic.seed = 0
     return c
 
 
@@ -303,84 +345,151 @@ def mean_chroma(ab_normalized: np.ndarray) -> float:
 
 
 class _SkipCountBatchIterDataset(grain.IterDataset):
-    def __init__(self, parent, *, batch_size: int, image_size: int, pad_to_batches: int | None, tracker_args: dict):
-        super().__init__(parent)
-        self._batch_size = batch_size
+    """Batches of `counts[i]` good records from parent i, in parent order (labelled first).
+
+    One parent: the labelled stream (training or evaluation). Two: the labelled and the unlabeled
+    training streams (`labelled` says which; unlabeled rows get label 0 and has_label 0).
+    """
+
+    def __init__(
+        self,
+        parents: list,
+        *,
+        counts: tuple[int, ...],
+        labelled: tuple[bool, ...],
+        names: tuple[str, ...],
+        skip_limits: tuple[int | None, ...],
+        image_size: int,
+        pad_to_batches: int | None,
+        tracker_args: dict,
+    ):
+        super().__init__(parents)
+        self._counts = counts
+        self._labelled = labelled
+        self._names = names
+        self._skip_limits = skip_limits
         self._image_size = image_size
         self._pad_to_batches = pad_to_batches
         self._tracker_args = tracker_args
 
     def __iter__(self):
         return _SkipCountBatchIterator(
-            self._parent.__iter__(),
-            batch_size=self._batch_size,
+            [parent.__iter__() for parent in self._parents],
+            counts=self._counts,
+            labelled=self._labelled,
+            names=self._names,
+            skip_limits=self._skip_limits,
             image_size=self._image_size,
             pad_to_batches=self._pad_to_batches,
             tracker=BadInputTracker(**self._tracker_args),
         )
 
     def __str__(self) -> str:
-        return f"SkipCountBatch(batch_size={self._batch_size}, pad_to_batches={self._pad_to_batches})"
+        return f"SkipCountBatch(counts={self._counts}, pad_to_batches={self._pad_to_batches})"
 
 
 class _SkipCountBatchIterator(grain.DatasetIterator):
     """Takes good records until a batch is full; bad ones are counted, never batched.
+
+    Each batch holds counts[0] good records of the first parent, then counts[1] of the second, ...
+    (each parent is one stream in index order, so batches do not depend on worker_count). Bad
+    records of every stream are counted together, in one tracker and one bad_counts.
 
     With pad_to_batches (evaluation), the stream ends with a zero-padded partial batch and, if
     needed, all-padding batches so that every process yields exactly pad_to_batches batches.
     """
 
     def __init__(
-        self, parent, *, batch_size: int, image_size: int, pad_to_batches: int | None, tracker: BadInputTracker
+        self,
+        parents: list,
+        *,
+        counts: tuple[int, ...],
+        labelled: tuple[bool, ...],
+        names: tuple[str, ...],
+        skip_limits: tuple[int | None, ...],
+        image_size: int,
+        pad_to_batches: int | None,
+        tracker: BadInputTracker,
     ):
-        super().__init__(parent)
-        self._batch_size = batch_size
+        super().__init__(parents)
+        if pad_to_batches is not None and len(parents) != 1:
+            raise ValueError("a padded (evaluation) pass reads one stream")
+        self._counts = counts
+        self._labelled = labelled
+        self._names = names
+        self._skip_limits = skip_limits
+        self._batch_size = sum(counts)
         self._image_size = image_size
         self._pad_to_batches = pad_to_batches
         self._tracker = tracker
         self._batches_emitted = 0
+        self._skips_in_a_row = [0] * len(parents)  # guards against a stream with no usable file
         self._exhausted = False
 
     def __next__(self) -> dict:
         padded = self._pad_to_batches is not None
         if padded and self._batches_emitted >= self._pad_to_batches:
             raise StopIteration
-        good: list[dict] = []
         bad_counts = np.zeros(len(SKIP_REASONS), np.int64)
         examples: list[str] = []
-        while len(good) < self._batch_size and not self._exhausted:
-            try:
-                record = next(self._parent)
-            except StopIteration:
-                self._exhausted = True
-                break
-            if "reason" in record:
-                bad_counts[_REASON_INDEX[record["reason"]]] += 1
-                detail = f" ({record['detail']})" if record.get("detail") else ""
-                example = f"{record['reason']}: {record['key']}{detail}"
-                if bad_counts[_REASON_INDEX[record["reason"]]] <= _EXAMPLES_PER_REASON:
-                    examples.append(example)
-                # The ceiling is enforced as soon as it is crossed, not only at batch boundaries.
-                self._tracker.add_skipped(record["reason"], example)
-            else:
-                good.append(record)
-                self._tracker.num_good += 1
-        if len(good) < self._batch_size and not padded:
+        rows = [self._take(i, bad_counts, examples) for i in range(len(self._parents))]
+        if sum(len(r) for r in rows) < self._batch_size and not padded:
             # Only a finite (non-repeating) stream gets here: no ragged training batches.
             raise StopIteration
-        batch = self._make_batch(good, padded)
+        batch = self._make_batch(rows, padded)
         batch["bad_counts"] = bad_counts
         batch["bad_examples"] = tuple(examples)
         self._batches_emitted += 1
         return batch
 
-    def _make_batch(self, good: list[dict], padded: bool) -> dict:
+    def _take(self, stream: int, bad_counts: np.ndarray, examples: list[str]) -> list[dict]:
+        """counts[stream] good records of one stream; skipped ones are counted into bad_counts."""
+        parent = self._parents[stream]
+        limit = self._skip_limits[stream]
+        good: list[dict] = []
+        while len(good) < self._counts[stream] and not self._exhausted:
+            try:
+                record = next(parent)
+            except StopIteration:
+                self._exhausted = True
+                break
+            if "reason" in record:
+                index = _REASON_INDEX[record["reason"]]
+                bad_counts[index] += 1
+                detail = f" ({record['detail']})" if record.get("detail") else ""
+                example = f"{record['reason']}: {record['key']}{detail}"
+                if bad_counts[index] <= _EXAMPLES_PER_REASON:
+                    examples.append(example)
+                # The ceiling is enforced as soon as it is crossed, not only at batch boundaries.
+                self._tracker.add_skipped(record["reason"], example)
+                self._skips_in_a_row[stream] += 1
+                if limit is not None and self._skips_in_a_row[stream] >= limit:
+                    raise TooManyBadInputsError(
+                        f"the {self._names[stream]} training stream skipped its last "
+                        f"{self._skips_in_a_row[stream]} files in a row (the last: {example}): it "
+                        f"has no usable image (near-grayscale photos are skipped too, see "
+                        f"grayscale_filter_threshold / unlabeled.grayscale_threshold); so far "
+                        f"{self._tracker.totals()}"
+                    )
+            else:
+                good.append(record)
+                self._tracker.num_good += 1
+                self._skips_in_a_row[stream] = 0
+        return good
+
+    def _make_batch(self, rows: list[list[dict]], padded: bool) -> dict:
         n, size = self._batch_size, self._image_size
-        if len(good) == n:
+        records = [r for stream in rows for r in stream]
+        labels = [
+            r["label"] if labelled else 0
+            for stream, labelled in zip(rows, self._labelled)
+            for r in stream
+        ]
+        if len(records) == n:
             batch = {
-                "L": np.stack([r["L"] for r in good]),
-                "ab": np.stack([r["ab"] for r in good]),
-                "label": np.array([r["label"] for r in good], np.int32),
+                "L": np.stack([r["L"] for r in records]),
+                "ab": np.stack([r["ab"] for r in records]),
+                "label": np.array(labels, np.int32),
             }
         else:  # the padded end of an evaluation pass
             batch = {
@@ -388,41 +497,72 @@ class _SkipCountBatchIterator(grain.DatasetIterator):
                 "ab": np.zeros((n, size, size, 2), np.float32),
                 "label": np.zeros((n,), np.int32),
             }
-            for i, record in enumerate(good):
+            for i, record in enumerate(records):
                 batch["L"][i] = record["L"]
                 batch["ab"][i] = record["ab"]
-                batch["label"][i] = record["label"]
+                batch["label"][i] = labels[i]
+        # Per row: 1.0 labelled, 0.0 unlabeled (evaluation: all ones, padding rows included).
+        batch["has_label"] = np.repeat(
+            np.asarray(self._labelled, np.float32), np.asarray(self._counts)
+        )
         if padded:
             mask = np.zeros((n,), np.float32)
-            mask[: len(good)] = 1.0
+            mask[: len(records)] = 1.0
             batch["mask"] = mask
         return batch
 
     def get_state(self) -> dict:
-        return {
-            "parent": self._parent.get_state(),
+        # The labelled stream keeps the key "parent", so labelled-only states keep their format.
+        state = {
+            "parent": self._parents[0].get_state(),
             "batches_emitted": self._batches_emitted,
             "tracker": self._tracker.get_state(),
+            "skips_in_a_row": list(self._skips_in_a_row),
         }
+        if len(self._parents) > 1:
+            state["unlabeled"] = self._parents[1].get_state()
+        return state
 
     def set_state(self, state: dict) -> None:
-        self._parent.set_state(state["parent"])
+        has_unlabeled = "unlabeled" in state
+        if has_unlabeled != (len(self._parents) > 1):
+            saved, now = ("with", "without") if has_unlabeled else ("without", "with")
+            raise ValueError(
+                f"the data iterator state was saved {saved} an unlabeled stream but this pipeline "
+                f"is {now} one (data.unlabeled.source): restore with the same data config"
+            )
+        self._parents[0].set_state(state["parent"])
+        if has_unlabeled:
+            self._parents[1].set_state(state["unlabeled"])
         self._batches_emitted = int(state["batches_emitted"])
         self._tracker.set_state(state["tracker"])
+        self._skips_in_a_row = [
+            int(n) for n in state.get("skips_in_a_row", [0] * len(self._parents))
+        ]
         self._exhausted = False
 
     def __str__(self) -> str:
-        return f"SkipCountBatchIterator(batch_size={self._batch_size})"
+        return f"SkipCountBatchIterator(counts={self._counts})"
 
 
 # ----------------------------------------------------------------------------------------------
 # Sources and iterators.
 
+UNLABELED_SOURCES = ("folder", "tfds", "synthetic")
+# A training stream that skips max(_SKIP_LIMIT_MIN, _SKIP_LIMIT_PASSES * len(source)) files in a
+# row has no usable image (e.g. an all-grayscale folder under the unlabeled grayscale filter, which
+# does not count towards max_bad_fraction): stop with TooManyBadInputsError, not loop forever.
+_SKIP_LIMIT_MIN = 100
+_SKIP_LIMIT_PASSES = 10
+
 
 def make_source(data_config: ml_collections.ConfigDict, split: str):
-    """The random-access source (grain data source protocol) of one split: "train" or "val"."""
+    """The random-access source (grain data source protocol) of one split: "train" or "val", or
+    "unlabeled" (the source of data.unlabeled; its records' labels are not used)."""
+    if split == "unlabeled":
+        return _make_unlabeled_source(data_config)
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise ValueError(f"split must be one of {SPLITS + ('unlabeled',)}, got {split!r}")
     kind = data_config.source
     if kind == "synthetic":
         from mtcolor.data.synthetic import SyntheticSource
@@ -466,6 +606,81 @@ def make_source(data_config: ml_collections.ConfigDict, split: str):
     raise ValueError(f"data.source must be 'synthetic', 'folder' or 'tfds', got {kind!r}")
 
 
+def _make_unlabeled_source(data_config: ml_collections.ConfigDict):
+    u = data_config.get("unlabeled")
+    kind = u.source if u is not None else None
+    if kind is None:
+        raise ValueError("data.unlabeled.source is None: there is no unlabeled source")
+    if kind == "folder":
+        from mtcolor.data.folder import ImageFilesSource
+
+        if not u.folder.root:
+            raise ValueError(
+                "data.unlabeled.source is 'folder' but data.unlabeled.folder.root is empty"
+            )
+        return ImageFilesSource(u.folder.root, split_file=u.folder.split_file or None)
+    if kind == "tfds":
+        from mtcolor.data.tfds_source import TfdsSource
+
+        if not u.tfds.name:
+            raise ValueError(
+                "data.unlabeled.source is 'tfds' but data.unlabeled.tfds.name is empty"
+            )
+        return TfdsSource(
+            u.tfds.name,
+            split=u.tfds.split,
+            data_dir=u.tfds.data_dir or None,
+            image_key=u.tfds.image_key,
+            label_key=None,
+        )
+    if kind == "synthetic":
+        from mtcolor.data.synthetic import SyntheticSource
+
+        return SyntheticSource(
+            split="unlabeled",
+            size=data_config.image_size,
+            num_examples=u.synthetic.size,
+            num_classes=data_config.synthetic.num_classes,
+            seed=u.synthetic.seed,
+        )
+    raise ValueError(
+        f"data.unlabeled.source must be None or one of {UNLABELED_SOURCES}, got {kind!r}"
+    )
+
+
+def unlabeled_per_batch(data_config: ml_collections.ConfigDict) -> int:
+    """Unlabeled examples in every GLOBAL training batch: round(fraction * batch_size), 0 if off."""
+    u = data_config.get("unlabeled")
+    if u is None or u.source is None:
+        return 0
+    if u.source not in UNLABELED_SOURCES:
+        raise ValueError(
+            f"data.unlabeled.source must be None or one of {UNLABELED_SOURCES}, got {u.source!r}"
+        )
+    fraction = u.fraction
+    if fraction is None or not 0.0 < fraction < 1.0:
+        raise ValueError(f"data.unlabeled.fraction must be in (0, 1), got {fraction!r}")
+    batch_size = int(data_config.batch_size)
+    count = int(math.floor(fraction * batch_size + 0.5))
+    if not 0 < count < batch_size:
+        raise ValueError(
+            f"data.unlabeled.fraction {fraction} of batch_size {batch_size} gives {count} "
+            f"unlabeled examples per batch: need at least one labelled and one unlabeled"
+        )
+    return count
+
+
+def labelled_per_batch(data_config: ml_collections.ConfigDict) -> int:
+    """Labelled examples in every GLOBAL training batch (batch_size without unlabeled ones)."""
+    return int(data_config.batch_size) - unlabeled_per_batch(data_config)
+
+
+def steps_per_epoch(data_config: ml_collections.ConfigDict) -> int:
+    """Training steps per epoch of the LABELLED source: num_examples("train") // labelled_per_batch
+    (at least 1); the unlabeled stream does not count (it cycles on its own)."""
+    return max(1, num_examples(data_config, "train") // labelled_per_batch(data_config))
+
+
 def _as_list(classes) -> list[str] | None:
     if classes is None:
         return None
@@ -504,7 +719,9 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def _element_pipeline(ds: grain.MapDataset, data_config, *, train: bool, seed: int) -> grain.MapDataset:
+def _element_pipeline(
+    ds: grain.MapDataset, data_config, *, flip_seed: int | None, grayscale_threshold: float | None
+) -> grain.MapDataset:
     ds = ds.map(
         DecodeAndResize(
             size=data_config.image_size,
@@ -514,54 +731,128 @@ def _element_pipeline(ds: grain.MapDataset, data_config, *, train: bool, seed: i
             jpeg_draft=data_config.jpeg_draft,
         )
     )
-    if train and data_config.random_flip:
-        ds = ds.random_map(RandomHorizontalFlip(), seed=_derived_seed(seed, 1))
-    threshold = data_config.grayscale_filter_threshold if train else None
-    return ds.map(ToNormalizedLab(threshold))
+    if flip_seed is not None and data_config.random_flip:
+        ds = ds.random_map(RandomHorizontalFlip(), seed=flip_seed)
+    return ds.map(ToNormalizedLab(grayscale_threshold))
 
 
 def _derived_seed(seed: int, stream: int) -> int:
-    # Independent 32-bit seeds for the shuffle and the flips from one user seed.
+    # Independent 32-bit seeds from one user seed: 0 shuffle and 1 flips of the labelled stream,
+    # 2 shuffle and 3 flips of the unlabeled stream.
     return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
 
 
-def _to_batches(ds: grain.MapDataset, data_config, *, batch_size: int, pad_to_batches: int | None, enforce: bool):
+def _to_iter_dataset(ds: grain.MapDataset, data_config, *, workers: int) -> grain.IterDataset:
     iter_ds = ds.to_iter_dataset(
-        grain.ReadOptions(num_threads=data_config.read_threads, prefetch_buffer_size=data_config.prefetch_buffer_size)
+        grain.ReadOptions(
+            num_threads=data_config.read_threads,
+            prefetch_buffer_size=data_config.prefetch_buffer_size,
+        )
     )
-    if data_config.worker_count > 0:
+    if workers > 0:
         _ensure_absl_flags_parsed()
         iter_ds = iter_ds.mp_prefetch(
             grain.MultiprocessingOptions(
-                num_workers=data_config.worker_count, per_worker_buffer_size=data_config.worker_buffer_size
+                num_workers=workers, per_worker_buffer_size=data_config.worker_buffer_size
             )
         )
-    tracker_args = {
+    return iter_ds
+
+
+def _tracker_args(data_config, *, enforce: bool) -> dict:
+    return {
         "max_bad_fraction": data_config.max_bad_fraction if enforce else None,
         "min_examples": data_config.bad_check_min_examples,
     }
-    return _SkipCountBatchIterDataset(
-        iter_ds,
-        batch_size=batch_size,
-        image_size=data_config.image_size,
-        pad_to_batches=pad_to_batches,
-        tracker_args=tracker_args,
-    )
 
 
-def make_train_dataset(data_config, *, seed: int, shard_index: int | None = None, shard_count: int | None = None):
-    """The training pipeline as a grain IterDataset (`iter()` of it is `make_train_iterator`)."""
-    shard_index, shard_count = _shard_args(shard_index, shard_count)
-    batch_size = _per_process_batch(data_config, shard_count)
-    ds = grain.MapDataset.source(make_source(data_config, "train"))
+def _split_workers(worker_count: int, unlabeled_share: float) -> tuple[int, int]:
+    """worker_count split between the labelled and unlabeled streams by their share of the batch,
+    at least one each (worker_count 0: both decode in this process)."""
+    if worker_count <= 0:
+        return 0, 0
+    unlabeled = max(1, int(math.floor(worker_count * unlabeled_share + 0.5)))
+    return max(1, worker_count - unlabeled), unlabeled
+
+
+def _train_stream(
+    source, data_config, *, seed: int, streams: tuple[int, int], threshold, shard, workers
+):
+    """One infinite, per-epoch reshuffled, sharded, decoded stream of a training source."""
+    shard_index, shard_count = shard
+    ds = grain.MapDataset.source(source)
     if data_config.shuffle:
-        ds = ds.shuffle(seed=_derived_seed(seed, 0))
+        ds = ds.shuffle(seed=_derived_seed(seed, streams[0]))
     # Infinite; every epoch gets a new permutation (and new flips) derived from the seed.
     ds = ds.repeat(None, reseed_each_epoch=True)
     # Each process takes every shard_count-th element of the global order: disjoint, same epochs.
     ds = ds[shard_index::shard_count]
-    ds = _element_pipeline(ds, data_config, train=True, seed=seed)
-    return _to_batches(ds, data_config, batch_size=batch_size, pad_to_batches=None, enforce=True)
+    ds = _element_pipeline(
+        ds, data_config, flip_seed=_derived_seed(seed, streams[1]), grayscale_threshold=threshold
+    )
+    return _to_iter_dataset(ds, data_config, workers=workers)
+
+
+def make_train_dataset(
+    data_config, *, seed: int, shard_index: int | None = None, shard_count: int | None = None
+):
+    """The training pipeline as a grain IterDataset (`iter()` of it is `make_train_iterator`).
+
+    With data.unlabeled.source set, two streams: the labelled source and the unlabeled one, each
+    shuffled per epoch, repeated and sharded on its own; every batch takes its labelled rows from
+    the first and unlabeled_per_batch // shard_count rows from the second.
+    """
+    shard_index, shard_count = _shard_args(shard_index, shard_count)
+    batch_size = _per_process_batch(data_config, shard_count)
+    num_unlabeled = unlabeled_per_batch(data_config)
+    if num_unlabeled % shard_count:
+        raise ValueError(
+            f"{num_unlabeled} unlabeled examples per global batch (data.unlabeled.fraction "
+            f"{data_config.unlabeled.fraction} of {data_config.batch_size}) are not divisible by "
+            f"{shard_count} processes"
+        )
+    unlabeled = num_unlabeled // shard_count
+    shard = (shard_index, shard_count)
+    labelled_source = make_source(data_config, "train")
+    sources = [labelled_source]
+    workers = (data_config.worker_count,)
+    if unlabeled:
+        sources.append(make_source(data_config, "unlabeled"))
+        workers = _split_workers(data_config.worker_count, num_unlabeled / data_config.batch_size)
+    parents = [
+        _train_stream(
+            labelled_source,
+            data_config,
+            seed=seed,
+            streams=(0, 1),
+            threshold=data_config.grayscale_filter_threshold,
+            shard=shard,
+            workers=workers[0],
+        )
+    ]
+    if unlabeled:
+        parents.append(
+            _train_stream(
+                sources[1],
+                data_config,
+                seed=seed,
+                streams=(2, 3),
+                threshold=data_config.unlabeled.grayscale_threshold,
+                shard=shard,
+                workers=workers[1],
+            )
+        )
+    counts = (batch_size - unlabeled, unlabeled) if unlabeled else (batch_size,)
+    return _SkipCountBatchIterDataset(
+        parents,
+        counts=counts,
+        labelled=(True, False)[: len(parents)],
+        names=("labelled", "unlabeled")[: len(parents)],
+        skip_limits=tuple(max(_SKIP_LIMIT_MIN, _SKIP_LIMIT_PASSES * len(s)) for s in sources),
+        image_size=data_config.image_size,
+        pad_to_batches=None,
+        tracker_args=_tracker_args(data_config, enforce=True),
+    )
 
 
 def make_train_iterator(data_config, *, seed: int, shard_index: int | None = None, shard_count: int | None = None):
@@ -572,21 +863,41 @@ def make_train_iterator(data_config, *, seed: int, shard_index: int | None = Non
     return iter(make_train_dataset(data_config, seed=seed, shard_index=shard_index, shard_count=shard_count))
 
 
-def make_eval_iterator(data_config, split: str = "val", *, shard_index: int | None = None, shard_count: int | None = None):
+def make_eval_iterator(
+    data_config,
+    split: str = "val",
+    *,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+):
     """One pass over `split` in file order, no flip, no grayscale filter; last batch zero-padded.
 
     Every process yields the same number of batches (ceil(largest shard / per-process batch)),
     padding with all-mask-0 batches where its shard is shorter, so multi-host evaluation steps stay
     in lockstep. Skipped files are counted in `bad_counts` like in training, without the ceiling.
+    Labelled data only (data.unlabeled is not read); has_label is all ones.
     """
+    if split not in SPLITS:
+        raise ValueError(f"evaluation split must be one of {SPLITS}, got {split!r}")
     shard_index, shard_count = _shard_args(shard_index, shard_count)
     batch_size = _per_process_batch(data_config, shard_count)
     source = make_source(data_config, split)
     largest_shard = math.ceil(len(source) / shard_count)
     ds = grain.MapDataset.source(source)[shard_index::shard_count]
-    ds = _element_pipeline(ds, data_config, train=False, seed=0)
+    ds = _element_pipeline(ds, data_config, flip_seed=None, grayscale_threshold=None)
     pad_to = math.ceil(largest_shard / batch_size)
-    return iter(_to_batches(ds, data_config, batch_size=batch_size, pad_to_batches=pad_to, enforce=False))
+    return iter(
+        _SkipCountBatchIterDataset(
+            [_to_iter_dataset(ds, data_config, workers=data_config.worker_count)],
+            counts=(batch_size,),
+            labelled=(True,),
+            names=(split,),
+            skip_limits=(None,),
+            image_size=data_config.image_size,
+            pad_to_batches=pad_to,
+            tracker_args=_tracker_args(data_config, enforce=False),
+        )
+    )
 
 
 __all__ = [
@@ -595,10 +906,14 @@ __all__ = [
     "SKIP_REASONS",
     "BadInputTracker",
     "TooManyBadInputsError",
+    "UNLABELED_SOURCES",
     "default_data_config",
+    "labelled_per_batch",
     "make_eval_iterator",
     "make_source",
     "make_train_dataset",
     "make_train_iterator",
     "num_examples",
+    "steps_per_epoch",
+    "unlabeled_per_batch",
 ]

@@ -24,7 +24,8 @@ import numpy as np
 SHAPE_NAMES = ("disc", "stripes", "checker", "ring", "squares")
 _HUE_SPREAD = 0.06  # per-image random hue offset around the class centre (fraction of the circle)
 _HUE_DRIFT = 0.08  # hue change from one side of the image to the other
-_SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+# "unlabeled": the images of data.unlabeled.source = "synthetic", distinct from train/val.
+_SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "unlabeled": 3}
 
 
 def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:

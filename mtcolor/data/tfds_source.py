@@ -12,6 +12,9 @@ use reads the split once (images are not decoded, but the records are read) and 
 `<label_cache_dir>/<name>/<version>/<split>.labels.npy` (~/.cache/mtcolor/tfds by default); later
 runs load that file. For imagenet2012 train the first scan reads the whole split (~140 GB).
 
+With `label_key=None` (the unlabeled colorization stream) labels are not read: any dataset with an
+image feature works, every record gets label 0 and `classes` must be None.
+
 `tensorflow_datasets` is imported inside functions: `import mtcolor.data.pipeline` stays light.
 """
 
@@ -51,7 +54,7 @@ class TfdsSource:
         data_dir: str | None = None,
         classes: list[str] | None = None,
         image_key: str = "image",
-        label_key: str = "label",
+        label_key: str | None = "label",
         label_cache_dir: str | None = None,
     ):
         self.name = name
@@ -62,16 +65,23 @@ class TfdsSource:
         source = self._open()
         features = source.dataset_info.features
         for key in (image_key, label_key):
-            if key not in features:
+            if key is not None and key not in features:
                 raise KeyError(f"tfds dataset {name!r} has no feature {key!r}; it has {list(features.keys())}")
-        all_names = list(features[label_key].names)
         self.version = str(source.dataset_info.version)
 
-        if classes is None:
+        if label_key is None:  # unlabeled: every record, label 0
+            if classes is not None:
+                raise ValueError("a tfds class subset needs label_key; got label_key=None")
+            self.class_names = ()
+            self._indices = None
+            self._label_map = None
+        elif classes is None:
+            all_names = list(features[label_key].names)
             self.class_names = tuple(all_names)
             self._indices = None
             self._label_map = None
         else:
+            all_names = list(features[label_key].names)
             wanted = []
             missing = []
             for c in classes:
@@ -141,7 +151,7 @@ class TfdsSource:
         index = int(index)
         original = index if self._indices is None else int(self._indices[index])
         example = self._source[original]
-        label = int(example[self.label_key])
+        label = 0 if self.label_key is None else int(example[self.label_key])
         if self._label_map is not None:
             label = self._label_map[label]
         return {"encoded": example[self.image_key], "label": label, "key": f"tfds:{self.name}/{self.split}[{original}]"}
