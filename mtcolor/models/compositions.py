@@ -15,10 +15,28 @@ from flax import linen as nn
 from mtcolor.models.decoder import ColorDecoder
 from mtcolor.models.heads import ClassHead
 from mtcolor.models.resnet import ResNet18
+from mtcolor.models.unet import UNetDecoder
+
+DECODERS = ("plain", "unet")
 
 
 def _backbone_mode(train: bool, backbone_train: bool | None) -> bool:
     return train if backbone_train is None else backbone_train
+
+
+def _colorize(module, L, train, backbone_train):
+    """Backbone + the module's decoder ("plain": from the bottleneck; "unet": with skips from
+    the ResNet-18 stages). Returns (ab, bottleneck features)."""
+    backbone = ResNet18(in_channels=1, dtype=module.dtype, name="backbone")
+    if module.decoder == "plain":
+        features = backbone(L, train=_backbone_mode(train, backbone_train))
+        decoder = ColorDecoder(dropout_rate=module.dropout_rate, dtype=module.dtype, name="decoder")
+        return decoder(features, train=train), features
+    if module.decoder == "unet":
+        features, stages = backbone(L, train=_backbone_mode(train, backbone_train), return_stages=True)
+        decoder = UNetDecoder(dropout_rate=module.dropout_rate, dtype=module.dtype, name="decoder")
+        return decoder(features, stages, train=train), features
+    raise ValueError(f"model.decoder must be one of {DECODERS}, got {module.decoder!r}")
 
 
 class Classifier(nn.Module):
@@ -43,13 +61,12 @@ class Colorizer(nn.Module):
 
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
+    decoder: str = "plain"
 
     @nn.compact
     def __call__(self, L: jnp.ndarray, train: bool = False, backbone_train: bool | None = None) -> jnp.ndarray:
-        features = ResNet18(in_channels=1, dtype=self.dtype, name="backbone")(
-            L, train=_backbone_mode(train, backbone_train)
-        )
-        return ColorDecoder(dropout_rate=self.dropout_rate, dtype=self.dtype, name="decoder")(features, train=train)
+        ab, _ = _colorize(self, L, train, backbone_train)
+        return ab
 
 
 class MultiTaskGenerator(nn.Module):
@@ -60,12 +77,10 @@ class MultiTaskGenerator(nn.Module):
     pooling: str = "flatten"
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
+    decoder: str = "plain"
 
     @nn.compact
     def __call__(self, L: jnp.ndarray, train: bool = False, backbone_train: bool | None = None):
-        features = ResNet18(in_channels=1, dtype=self.dtype, name="backbone")(
-            L, train=_backbone_mode(train, backbone_train)
-        )
-        ab = ColorDecoder(dropout_rate=self.dropout_rate, dtype=self.dtype, name="decoder")(features, train=train)
+        ab, features = _colorize(self, L, train, backbone_train)
         logits = ClassHead(self.num_classes, pooling=self.pooling, dtype=self.dtype, name="head")(features, train=train)
         return ab, logits

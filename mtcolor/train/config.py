@@ -34,6 +34,9 @@ def base_config(experiment: str = "multitask") -> ml_collections.ConfigDict:
     config.model.num_classes = 5
     config.model.pooling = "flatten"
     config.model.pretrained = ml_collections.FieldReference(None, field_type=str)
+    # "plain": the paper's decoder from the bottleneck alone; "unet": skips from the ResNet-18
+    # stages (stem, layer1..layer3) at matching resolutions (paper V-B, mtcolor.models.UNetDecoder).
+    config.model.decoder = "plain"
 
     config.loss = ml_collections.ConfigDict()
     config.loss.gan_mode = "vanilla"  # "l1" | "vanilla" | "lsgan" (see mtcolor.train.losses)
@@ -41,6 +44,18 @@ def base_config(experiment: str = "multitask") -> ml_collections.ConfigDict:
     config.loss.gan_weight = 1.0
     # None: 10 for the multi-task model, 1 for the single-task classifier (paper III-C).
     config.loss.cls_weight = ml_collections.FieldReference(None, field_type=float)
+    # How the tasks' losses are weighted (mtcolor.mtl.weighting): "fixed" (the weights above, the
+    # paper's), "uncertainty" (Kendall et al. 2018), "dwa" (Liu et al. 2019), "gradnorm" (Chen et
+    # al. 2018, on the backbone's last block), "famo" (Liu et al. 2023). Options (e.g. alpha for
+    # gradnorm) go in weighting_options; see docs/multitask-methods.md.
+    config.loss.weighting = "fixed"
+    config.loss.weighting_options = ml_collections.ConfigDict()
+    # How the tasks' gradients of the shared backbone are combined (mtcolor.mtl.gradient): "sum"
+    # (plain backprop of the weighted sum), "pcgrad", "cagrad", "mgda", "imtl_g", "nash_mtl".
+    # Task-specific parameters (decoder, class head) always get their task's gradient. The
+    # backbone is frozen in phase 1, so a combination acts from phase 2 on.
+    config.loss.gradient = "sum"
+    config.loss.gradient_options = ml_collections.ConfigDict()
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 2e-4

@@ -22,7 +22,7 @@ from mtcolor.train import sharding
 from mtcolor.train import state as state_lib
 from mtcolor.train import steps as steps_lib
 
-BATCH_KEYS = ("L", "ab", "label", "mask")
+BATCH_KEYS = ("L", "ab", "label", "mask", "has_label")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -115,8 +115,12 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
     mesh = sharding.make_mesh()
     global_batch = int(config.data.batch_size)
     sharding.check_batch_divisible(global_batch, mesh)
-    num_train = int(pipeline.num_examples(config.data, "train"))
-    steps_per_epoch = max(1, num_train // global_batch)
+    if hasattr(pipeline, "steps_per_epoch"):
+        # An epoch is one pass over the labelled examples, whatever share of each batch
+        # unlabeled colorization data takes (data.unlabeled).
+        steps_per_epoch = max(1, int(pipeline.steps_per_epoch(config.data)))
+    else:
+        steps_per_epoch = max(1, int(pipeline.num_examples(config.data, "train")) // global_batch)
     phase1 = state_lib.phase1_steps(config, steps_per_epoch)
     total_steps = (
         int(config.train.frozen_epochs) + int(config.train.unfrozen_epochs)
@@ -145,7 +149,11 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
         abstract_config.model.pretrained = None
         abstract = jax.eval_shape(
             lambda r: state_lib.create_train_state(
-                abstract_config, r, backbone_frozen=frozen, model=model
+                abstract_config,
+                r,
+                backbone_frozen=frozen,
+                model=model,
+                steps_per_epoch=steps_per_epoch,
             ),
             rng,
         )
@@ -153,7 +161,9 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
         state = checkpointing.restore(manager, latest, abstract, train_iter)
         logging.info("resumed from %s step %d", checkpointing.checkpoint_dir(workdir), latest)
     else:
-        state = state_lib.create_train_state(config, rng, backbone_frozen=phase1 > 0, model=model)
+        state = state_lib.create_train_state(
+            config, rng, backbone_frozen=phase1 > 0, model=model, steps_per_epoch=steps_per_epoch
+        )
         state = sharding.replicate(state, mesh)
     step = int(jax.device_get(state.step))
     start_step = step
@@ -168,10 +178,11 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
     hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)]
     fns = steps_lib.jit_steps(mesh)
     names = metrics_lib.metric_names(state.objective)
+    train_names = metrics_lib.metric_names(state.objective, train=True)
     images_dir = os.path.join(workdir, "images")
 
     pending: list[tuple[int, dict]] = []  # (step after the update, device metrics)
-    window = metrics_lib.empty(names)
+    window = metrics_lib.empty(train_names)
     final = {"train": {}, "val": {}}
     best = _read_best(workdir) or {"metric": best_name, "step": None, "val": {}}
     best_value = best["val"].get(best_name) if best["metric"] == best_name else None
@@ -199,7 +210,7 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
                     + f"; the last good checkpoint is step {good} in {checkpointing.checkpoint_dir(workdir)}"
                     " (nothing after it was saved)"
                 )
-            window = window.merge(metrics_lib.from_step_outputs(names, values))
+            window = window.merge(metrics_lib.from_step_outputs(train_names, values))
         pending.clear()
 
     def write_train(s):
@@ -212,7 +223,7 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
             scalars.update(tracker.scalars())
         scalars["epoch"] = s / steps_per_epoch
         writer.write_scalars(s, scalars)
-        window = metrics_lib.empty(names)
+        window = metrics_lib.empty(train_names)
 
     def evaluate(s):
         nonlocal best_value

@@ -30,7 +30,9 @@ COLOR_NAMES = (
 CLASS_NAMES = ("loss_cls", "accuracy")
 
 
-def metric_names(objective) -> tuple[str, ...]:
+def metric_names(objective, *, train: bool = False) -> tuple[str, ...]:
+    """The metric names of an objective; ``train`` adds each task's loss weight
+    (``weight_<task>``, logged every step: learned weightings change them)."""
     names = ()
     if objective.has_color:
         names += COLOR_NAMES
@@ -38,6 +40,8 @@ def metric_names(objective) -> tuple[str, ...]:
         names += CLASS_NAMES
     if not objective.has_color:
         names += ("loss",)
+    if train:
+        names += tuple(f"weight_{task}" for task in objective.task_names)
     return names
 
 

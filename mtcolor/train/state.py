@@ -10,6 +10,7 @@ changes the tree structure on purpose so the step recompiles once for phase 2.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax
@@ -33,10 +34,35 @@ class Objective:
     l1_weight: float = 100.0
     gan_weight: float = 1.0
     cls_weight: float = 10.0
+    weighting: str = "fixed"
+    weighting_options: tuple = ()  # sorted (name, value) pairs: hashable, jit-static
+    gradient: str = "sum"
+    gradient_options: tuple = ()
+    steps_per_epoch: int = 0  # for epoch-based weightings (dwa); 0: no epoch ends are signalled
 
     def __post_init__(self):
         if self.experiment not in EXPERIMENTS:
             raise ValueError(f"experiment must be one of {EXPERIMENTS}, got {self.experiment!r}")
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """The tasks whose losses are weighted and whose backbone gradients are combined."""
+        return (("colorization",) if self.has_color else ()) + (
+            ("classification",) if self.has_class else ()
+        )
+
+    @property
+    def base_weights(self) -> tuple[float, ...]:
+        """Per-task weight of the task losses: colorization's loss is already the paper's
+        L1 x l1_weight + GAN x gan_weight (weight 1), classification's is cross-entropy x
+        cls_weight (paper III-C)."""
+        return tuple(1.0 if name == "colorization" else self.cls_weight for name in self.task_names)
+
+    @property
+    def needs_task_gradients(self) -> bool:
+        """Whether a step needs each task's gradient separately (one backward pass per task)
+        rather than the gradient of the weighted sum."""
+        return self.gradient != "sum" or self.weighting == "gradnorm"
 
     @property
     def has_color(self) -> bool:
@@ -67,6 +93,8 @@ class TrainState:
     batch_stats: dict
     opt_state: dict
     rng: jax.Array  # base key; the key of iteration s is fold_in(rng, s)
+    # Multi-task method states: {"weighting": ..., "gradient": ...} (mtcolor.mtl), checkpointed.
+    mtl: dict
     model: nn.Module = flax.struct.field(pytree_node=False)
     discriminator: Any = flax.struct.field(pytree_node=False)  # nn.Module or None
     objective: Objective = flax.struct.field(pytree_node=False)
@@ -77,7 +105,11 @@ class TrainState:
         return {"params": self.params[MODEL], "batch_stats": self.batch_stats[MODEL]}
 
 
-def objective_from_config(config) -> Objective:
+def _options(options) -> tuple:
+    return tuple(sorted(dict(options or {}).items()))
+
+
+def objective_from_config(config, steps_per_epoch: int = 0) -> Objective:
     loss = config.loss
     cls_weight = loss.cls_weight
     if cls_weight is None:
@@ -90,7 +122,27 @@ def objective_from_config(config) -> Objective:
         l1_weight=float(loss.l1_weight),
         gan_weight=float(loss.gan_weight),
         cls_weight=float(cls_weight),
+        weighting=loss.get("weighting", "fixed"),
+        weighting_options=_options(loss.get("weighting_options")),
+        gradient=loss.get("gradient", "sum"),
+        gradient_options=_options(loss.get("gradient_options")),
+        steps_per_epoch=int(steps_per_epoch),
     )
+
+
+@functools.lru_cache(maxsize=None)
+def mtl_methods(objective: Objective):
+    """(LossWeighting, GradientCombination) the objective names (cached per objective)."""
+    from mtcolor import mtl
+
+    weighting = mtl.weighting_from_config(
+        objective.weighting,
+        num_tasks=len(objective.task_names),
+        base_weights=objective.base_weights,
+        **dict(objective.weighting_options),
+    )
+    gradient = mtl.gradient_from_config(objective.gradient, **dict(objective.gradient_options))
+    return weighting, gradient
 
 
 def optimizer_spec_from_config(config, backbone_frozen: bool) -> optim.OptimizerSpec:
@@ -108,10 +160,11 @@ def build_model(config) -> nn.Module:
     from mtcolor import models
 
     m = config.model
+    decoder = m.get("decoder", "plain")
     if config.experiment == "multitask":
-        return models.MultiTaskGenerator(num_classes=m.num_classes, pooling=m.pooling)
+        return models.MultiTaskGenerator(num_classes=m.num_classes, pooling=m.pooling, decoder=decoder)
     if config.experiment == "colorization":
-        return models.Colorizer()
+        return models.Colorizer(decoder=decoder)
     return models.Classifier(num_classes=m.num_classes, in_channels=1, pooling=m.pooling)
 
 
@@ -132,9 +185,15 @@ def backbone_frozen_at(step: int, phase1: int) -> bool:
 
 
 def create_train_state(
-    config, rng: jax.Array, *, backbone_frozen: bool = True, model: nn.Module | None = None
+    config,
+    rng: jax.Array,
+    *,
+    backbone_frozen: bool = True,
+    model: nn.Module | None = None,
+    steps_per_epoch: int = 0,
 ) -> TrainState:
-    """A fresh state. ``model`` replaces the config's model (library use: another head)."""
+    """A fresh state. ``model`` replaces the config's model (library use: another head);
+    ``steps_per_epoch`` tells epoch-based loss weightings (dwa) where epochs end."""
 
     model = model if model is not None else build_model(config)
     discriminator = build_discriminator(config)
@@ -150,15 +209,18 @@ def create_train_state(
         params[DISCRIMINATOR] = d_vars["params"]
         batch_stats[DISCRIMINATOR] = d_vars.get("batch_stats", {})
         opt_state[DISCRIMINATOR] = optim.discriminator_tx(spec).init(params[DISCRIMINATOR])
+    objective = objective_from_config(config, steps_per_epoch)
+    weighting, gradient = mtl_methods(objective)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=batch_stats,
         opt_state=opt_state,
         rng=state_rng,
+        mtl={"weighting": weighting.init(), "gradient": gradient.init(len(objective.task_names))},
         model=model,
         discriminator=discriminator,
-        objective=objective_from_config(config),
+        objective=objective,
         optimizer=spec,
     )
 

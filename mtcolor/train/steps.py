@@ -25,10 +25,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtcolor import mtl
+from mtcolor.precision import at_least_float32
 from mtcolor.train import losses
 from mtcolor.train import optim
+from mtcolor.train import state as state_lib
 from mtcolor.train.state import DISCRIMINATOR, MODEL, TrainState
-from mtcolor.precision import at_least_float32
 
 BACKBONE = optim.BACKBONE
 
@@ -104,13 +106,30 @@ def discriminator_step(state: TrainState, batch, rng):
     return state, metrics
 
 
-def _model_losses(state: TrainState, params, batch, rng):
-    """Total model loss and its terms for one training batch (train mode)."""
+def _label_mask(batch, n: int):
+    """Per-example weights of the classification task: ``has_label`` (0 for the unlabeled rows
+    that train colorization only, mtcolor.data.pipeline) or all ones."""
+    mask = batch.get("has_label")
+    return jnp.ones((n,), jnp.float32) if mask is None else mask.astype(jnp.float32)
+
+
+def _masked_mean(values, mask):
+    """Mean over the examples that have the task; 0 (not NaN) for a batch without any."""
+    return (values * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def _task_losses(state: TrainState, params, batch, rng):
+    """The unweighted loss of each task in ``objective.task_names`` order (f32[T]) and
+    (new model BN statistics, metrics) for one training batch (train mode).
+
+    colorization: L1 x l1_weight + GAN x gan_weight (the paper's combined colorization loss),
+    every example; classification: cross-entropy over the examples with a label.
+    """
     obj = state.objective
     (ab_pred, logits), new_stats = _apply_model(
         state, params, state.batch_stats[MODEL], batch["L"], train=True, rng=rng
     )
-    total = jnp.zeros((), jnp.float32)
+    task_losses = []
     metrics = {}
     if obj.has_color:
         l1 = losses.l1_loss(ab_pred, batch["ab"])
@@ -124,15 +143,14 @@ def _model_losses(state: TrainState, params, batch, rng):
         )
         loss_gan = losses.gan_loss(fake_logits, True, obj.gan_mode)
         metrics.update(l1=l1, loss_l1=obj.l1_weight * l1, loss_gan=loss_gan)
-        total = total + obj.l1_weight * l1 + obj.gan_weight * loss_gan
+        task_losses.append(obj.l1_weight * l1 + obj.gan_weight * loss_gan)
     if obj.has_class:
-        loss_cls = losses.cross_entropy(logits, batch["label"])
-        metrics.update(
-            loss_cls=loss_cls, accuracy=losses.correct_per_example(logits, batch["label"]).mean()
-        )
-        total = total + obj.cls_weight * loss_cls
-    metrics["loss_g" if obj.has_color else "loss"] = total
-    return total, (new_stats, metrics)
+        mask = _label_mask(batch, batch["L"].shape[0])
+        loss_cls = _masked_mean(losses.cross_entropy_per_example(logits, batch["label"]), mask)
+        correct = losses.correct_per_example(logits, batch["label"])
+        metrics.update(loss_cls=loss_cls, accuracy=_masked_mean(correct, mask))
+        task_losses.append(loss_cls)
+    return jnp.stack(task_losses), (new_stats, metrics)
 
 
 def _keep_frozen(state: TrainState, new_params, new_stats):
@@ -146,20 +164,104 @@ def _keep_frozen(state: TrainState, new_params, new_stats):
     return new_params, new_stats
 
 
+# GradNorm's "last shared layer" (Chen et al. 2018, sec. 3.2): the backbone's last residual block,
+# whose output is the bottleneck every task head reads.
+LAST_SHARED_BLOCK = "layer4_1"
+
+
+def _model_gradients(state: TrainState, batch, rng):
+    """Gradient of the weighted multi-task objective w.r.t. the model's parameters.
+
+    With the "sum" combination (and no GradNorm) this is one backward pass of the weighted sum.
+    Otherwise each task's gradient is taken separately (a Jacobian of the T task losses, T
+    backward passes): the backbone's per-task gradients are combined by the configured method
+    (mtcolor.mtl.gradient) and every other parameter, which only one task reaches, gets the sum.
+    Returns (grads, task_losses f32[T], new BN stats, metrics, new gradient-method state,
+    shared-layer gradient norms f32[T] or None).
+    """
+    obj = state.objective
+    weighting, combination = state_lib.mtl_methods(obj)
+    weighting_state = state.mtl["weighting"]
+    params = state.params[MODEL]
+    if not obj.needs_task_gradients:
+
+        def weighted_sum(p):
+            task_losses, aux = _task_losses(state, p, batch, rng)
+            return weighting.task_terms(weighting_state, task_losses).sum(), (task_losses, aux)
+
+        grads, (task_losses, (new_stats, metrics)) = jax.grad(weighted_sum, has_aux=True)(params)
+        return grads, task_losses, new_stats, metrics, state.mtl["gradient"], None
+
+    task_losses, task_vjp, (new_stats, metrics) = jax.vjp(
+        lambda p: _task_losses(state, p, batch, rng), params, has_aux=True
+    )
+    # One backward pass per task (rows of the identity): leaves get a leading task axis.
+    (jacobian,) = jax.vmap(task_vjp)(jnp.eye(task_losses.shape[0], dtype=task_losses.dtype))
+    # Each task's term depends on its own loss only, so the weighted per-task gradient is the
+    # task's gradient times d term_i / d loss_i (the weight, for every method but uncertainty's
+    # and FAMO's nonlinear terms).
+    scales = jax.grad(lambda l: weighting.task_terms(weighting_state, l).sum())(task_losses)
+    weighted = jax.tree.map(
+        lambda g: g * scales.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype), jacobian
+    )
+    shared = weighted[BACKBONE]
+    combined, gradient_state, _ = mtl.combine_trees(
+        combination, shared, state.mtl["gradient"], jax.random.fold_in(rng, 1)
+    )
+    grads = {name: jax.tree.map(lambda g: g.sum(0), tree) for name, tree in weighted.items()}
+    grads[BACKBONE] = combined
+    last = jax.tree.leaves(jacobian[BACKBONE].get(LAST_SHARED_BLOCK, jacobian[BACKBONE]))
+    norms = jnp.sqrt(sum(jnp.sum(jnp.square(g.reshape(g.shape[0], -1).astype(jnp.float32)), 1)
+                         for g in last))
+    return grads, task_losses, new_stats, metrics, gradient_state, norms
+
+
+def _update_weighting(state: TrainState, new_model_params, batch, rng, task_losses, norms):
+    """The loss weighting's own update after the model's (learned weights, loss history)."""
+    obj = state.objective
+    weighting, _ = state_lib.mtl_methods(obj)
+    losses_after = None
+    if obj.weighting == "famo":
+        # FAMO (Liu et al. 2023, Alg. 1) compares the same batch's losses before and after the
+        # update: one extra forward pass, only for this method.
+        losses_after, _ = _task_losses(state, new_model_params, batch, rng)
+        losses_after = jax.lax.stop_gradient(losses_after)
+    epoch_end = False
+    if obj.steps_per_epoch:
+        epoch_end = (state.step + 1) % obj.steps_per_epoch == 0
+    stats = mtl.StepStats(
+        losses=jax.lax.stop_gradient(task_losses),
+        shared_grad_norms=norms,
+        losses_after=losses_after,
+        epoch_end=epoch_end,
+    )
+    return weighting.update(state.mtl["weighting"], stats)
+
+
 def generator_step(state: TrainState, batch, rng):
     """One generator (or classifier) update; increments ``state.step``."""
-    grads, (new_stats, metrics) = jax.grad(_model_losses, argnums=1, has_aux=True)(
-        state, state.params[MODEL], batch, rng
+    obj = state.objective
+    weighting, _ = state_lib.mtl_methods(obj)
+    grads, task_losses, new_stats, metrics, gradient_state, norms = _model_gradients(
+        state, batch, rng
     )
+    weights = weighting.weights(state.mtl["weighting"])
+    metrics["loss_g" if obj.has_color else "loss"] = weighting.task_terms(
+        state.mtl["weighting"], task_losses
+    ).sum()
+    for name, weight in zip(obj.task_names, weights):
+        metrics[f"weight_{name}"] = weight
     tx = optim.model_tx(state.optimizer)
     updates, new_opt = tx.update(grads, state.opt_state[MODEL], state.params[MODEL])
     new_params = optax.apply_updates(state.params[MODEL], updates)
     new_params, new_stats = _keep_frozen(state, new_params, new_stats)
+    weighting_state = _update_weighting(state, new_params, batch, rng, task_losses, norms)
     state = state.replace(
         step=state.step + 1,
         params={**state.params, MODEL: new_params},
         batch_stats={**state.batch_stats, MODEL: new_stats},
         opt_state={**state.opt_state, MODEL: new_opt},
+        mtl={"weighting": weighting_state, "gradient": gradient_state},
     )
     return state, metrics
 
