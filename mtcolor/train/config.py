@@ -78,4 +78,11 @@ def base_config(experiment: str = "multitask") -> ml_collections.ConfigDict:
     # command to continue. For time-limited jobs; None runs to the end.
     config.train.max_steps_per_run = ml_collections.FieldReference(None, field_type=int)
     config.train.distributed = False
+    # Task-specific early stopping (paper V-A: the class head overfits before colorization
+    # converges). None: off. N: when a task's validation loss (val/l1 for colorization,
+    # val/loss_cls for classification) has not improved for N evaluations, that task's head
+    # goes back to its best weights and stops training (its loss share becomes 0, and the
+    # discriminator stops with colorization) while the other tasks go on; the run ends when
+    # every task has stopped. Costs one copy of each head in the train state.
+    config.train.early_stopping_patience = ml_collections.FieldReference(None, field_type=int)
     return config

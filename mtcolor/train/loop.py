@@ -68,7 +68,7 @@ def train_iteration(fns, state, batch):
     same arithmetic, and the compiled D and G steps are shared with direct users of them."""
     rng = fns.iteration_rng(state)
     metrics = {}
-    if state.discriminator is not None:
+    if state.discriminator is not None and "colorization" in state_lib.active_tasks(state):
         state, metrics = fns.discriminator_step(state, batch, rng)
     state, model_metrics = fns.generator_step(state, batch, rng)
     return state, {**metrics, **model_metrics}
@@ -281,10 +281,25 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
             extra=tracker.get_state() if tracker is not None else None,
         )
 
+    patience = config.train.get("early_stopping_patience")
+
+    def early_stop_tasks(state, s):
+        state, stopped = state_lib.early_stopping_update(state, final["val"], s, int(patience))
+        for task in stopped:
+            logging.info("step %d: %s stopped early (its best head restored)", s, task)
+            print(f"step {s}: task {task} stopped early; its head is back at its best weights")
+        active = state_lib.active_tasks(state)
+        writer.write_scalars(
+            s, {f"early_stopping/active_{t}": float(t in active) for t in state.objective.task_names}
+        )
+        return sharding.replicate(state, mesh)
+
     t0 = time.time()
     stop_at = total_steps
     if config.train.max_steps_per_run:
         stop_at = min(total_steps, start_step + int(config.train.max_steps_per_run))
+    if patience is not None and not state_lib.active_tasks(state):
+        stop_at = step  # resumed after every task had stopped early: nothing left to train
     if state.optimizer.backbone_frozen and step >= phase1:
         state = sharding.replicate(state_lib.unfreeze_backbone(state), mesh)
     while step < stop_at:
@@ -308,6 +323,13 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
         if step % eval_every == 0 or step == total_steps:
             check_pending()
             evaluate(step)
+            if patience is not None:
+                state = early_stop_tasks(state, step)
+                if not state_lib.active_tasks(state):
+                    logging.info("step %d: every task has stopped early; ending the run", step)
+                    save(step)
+                    stop_at = step
+                    break
         if step % ckpt_every == 0 or step == stop_at:
             save(step)
     check_pending()
@@ -322,7 +344,8 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
         "epochs": step / steps_per_epoch,
         "wall_time_s": wall,
         "steps_this_run": step - start_step,
-        "finished": step >= total_steps,
+        "finished": step >= total_steps or not state_lib.active_tasks(state),
+        "early_stopping": _early_stopping_summary(state),
         "final": final,
         "best": best,
         "config": _json_ready(config),
@@ -345,6 +368,22 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
         print(f"Scalars:          {os.path.join(workdir, 'scalars.jsonl')}")
         print(f"Summary:          {os.path.join(workdir, 'summary.json')}")
     return summary
+
+
+def _early_stopping_summary(state) -> dict | None:
+    """Per task: still training, best validation loss and its step (None without early stopping)."""
+    es = state.mtl.get("early_stopping")
+    if es is None:
+        return None
+    es = jax.device_get({k: v for k, v in es.items() if k != "best"})
+    return {
+        task: {
+            "active": bool(es["active"][i] > 0),
+            "best_val_loss": float(es["best_loss"][i]),
+            "best_step": int(es["best_step"][i]),
+        }
+        for i, task in enumerate(state.objective.task_names)
+    }
 
 
 def _read_best(workdir):

@@ -17,10 +17,15 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mtcolor.train import optim
 
 EXPERIMENTS = ("multitask", "colorization", "classification")
+# The parameters only one task reaches (model params' top-level subtrees), and the validation
+# loss early stopping watches for it.
+TASK_PARAMS = {"colorization": "decoder", "classification": "head"}
+TASK_VAL_LOSS = {"colorization": "l1", "classification": "loss_cls"}
 MODEL = "model"
 DISCRIMINATOR = "discriminator"
 
@@ -145,6 +150,81 @@ def mtl_methods(objective: Objective):
     return weighting, gradient
 
 
+def early_stopping_init(objective: Objective, model_params, model_batch_stats) -> dict:
+    """Per-task early-stopping bookkeeping, checkpointed with the state: which tasks still
+    train, each task's best validation loss, evaluations since it improved, the step of the best,
+    and a copy of each task's head at its best (restored when the task stops)."""
+    tasks = objective.task_names
+    best = {}
+    for task in tasks:
+        name = TASK_PARAMS[task]
+        best[task] = {
+            "params": jax.tree.map(jnp.copy, model_params[name]),
+            "batch_stats": jax.tree.map(jnp.copy, model_batch_stats.get(name, {})),
+        }
+    return {
+        "active": jnp.ones((len(tasks),), jnp.float32),
+        "best_loss": jnp.full((len(tasks),), jnp.inf, jnp.float32),
+        "since_best": jnp.zeros((len(tasks),), jnp.int32),
+        "best_step": jnp.full((len(tasks),), -1, jnp.int32),
+        "best": best,
+    }
+
+
+def early_stopping_update(state: TrainState, val_metrics: dict, step: int, patience: int):
+    """After an evaluation (host side): record improvements, stop the tasks whose validation
+    loss has not improved for ``patience`` evaluations (their head back to its best weights).
+    Returns (new state, names of the tasks stopped now)."""
+    es = jax.device_get(state.mtl["early_stopping"])
+    active, best_loss = np.array(es["active"]), np.array(es["best_loss"])
+    since, best_step = np.array(es["since_best"]), np.array(es["best_step"])
+    best = dict(state.mtl["early_stopping"]["best"])
+    params, stats = dict(state.params[MODEL]), dict(state.batch_stats[MODEL])
+    stopped_now = []
+    for i, task in enumerate(state.objective.task_names):
+        value = val_metrics.get(TASK_VAL_LOSS[task])
+        if not active[i] or value is None or not np.isfinite(value):
+            continue
+        name = TASK_PARAMS[task]
+        if value < best_loss[i]:
+            best_loss[i], since[i], best_step[i] = value, 0, step
+            best[task] = {
+                "params": jax.tree.map(jnp.copy, params[name]),
+                "batch_stats": jax.tree.map(jnp.copy, stats.get(name, {})),
+            }
+            continue
+        since[i] += 1
+        if since[i] >= patience:
+            active[i] = 0.0
+            params[name] = jax.tree.map(jnp.copy, best[task]["params"])
+            if name in stats:
+                stats[name] = jax.tree.map(jnp.copy, best[task]["batch_stats"])
+            stopped_now.append(task)
+    mtl_state = dict(state.mtl)
+    mtl_state["early_stopping"] = {
+        "active": jnp.asarray(active),
+        "best_loss": jnp.asarray(best_loss),
+        "since_best": jnp.asarray(since),
+        "best_step": jnp.asarray(best_step),
+        "best": best,
+    }
+    new = state.replace(
+        params={**state.params, MODEL: params},
+        batch_stats={**state.batch_stats, MODEL: stats},
+        mtl=mtl_state,
+    )
+    return new, stopped_now
+
+
+def active_tasks(state: TrainState) -> tuple[str, ...]:
+    """The tasks still training (all of them without early stopping)."""
+    es = state.mtl.get("early_stopping")
+    if es is None:
+        return state.objective.task_names
+    active = np.asarray(jax.device_get(es["active"]))
+    return tuple(t for t, a in zip(state.objective.task_names, active) if a > 0)
+
+
 def optimizer_spec_from_config(config, backbone_frozen: bool) -> optim.OptimizerSpec:
     return optim.OptimizerSpec(
         learning_rate=float(config.optim.learning_rate),
@@ -211,13 +291,16 @@ def create_train_state(
         opt_state[DISCRIMINATOR] = optim.discriminator_tx(spec).init(params[DISCRIMINATOR])
     objective = objective_from_config(config, steps_per_epoch)
     weighting, gradient = mtl_methods(objective)
+    mtl_state = {"weighting": weighting.init(), "gradient": gradient.init(len(objective.task_names))}
+    if config.train.get("early_stopping_patience") is not None:
+        mtl_state["early_stopping"] = early_stopping_init(objective, params[MODEL], batch_stats[MODEL])
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=batch_stats,
         opt_state=opt_state,
         rng=state_rng,
-        mtl={"weighting": weighting.init(), "gradient": gradient.init(len(objective.task_names))},
+        mtl=mtl_state,
         model=model,
         discriminator=discriminator,
         objective=objective,

@@ -187,7 +187,8 @@ def _model_gradients(state: TrainState, batch, rng):
 
         def weighted_sum(p):
             task_losses, aux = _task_losses(state, p, batch, rng)
-            return weighting.task_terms(weighting_state, task_losses).sum(), (task_losses, aux)
+            terms = weighting.task_terms(weighting_state, task_losses) * _active(state)
+            return terms.sum(), (task_losses, aux)
 
         grads, (task_losses, (new_stats, metrics)) = jax.grad(weighted_sum, has_aux=True)(params)
         return grads, task_losses, new_stats, metrics, state.mtl["gradient"], None
@@ -200,7 +201,9 @@ def _model_gradients(state: TrainState, batch, rng):
     # Each task's term depends on its own loss only, so the weighted per-task gradient is the
     # task's gradient times d term_i / d loss_i (the weight, for every method but uncertainty's
     # and FAMO's nonlinear terms).
-    scales = jax.grad(lambda l: weighting.task_terms(weighting_state, l).sum())(task_losses)
+    scales = jax.grad(lambda l: (weighting.task_terms(weighting_state, l) * _active(state)).sum())(
+        task_losses
+    )
     weighted = jax.tree.map(
         lambda g: g * scales.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype), jacobian
     )
@@ -214,6 +217,32 @@ def _model_gradients(state: TrainState, batch, rng):
     norms = jnp.sqrt(sum(jnp.sum(jnp.square(g.reshape(g.shape[0], -1).astype(jnp.float32)), 1)
                          for g in last))
     return grads, task_losses, new_stats, metrics, gradient_state, norms
+
+
+def _active(state: TrainState) -> jax.Array:
+    """1 for the tasks still training, 0 for those early stopping has stopped (f32[T])."""
+    es = state.mtl.get("early_stopping")
+    if es is None:
+        return jnp.ones((len(state.objective.task_names),), jnp.float32)
+    return es["active"]
+
+
+def _freeze_stopped_heads(state: TrainState, updates, new_stats):
+    """A stopped task's own parameters get no update (not even Adam's momentum) and its BN
+    statistics stay, so its head stays at the best weights early stopping restored."""
+    if "early_stopping" not in state.mtl:
+        return updates, new_stats
+    active = state.mtl["early_stopping"]["active"]
+    updates, new_stats = dict(updates), dict(new_stats)
+    old_stats = state.batch_stats[MODEL]
+    for i, task in enumerate(state.objective.task_names):
+        name = state_lib.TASK_PARAMS[task]
+        updates[name] = jax.tree.map(lambda u: u * active[i].astype(u.dtype), updates[name])
+        if name in new_stats:
+            new_stats[name] = jax.tree.map(
+                lambda new, old: jnp.where(active[i] > 0, new, old), new_stats[name], old_stats[name]
+            )
+    return updates, new_stats
 
 
 def _update_weighting(state: TrainState, new_model_params, batch, rng, task_losses, norms):
@@ -246,13 +275,14 @@ def generator_step(state: TrainState, batch, rng):
         state, batch, rng
     )
     weights = weighting.weights(state.mtl["weighting"])
-    metrics["loss_g" if obj.has_color else "loss"] = weighting.task_terms(
-        state.mtl["weighting"], task_losses
+    metrics["loss_g" if obj.has_color else "loss"] = (
+        weighting.task_terms(state.mtl["weighting"], task_losses) * _active(state)
     ).sum()
     for name, weight in zip(obj.task_names, weights):
         metrics[f"weight_{name}"] = weight
     tx = optim.model_tx(state.optimizer)
     updates, new_opt = tx.update(grads, state.opt_state[MODEL], state.params[MODEL])
+    updates, new_stats = _freeze_stopped_heads(state, updates, new_stats)
     new_params = optax.apply_updates(state.params[MODEL], updates)
     new_params, new_stats = _keep_frozen(state, new_params, new_stats)
     weighting_state = _update_weighting(state, new_params, batch, rng, task_losses, norms)
@@ -261,7 +291,7 @@ def generator_step(state: TrainState, batch, rng):
         params={**state.params, MODEL: new_params},
         batch_stats={**state.batch_stats, MODEL: new_stats},
         opt_state={**state.opt_state, MODEL: new_opt},
-        mtl={"weighting": weighting_state, "gradient": gradient_state},
+        mtl={**state.mtl, "weighting": weighting_state, "gradient": gradient_state},
     )
     return state, metrics
 
