@@ -81,3 +81,21 @@ def test_a_stopped_head_gets_no_update_and_keeps_its_statistics():
     np.testing.assert_array_equal(new_stats["decoder"]["mean"], np.zeros((2,)))
     # The stopped task's loss share is 0.
     np.testing.assert_array_equal(steps._active(state), [0.0, 1.0])
+
+
+def test_report_names_the_stopped_task_and_its_best_step(tmp_path):
+    from mtcolor.eval import report
+
+    summary = {
+        "early_stopping": {
+            "colorization": {"active": True, "best_val_loss": 0.18, "best_step": 6},
+            "classification": {"active": False, "best_val_loss": 1.61, "best_step": 3},
+        }
+    }
+    run = report.Run(tmp_path, "multitask", {}, [], summary, [])
+    lines = report._early_stopping_lines(run)
+    assert lines == [
+        "  - colorization: training to the end, best validation loss 0.18 at step 6",
+        "  - classification: stopped early, best validation loss 1.61 at step 3 "
+        "(its head kept from that step)",
+    ]

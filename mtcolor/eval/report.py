@@ -245,6 +245,7 @@ def table_one_markdown(rows: list[TableRow], runs: dict[str, Run], problems: lis
             lines.append(f"- {ROLE_LABEL[experiment]}: **MISSING**")
         else:
             lines.append(f"- {ROLE_LABEL[experiment]}: `{run.workdir}` ({run.status})")
+            lines += _early_stopping_lines(run)
     lines += ["", "## Sources", ""]
     for row in rows:
         lines.append(
@@ -253,6 +254,22 @@ def table_one_markdown(rows: list[TableRow], runs: dict[str, Run], problems: lis
     if problems:
         lines += ["", "## Problems", ""] + [f"- {problem}" for problem in problems]
     return "\n".join(lines) + "\n"
+
+
+def _early_stopping_lines(run: Run) -> list[str]:
+    """Per-task early stopping of a run (config.train.early_stopping_patience), if it used it."""
+    tasks = (run.summary or {}).get("early_stopping") or {}
+    lines = []
+    for task, info in tasks.items():
+        state = "training to the end" if info.get("active") else "stopped early"
+        lines.append(
+            f"  - {task}: {state}, best validation loss {info.get('best_val_loss'):.4g} "
+            f"at step {info.get('best_step')} (its head kept from that step)"
+            if not info.get("active")
+            else f"  - {task}: {state}, best validation loss {info.get('best_val_loss'):.4g} "
+            f"at step {info.get('best_step')}"
+        )
+    return lines
 
 
 def write_table_one_csv(rows: list[TableRow], path: Path):
