@@ -22,6 +22,9 @@ _FRECHET = flags.DEFINE_bool("frechet", False, "Also compute the ResNet-18 Frech
 _OVERRIDE = flags.DEFINE_multi_string(
     "override", [], "KEY=VALUE config override for every run, after the study's and the variant's "
     "(e.g. data.folder.train_root=/data/imagenet5/train).")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache", "", "JAX persistent compilation cache for the runs "
+    "('' = <root>/jax_cache, 'none' = off): a variant's later seeds reuse the first seed's compiled programs.")
 _EVALUATE = flags.DEFINE_bool("evaluate", True, "Evaluate the runs (--noevaluate: states only).")
 flags.mark_flags_as_required(["study", "root"])
 
@@ -39,6 +42,7 @@ def main(argv):
     files = run_study(_STUDY.value, _ROOT.value, run=_RUN.value, seeds=_SEEDS.value,
                       only=_ONLY.value, frechet=_FRECHET.value, evaluate_runs=_EVALUATE.value,
                       extra_overrides=extra,
+                      compilation_cache=None if _CACHE.value == "none" else _CACHE.value,
                       log=lambda message: print(message, flush=True))
     for path in files:
         print(f"wrote {path}")

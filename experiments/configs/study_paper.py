@@ -1,7 +1,8 @@
 """The multi-task study at the paper's scale (paper.py: 256 px, the five ImageNet classes,
 30 + 15 epochs, ImageNet ResNet-18), for a GPU. The data roots come from the command line:
 
-    python -m experiments.compare --study=experiments/configs/study_paper.py --root=runs/study_paper \
+    python -m experiments.compare --study=experiments/configs/study_paper.py \
+        --root=runs/study_paper \
         --override=data.folder.train_root=/data/imagenet5/train \
         --override=data.folder.val_root=/data/imagenet5/val \
         --override=data.unlabeled.folder.root=/data/imagenet/train --run

@@ -9,7 +9,8 @@ colorfulness_gap = |colorfulness - ground-truth colorfulness| (of the split's me
 
 Delta_m (Maninis, Radosavovic & Kokkinos 2019, eq. 4), in percent:
 
-    Delta_m = 100 / T * sum_t  1 / |M_t| * sum_{j in M_t} (-1)^{l_j} (M_multi,j - M_single,j) / M_single,j
+    Delta_m = 100 / T * sum_t 1 / |M_t| * sum_{j in M_t}
+                  (-1)^{l_j} (M_multi,j - M_single,j) / M_single,j
 
 with l_j = 1 where lower is better; M_t are the metrics of task t marked `in_delta_m` in METRICS;
 M_single,j is the mean over seeds of the single-task run of task t on the same setup. Positive means
@@ -59,7 +60,8 @@ def expected_metrics(experiment: str) -> tuple[str, ...]:
 def metrics_from_eval(result: Mapping) -> dict[str, float]:
     """The METRICS of the "model" row of an evaluate_workdir() result (those it has)."""
     model = result.get("model", {}) or {}
-    out = {k: float(model[k]) for k in ("accuracy", "l1_x100", "psnr", "colorfulness") if k in model}
+    keys = ("accuracy", "l1_x100", "psnr", "colorfulness")
+    out = {k: float(model[k]) for k in keys if k in model}
     gt = (result.get("ground_truth", {}) or {}).get("colorfulness")
     if "colorfulness" in model and gt is not None:
         out["colorfulness_gap"] = abs(float(model["colorfulness"]) - float(gt))
@@ -272,7 +274,8 @@ def table_markdown(rows: Sequence[Row], header: str = "") -> str:
     lines = [header, ""] if header else []
     cols = ["variant", "experiment", "seeds"] + [m.label for m in METRICS]
     cols += ["Delta_m (%)", "Delta_m cls / col (%)", "notes"]
-    lines += ["| " + " | ".join(cols) + " |", "|---|---|---|" + "---:|" * (len(METRICS) + 2) + "---|"]
+    lines += ["| " + " | ".join(cols) + " |",
+              "|---|---|---|" + "---:|" * (len(METRICS) + 2) + "---|"]
     for row in rows:
         seeds = "" if row.kind == "baseline" else ",".join(
             f"{s}*" if s in row.seeds_in_progress else str(s) for s in row.seeds_used) or "none"

@@ -27,6 +27,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -73,7 +74,8 @@ def load_study(path) -> dict:
         variant.setdefault("experiment", "multitask")
         variant.setdefault("overrides", {})
         if variant["experiment"] not in compare.EXPERIMENT_TASKS:
-            raise ValueError(f"variant {variant['name']}: unknown experiment {variant['experiment']}")
+            raise ValueError(
+                f"variant {variant['name']}: unknown experiment {variant['experiment']}")
     names = [v["name"] for v in study["variants"]]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate variant names in {path}: {names}")
@@ -178,9 +180,14 @@ def _log_tail(path: Path, lines: int = 5) -> str:
     return (errors[-1] if errors else " | ".join(text[-lines:]))[-300:]
 
 
-def launch(spec: RunSpec, study: dict, cwd=REPO_ROOT) -> tuple[str, float]:
+def launch(spec: RunSpec, study: dict, cwd=REPO_ROOT, compilation_cache: str | None = None
+           ) -> tuple[str, float]:
     """Trains one run (a subprocess, stdout and stderr appended to <workdir>/log.txt; resumes
-    from its checkpoints). Returns (state, seconds). A failure is written to failed.json."""
+    from its checkpoints). Returns (state, seconds). A failure is written to failed.json.
+
+    `compilation_cache`: a directory for JAX's persistent compilation cache (set as
+    JAX_COMPILATION_CACHE_DIR unless the environment already sets it): the seeds of a variant
+    compile the same programs, so only the first seed pays for compilation."""
     spec.workdir.mkdir(parents=True, exist_ok=True)
     failed = spec.workdir / "failed.json"
     if failed.exists():
@@ -197,7 +204,11 @@ def launch(spec: RunSpec, study: dict, cwd=REPO_ROOT) -> tuple[str, float]:
     with open(log, "a", encoding="utf-8") as out:
         out.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
         out.flush()
-        code = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT).returncode
+        env = dict(os.environ)
+        if compilation_cache:
+            env.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(compilation_cache).resolve()))
+        code = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                              env=env).returncode
     seconds = time.time() - start
     if code != 0:
         reason = f"exit code {code}: {_log_tail(log)} (see {log})"
@@ -370,7 +381,9 @@ def write_outputs(study: dict, study_path: str, specs: Sequence[RunSpec], runs, 
 def run_study(study_path: str, root, *, run: bool = False, seeds: int | None = None,
               only: Sequence[str] | None = None, frechet: bool = False,
               evaluate_runs: bool = True, extra_overrides: dict | None = None,
-              log=print) -> list[Path]:
+              compilation_cache: str | None = "", log=print) -> list[Path]:
+    """Trains (with `run`) and compares a study; returns the files written. `compilation_cache`:
+    "" for <root>/jax_cache, None to leave JAX's default (no persistent cache)."""
     study = load_study(study_path)
     specs = plan(study, root, seeds, only, extra_overrides)
     if run:
@@ -380,7 +393,8 @@ def run_study(study_path: str, root, *, run: bool = False, seeds: int | None = N
                 log(f"{spec.workdir}: finished, skipped")
                 continue
             log(f"{spec.workdir}: {'resuming' if state == 'partial' else 'training'} ...")
-            new_state, seconds = launch(spec, study)
+            cache = str(Path(root) / "jax_cache") if compilation_cache == "" else compilation_cache
+            new_state, seconds = launch(spec, study, compilation_cache=cache)
             log(f"{spec.workdir}: {new_state} ({seconds:.0f} s)")
     split = study["test_split"] or study["eval_split"]
     runs = collect(specs, split, evaluate_runs=evaluate_runs, frechet=frechet, log=log)
