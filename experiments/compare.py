@@ -24,7 +24,8 @@ _OVERRIDE = flags.DEFINE_multi_string(
     "(e.g. data.folder.train_root=/data/imagenet5/train).")
 _CACHE = flags.DEFINE_string(
     "compilation_cache", "", "JAX persistent compilation cache for the runs "
-    "('' = <root>/jax_cache, 'none' = off): a variant's later seeds reuse the first seed's compiled programs.")
+    "('' = <root>/jax_cache, 'none' = off): a variant's later seeds reuse the first seed's "
+    "compiled programs.")
 _EVALUATE = flags.DEFINE_bool("evaluate", True, "Evaluate the runs (--noevaluate: states only).")
 flags.mark_flags_as_required(["study", "root"])
 
