@@ -272,7 +272,7 @@ def _fmt_delta(row: Row) -> str:
 
 def table_markdown(rows: Sequence[Row], header: str = "") -> str:
     lines = [header, ""] if header else []
-    cols = ["variant", "experiment", "seeds"] + [m.label for m in METRICS]
+    cols = ["variant", "experiment", "seeds"] + [m.label.replace("|", "\\|") for m in METRICS]
     cols += ["Delta_m (%)", "Delta_m cls / col (%)", "notes"]
     lines += ["| " + " | ".join(cols) + " |",
               "|---|---|---|" + "---:|" * (len(METRICS) + 2) + "---|"]
@@ -292,7 +292,7 @@ def table_markdown(rows: Sequence[Row], header: str = "") -> str:
             notes.insert(0, "single-task reference")
         if row.kind == "baseline" and row.stats.get("gt_colorfulness", Stat(None, None, 0)).mean:
             notes.append(f"ground-truth colorfulness {row.stats['gt_colorfulness'].mean:.2f}")
-        cells.append("; ".join(notes))
+        cells.append("; ".join(notes).replace("|", "\\|"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

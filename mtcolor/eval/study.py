@@ -302,10 +302,12 @@ def plot_curves(specs: Sequence[RunSpec], keys: Sequence[str], path: Path, title
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
     drawn = False
     for ax, key in zip(axes[0], keys):
-        for variant, workdirs in by_variant.items():
+        for i, (variant, workdirs) in enumerate(by_variant.items()):
             steps, values = mean_curve(workdirs, key)
             if len(steps):
-                ax.plot(steps, values, label=f"{variant} (n={len(workdirs)})")
+                # Line styles cycle too: equal curves (fixed weights) stay visible.
+                ax.plot(steps, values, label=f"{variant} (n={len(workdirs)})", marker=".",
+                        linestyle=("-", "--", ":", "-.")[i % 4])
                 drawn = True
         ax.set_xlabel("step")
         ax.set_title(key)
