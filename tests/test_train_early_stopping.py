@@ -99,3 +99,20 @@ def test_report_names_the_stopped_task_and_its_best_step(tmp_path):
         "  - classification: stopped early, best validation loss 1.61 at step 3 "
         "(its head kept from that step)",
     ]
+
+
+
+def test_fresh_states_share_no_buffers_with_the_cached_methods():
+    # The steps donate the state: a method state shared between two train states (the methods are
+    # cached per objective) would be deleted under the second one (seen as "Array has been
+    # deleted" when a run resumed in the same process).
+    objective = state_lib.Objective("multitask", weighting="uncertainty", gradient="nash_mtl")
+    first = state_lib.initial_mtl_state(objective)
+    for leaf in jax.tree.leaves(first):
+        leaf.delete()  # what donating the first state does
+    second = state_lib.initial_mtl_state(objective)
+    assert jax.tree.leaves(second) and not any(x.is_deleted() for x in jax.tree.leaves(second))
+    fixed = state_lib.Objective("multitask")
+    for leaf in jax.tree.leaves(state_lib.initial_mtl_state(fixed)):
+        leaf.delete()
+    assert not any(x.is_deleted() for x in jax.tree.leaves(state_lib.initial_mtl_state(fixed)))

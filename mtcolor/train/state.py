@@ -150,6 +150,17 @@ def mtl_methods(objective: Objective):
     return weighting, gradient
 
 
+def initial_mtl_state(objective: Objective) -> dict:
+    """The weighting's and the gradient combination's initial states, in fresh buffers: the
+    methods are cached per objective and an init may return arrays it holds (e.g. the fixed
+    weights), while the steps donate the state, which would delete such shared arrays."""
+    weighting, gradient = mtl_methods(objective)
+    return jax.tree.map(
+        lambda x: jnp.array(x, copy=True),
+        {"weighting": weighting.init(), "gradient": gradient.init(len(objective.task_names))},
+    )
+
+
 def early_stopping_init(objective: Objective, model_params, model_batch_stats) -> dict:
     """Per-task early-stopping bookkeeping, checkpointed with the state: which tasks still
     train, each task's best validation loss, evaluations since it improved, the step of the best,
@@ -290,8 +301,7 @@ def create_train_state(
         batch_stats[DISCRIMINATOR] = d_vars.get("batch_stats", {})
         opt_state[DISCRIMINATOR] = optim.discriminator_tx(spec).init(params[DISCRIMINATOR])
     objective = objective_from_config(config, steps_per_epoch)
-    weighting, gradient = mtl_methods(objective)
-    mtl_state = {"weighting": weighting.init(), "gradient": gradient.init(len(objective.task_names))}
+    mtl_state = initial_mtl_state(objective)
     if config.train.get("early_stopping_patience") is not None:
         mtl_state["early_stopping"] = early_stopping_init(objective, params[MODEL], batch_stats[MODEL])
     return TrainState(
