@@ -1,6 +1,6 @@
 """Write the small torch-made fixtures for tests/test_weights.py (run once, with torch installed).
 
-    /work/venv_torch/bin/python benchmarks/make_weight_fixtures.py [--legacy-only]
+    .venv-torch/bin/python benchmarks/make_weight_fixtures.py [--legacy-only]
 
 `--legacy-only` rewrites just torch_legacy.pth, after checking that the seeded tensors still equal
 torch_small_expected.npz (which the test compares the legacy file against).
