@@ -1,5 +1,6 @@
-"""The multi-task study at CPU scale: about two hours on a 2-core CPU (an estimate from the demo's
-measured speed, see docs/compare.md), 64 px synthetic data, demo-like schedule, 3 seeds.
+"""The multi-task study at CPU scale: 32 px synthetic data, a demo-like schedule of 100 steps per
+run, 3 seeds: 45 runs that fit a 2-core CPU in about two hours (measured: docs/compare.md). At
+64 px a cGAN step costs about 3 s on that CPU and the study would take 4 hours.
 
     python -m experiments.compare --study=experiments/configs/study_small.py --root=runs/study --run
 
@@ -11,12 +12,12 @@ Every run is experiments/configs/demo.py with OVERRIDES, plus its variant's over
 IMAGENET_VAL_1300 = "../shared/data/imagenet-val-1300/images"
 
 OVERRIDES = {
-    "image_size": 64,
+    "image_size": 32,
     "batch_size": 16,
     "data.synthetic.train_size": 320,  # 20 steps per epoch
     "data.synthetic.val_size": 128,
     "train.frozen_epochs": 1,
-    "train.unfrozen_epochs": 3,  # 80 steps in all (the demo: 180 at 32 px)
+    "train.unfrozen_epochs": 4,  # 100 steps in all (the demo: 180)
     "train.evals_per_epoch": 2,
     "train.log_every_steps": 5,
 }
