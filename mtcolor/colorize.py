@@ -226,15 +226,17 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
 class PhotoColorizer:
     """A trained generator applied to photos of any size (see the module docstring)."""
 
-    def __init__(self, model, variables, image_size: int, *, batch_size: int = 8, multitask: bool = True):
+    def __init__(self, model, variables, image_size: int, *, batch_size: int = 8,
+                 task: str = "colorization"):
+        """``model.apply(variables, L, train=False)`` returns {task name: output}; ``task`` names
+        the output that holds the normalized ab."""
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
         self._variables = variables
 
         @jax.jit
         def predict(variables, L_norm):
-            output = model.apply(variables, L_norm, train=False)
-            return output[0] if multitask else output
+            return model.apply(variables, L_norm, train=False)[task]
 
         self._predict = predict
 
@@ -242,11 +244,16 @@ class PhotoColorizer:
     def from_workdir(cls, workdir, *, step=None, batch_size: int = 8) -> "PhotoColorizer":
         from mtcolor.train.checkpointing import load_for_inference
 
+        from mtcolor import tasks as tasks_lib
+
         config, model, variables = load_for_inference(str(workdir), step=step)
-        if config.experiment not in ("multitask", "colorization"):
-            raise ValueError(f"{workdir} is a {config.experiment!r} run: it has no colorization head")
+        colorizing = [t.name for t in model.tasks if isinstance(t, tasks_lib.Colorization)]
+        if not colorizing:
+            raise ValueError(
+                f"{workdir} is a {config.experiment!r} run: it has no colorization head "
+                f"(its tasks: {', '.join(t.name for t in model.tasks)})")
         return cls(model, variables, config.data.image_size, batch_size=batch_size,
-                   multitask=config.experiment == "multitask")
+                   task=colorizing[0])
 
     def model_input(self, L: np.ndarray) -> np.ndarray:
         small = _resize_channel(L, (self.image_size, self.image_size))

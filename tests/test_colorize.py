@@ -19,19 +19,20 @@ class WildColors(nn.Module):
 
     @nn.compact
     def __call__(self, L, train=False):
-        return jnp.concatenate([jnp.sin(7 * L), jnp.cos(5 * L)], -1) * 0.9
+        return {"colorization": jnp.concatenate([jnp.sin(7 * L), jnp.cos(5 * L)], -1) * 0.9}
 
 
 class GentleColors(nn.Module):
     @nn.compact
     def __call__(self, L, train=False):
         ab = jnp.concatenate([0.1 * L + 0.05, -0.1 * L], -1)
-        return ab, jnp.zeros((L.shape[0], 5))  # multitask-style (ab, logits)
+        # A multi-task model's named outputs.
+        return {"colorization": ab, "classification": jnp.zeros((L.shape[0], 5))}
 
 
 @pytest.fixture(scope="module")
 def wild():
-    return colorize.PhotoColorizer(WildColors(), {}, 32, batch_size=2, multitask=False)
+    return colorize.PhotoColorizer(WildColors(), {}, 32, batch_size=2)
 
 
 def _L(rgb_float):
@@ -95,7 +96,7 @@ def test_rgb_grayscale_rgba_cmyk_16bit(tmp_path, wild):
 
 
 def test_compare_and_batches_compile_once(tmp_path):
-    colorizer = colorize.PhotoColorizer(GentleColors(), {}, 32, batch_size=2, multitask=True)
+    colorizer = colorize.PhotoColorizer(GentleColors(), {}, 32, batch_size=2)
     rng = np.random.default_rng(2)
     for i in range(3):  # 3 images with batch 2: one full and one padded batch, same shape
         Image.fromarray(rng.integers(0, 256, (24 + i, 40, 3), dtype=np.uint8)).save(tmp_path / f"p{i}.png")

@@ -7,6 +7,7 @@ import pytest
 from skimage.color import lab2rgb
 from skimage.metrics import peak_signal_noise_ratio
 
+from mtcolor import tasks
 from mtcolor.eval import evaluate, frechet
 
 
@@ -17,7 +18,7 @@ class ConstantModel(nn.Module):
     def __call__(self, L, train=False):
         ab = jnp.full(L.shape[:-1] + (2,), 0.1, jnp.float32)
         bright = (L.mean(axis=(1, 2, 3)) > 0).astype(jnp.int32)
-        return ab, jnp.eye(3)[bright] * 5.0
+        return {"colorization": ab, "classification": jnp.eye(3)[bright] * 5.0}
 
 
 def _batches():
@@ -47,7 +48,8 @@ def test_evaluate_model_metrics_and_baseline():
     batches, L, ab, labels = _batches()
     extractor = frechet.FeatureExtractor(
         "frechet_test_distance", lambda rgb: rgb.mean(axis=(1, 2)), "mean RGB (test)")
-    result = evaluate.evaluate_model(ConstantModel(), {}, "multitask", batches, num_classes=3,
+    result = evaluate.evaluate_model(ConstantModel(), {}, tasks.experiment_tasks("multitask"), batches,
+                                     experiment="multitask", num_classes=3,
                                      class_names=["a", "b", "c"], feature_extractor=extractor)
     assert result["num_examples"] == 6
     model, base = result["model"], result["grayscale_baseline"]
@@ -71,6 +73,13 @@ def test_evaluate_model_metrics_and_baseline():
     assert model["frechet_test_distance"] > 0 and base["frechet_test_distance"] > 0
     markdown = evaluate.results_markdown(result)
     assert "grayscale baseline (ab = 0)" in markdown and "Confusion matrix" in markdown
+    # Each task's own terms (as validation computes them), over the real rows only.
+    color, cls = result["tasks"]["colorization"], result["tasks"]["classification"]
+    assert color["l1"] == pytest.approx(np.abs(0.1 - ab).mean(), rel=1e-5)
+    logits = np.eye(3)[(L.mean(axis=(1, 2, 3)) > 0).astype(int)] * 5.0
+    log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    assert cls["loss_cls"] == pytest.approx(-log_probs[np.arange(6), labels].mean(), rel=1e-5)
+    assert cls["accuracy"] == pytest.approx(4 / 6)
 
 
 def test_evaluate_model_classifier_only():
@@ -79,8 +88,17 @@ def test_evaluate_model_classifier_only():
     class Logits(nn.Module):
         @nn.compact
         def __call__(self, L, train=False):
-            return ConstantModel()(L)[1]
+            return {"classification": ConstantModel()(L)["classification"]}
 
-    result = evaluate.evaluate_model(Logits(), {}, "classification", batches, num_classes=3)
+    result = evaluate.evaluate_model(Logits(), {}, tasks.experiment_tasks("classification"), batches,
+                                     num_classes=3)
     assert result["model"]["accuracy"] == pytest.approx(4 / 6)
-    assert "l1_x100" not in result["model"]
+    assert "l1_x100" not in result["model"] and list(result["tasks"]) == ["classification"]
+    # Rows without a label (has_label 0) count for no classification metric: drop example 2
+    # (label 1, predicted 0) and example 4 (label 1, predicted 1).
+    batches[0]["has_label"] = np.array([1, 1, 0, 1], np.float32)
+    batches[1]["has_label"] = np.array([0, 1, 1, 1], np.float32)
+    result = evaluate.evaluate_model(Logits(), {}, tasks.experiment_tasks("classification"), batches,
+                                     num_classes=3)
+    assert result["model"]["accuracy"] == pytest.approx(3 / 4)
+    assert result["tasks"]["classification"]["accuracy"] == pytest.approx(3 / 4)

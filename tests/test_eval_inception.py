@@ -154,6 +154,7 @@ def test_evaluate_reports_fid_next_to_the_other_distance(tmp_path, torch_state_d
     import flax.linen as nn
     import ml_collections
 
+    from mtcolor import tasks
     from mtcolor.eval import evaluate
 
     path = tmp_path / "fid.npz"
@@ -174,13 +175,13 @@ def test_evaluate_reports_fid_next_to_the_other_distance(tmp_path, torch_state_d
     class ReddishColorizer(nn.Module):
         @nn.compact
         def __call__(self, L, train=False):
-            return jnp.concatenate([jnp.full_like(L, 0.3), jnp.zeros_like(L)], -1)
+            return {"colorization": jnp.concatenate([jnp.full_like(L, 0.3), jnp.zeros_like(L)], -1)}
 
     rng = np.random.default_rng(0)
     batch = {"L": rng.uniform(-1, 1, (3, 16, 16, 1)).astype(np.float32),
              "ab": rng.uniform(-0.3, 0.3, (3, 16, 16, 2)).astype(np.float32),
              "label": np.zeros(3, np.int32), "mask": np.ones(3, np.float32)}
-    result = evaluate.evaluate_model(ReddishColorizer(), {}, "colorization", [batch],
+    result = evaluate.evaluate_model(ReddishColorizer(), {}, tasks.experiment_tasks("colorization"), [batch],
                                      feature_extractor=[mean_rgb, fid_64])
     assert [entry["metric"] for entry in result["frechet"]] == ["frechet_test_distance", "fid"]
     assert result["ground_truth"]["fid"] == 0.0
@@ -189,5 +190,5 @@ def test_evaluate_reports_fid_next_to_the_other_distance(tmp_path, torch_state_d
     markdown = evaluate.results_markdown(result)
     assert "| FID |" in markdown and "fid: FID: Inception-v3 pool3" in markdown
     with pytest.raises(ValueError, match="share a metric name"):
-        evaluate.evaluate_model(ReddishColorizer(), {}, "colorization", [batch],
+        evaluate.evaluate_model(ReddishColorizer(), {}, tasks.experiment_tasks("colorization"), [batch],
                                 feature_extractor=[fid_64, fid_64])

@@ -85,8 +85,9 @@ def test_load_for_inference_latest_and_best(multitask_run):
     config, model, variables = checkpointing.load_for_inference(str(workdir))
     assert config.experiment == "multitask"
     L = np.zeros((2, 32, 32, 1), np.float32)
-    ab, logits = model.apply(variables, L, train=False)
-    assert ab.shape == (2, 32, 32, 2) and logits.shape == (2, 5)
+    outputs = model.apply(variables, L, train=False)
+    assert outputs["colorization"].shape == (2, 32, 32, 2)
+    assert outputs["classification"].shape == (2, 5)
     _, _, best = checkpointing.load_for_inference(str(workdir), "best")
     assert jax.tree.structure(best) == jax.tree.structure(variables)
 
@@ -181,7 +182,8 @@ def test_single_task_runs(experiment, tmp_path):
     assert os.path.isdir(tmp_path / "images") == (experiment == "colorization")
     _, model, variables = checkpointing.load_for_inference(str(tmp_path), "best")
     out = model.apply(variables, np.zeros((1, 32, 32, 1), np.float32), train=False)
-    assert out.shape == ((1, 32, 32, 2) if experiment == "colorization" else (1, 5))
+    assert list(out) == [experiment]
+    assert out[experiment].shape == ((1, 32, 32, 2) if experiment == "colorization" else (1, 5))
 
 
 def test_killed_process_resumes_to_identical_parameters(multitask_run, tmp_path):

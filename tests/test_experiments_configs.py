@@ -23,7 +23,8 @@ def test_paper_config_has_the_papers_hyperparameters():
     assert paper.get_config("tfds").data.source == "tfds"
     for experiment, weight in (("multitask", 10.0), ("classification", 1.0)):
         c.experiment = experiment
-        assert state_lib.objective_from_config(c).cls_weight == weight
+        objective = state_lib.objective_from_config(c)
+        assert dict(zip(objective.task_names, objective.base_weights))["classification"] == weight
 
 
 def test_batch_size_override_reaches_the_data_config():

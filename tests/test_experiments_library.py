@@ -17,12 +17,16 @@ def test_extra_head_example_trains_through_the_shared_loop(tmp_path):
     summary = extra_head.train(config, str(tmp_path))
     assert summary["steps"] == 3
     assert {"accuracy", "l1", "loss_cls"} <= summary["final"]["val"].keys()
-    assert json.load(open(tmp_path / "config.json"))["loss"]["cls_weight"] == 3.0
+    # The task's weight, as the trainer logged it (the config's cls_weight is the paper's).
+    rows = [json.loads(line) for line in open(tmp_path / "scalars.jsonl")]
+    weights = {r["train/weight_classification"] for r in rows if "train/weight_classification" in r}
+    assert weights == {3.0}
     _, model, variables = checkpointing.load_for_inference(
-        str(tmp_path), model=extra_head.PooledHeadMultiTask()
+        str(tmp_path), tasks=extra_head.pooled_head_tasks(config)
     )
     # The pooled head: 512 pooled features -> 256 hidden units (the paper's head: 512*h*w -> 1000).
     kernels = [np.shape(v["kernel"]) for v in variables["params"]["head"].values()]
     assert (512, 256) in kernels
-    ab, logits = model.apply(variables, np.zeros((1, 32, 32, 1), np.float32), train=False)
-    assert ab.shape == (1, 32, 32, 2) and logits.shape == (1, 5)
+    outputs = model.apply(variables, np.zeros((1, 32, 32, 1), np.float32), train=False)
+    assert outputs["colorization"].shape == (1, 32, 32, 2)
+    assert outputs["classification"].shape == (1, 5)

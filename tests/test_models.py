@@ -20,14 +20,12 @@ from flax import linen as nn
 import mtcolor.weights
 from mtcolor.models import (
     ClassHead,
-    Classifier,
     ColorDecoder,
-    Colorizer,
-    MultiTaskGenerator,
     PatchDiscriminator,
     ResNet18,
     init_variables,
 )
+from mtcolor.tasks import classifier, colorizer, multitask_generator
 from mtcolor.models import decoder as decoder_module
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -298,20 +296,22 @@ def test_parameter_counts():
     # ConvT 16*(512*256 + 256*128 + 128*64 + 64*64 + 64*32) = 2,850,816; BN 2*(256+128+64+64+32)
     # = 1,088; to_ab 3*3*32*2 + 2 = 578.
     assert count(abstract_params(ColorDecoder(), (1, 8, 8, 512))) == 2_852_482
-    assert count(abstract_params(Classifier(), (1, 256, 256, 1))) == 11_170_240 + 32_774_005
-    assert count(abstract_params(Classifier(in_channels=3), (1, 256, 256, 3))) == 11_176_512 + 32_774_005
-    assert count(abstract_params(Colorizer(), (1, 256, 256, 1))) == 11_170_240 + 2_852_482
-    assert count(abstract_params(MultiTaskGenerator(), (1, 256, 256, 1))) == 11_170_240 + 2_852_482 + 32_774_005
+    assert count(abstract_params(classifier(), (1, 256, 256, 1))) == 11_170_240 + 32_774_005
+    assert count(abstract_params(classifier(in_channels=3), (1, 256, 256, 3))) == 11_176_512 + 32_774_005
+    assert count(abstract_params(colorizer(), (1, 256, 256, 1))) == 11_170_240 + 2_852_482
+    assert count(abstract_params(multitask_generator(), (1, 256, 256, 1))) == 11_170_240 + 2_852_482 + 32_774_005
 
 
 def test_composition_shapes_and_names():
     L = jnp.zeros((2, 256, 256, 1))
     shapes = lambda m, x: jax.eval_shape(lambda: m.apply(m.init(jax.random.key(0), x), x))  # noqa: E731
-    ab, logits = shapes(MultiTaskGenerator(), L)
-    assert ab.shape == (2, 256, 256, 2) and logits.shape == (2, 5)
-    assert shapes(Colorizer(), L).shape == (2, 256, 256, 2)
-    assert shapes(Classifier(num_classes=7, pooling="avg"), jnp.zeros((2, 96, 64, 1))).shape == (2, 7)
-    assert set(abstract_params(MultiTaskGenerator(), (1, 64, 64, 1))) == {"backbone", "decoder", "head"}
+    outputs = shapes(multitask_generator(), L)
+    assert outputs["colorization"].shape == (2, 256, 256, 2)
+    assert outputs["classification"].shape == (2, 5)
+    assert shapes(colorizer(), L)["colorization"].shape == (2, 256, 256, 2)
+    outputs = shapes(classifier(num_classes=7, pooling="avg"), jnp.zeros((2, 96, 64, 1)))
+    assert list(outputs) == ["classification"] and outputs["classification"].shape == (2, 7)
+    assert set(abstract_params(multitask_generator(), (1, 64, 64, 1))) == {"backbone", "decoder", "head"}
     _, stages = jax.eval_shape(
         lambda: ResNet18(1).apply(ResNet18(1).init(jax.random.key(0), L), L, return_stages=True)
     )
@@ -320,11 +320,11 @@ def test_composition_shapes_and_names():
 
 @pytest.fixture(scope="module")
 def multitask_variables():
-    return init_variables(MultiTaskGenerator(pooling="avg"), jax.random.key(1), image_size=32, in_channels=1)
+    return init_variables(multitask_generator(pooling="avg"), jax.random.key(1), image_size=32, in_channels=1)
 
 
 def test_frozen_backbone_keeps_running_stats(multitask_variables):
-    model, variables = MultiTaskGenerator(pooling="avg"), multitask_variables
+    model, variables = multitask_generator(pooling="avg"), multitask_variables
     L = jax.random.normal(jax.random.key(0), (2, 32, 32, 1))
     rngs = {"dropout": jax.random.key(2)}
     _, frozen = model.apply(variables, L, train=True, backbone_train=False, rngs=rngs, mutable=["batch_stats"])
@@ -338,15 +338,16 @@ def test_frozen_backbone_keeps_running_stats(multitask_variables):
 def test_bfloat16_computation_keeps_float32_params():
     # Abstract evaluation: dtypes are what is checked, no need to compile anything.
     L = jnp.zeros((1, 64, 64, 1))
-    variables = jax.eval_shape(lambda: Colorizer(dtype=jnp.bfloat16).init(jax.random.key(0), L))
+    variables = jax.eval_shape(lambda: colorizer(dtype=jnp.bfloat16).init(jax.random.key(0), L))
     assert {x.dtype for x in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
     backbone = {"params": variables["params"]["backbone"], "batch_stats": variables["batch_stats"]["backbone"]}
     assert jax.eval_shape(lambda v: ResNet18(1, dtype=jnp.bfloat16).apply(v, L), backbone).dtype == jnp.bfloat16
     # Outputs are cast back to float32 for the losses.
-    assert jax.eval_shape(lambda v: Colorizer(dtype=jnp.bfloat16).apply(v, L), variables).dtype == jnp.float32
-    ab, logits = jax.eval_shape(lambda: MultiTaskGenerator(dtype=jnp.bfloat16).apply(
-        MultiTaskGenerator().init(jax.random.key(0), L), L))
-    assert ab.dtype == logits.dtype == jnp.float32
+    ab = jax.eval_shape(lambda v: colorizer(dtype=jnp.bfloat16).apply(v, L), variables)["colorization"]
+    assert ab.dtype == jnp.float32
+    outputs = jax.eval_shape(lambda: multitask_generator(dtype=jnp.bfloat16).apply(
+        multitask_generator().init(jax.random.key(0), L), L))
+    assert outputs["colorization"].dtype == outputs["classification"].dtype == jnp.float32
 
 
 # ------------------------------------------------------------------------------ initialisation
@@ -363,7 +364,7 @@ def test_pix2pix_init_statistics():
     np.testing.assert_array_equal(variables["params"]["bn4"]["bias"], 0.0)
     np.testing.assert_array_equal(variables["batch_stats"]["bn4"]["var"], 1.0)
     # Generator parts: decoder convT and the (non-pretrained) backbone get the same scheme.
-    g = init_variables(Colorizer(), jax.random.key(1), image_size=32, in_channels=1)
+    g = init_variables(colorizer(), jax.random.key(1), image_size=32, in_channels=1)
     assert abs(np.asarray(g["params"]["decoder"]["up0_convT"]["kernel"]).std() - 0.02) < 4e-4
     assert abs(np.asarray(g["params"]["backbone"]["layer4_1"]["conv2"]["kernel"]).std() - 0.02) < 4e-4
 
@@ -385,7 +386,7 @@ def test_init_variables_loads_pretrained_backbone(golden, monkeypatch, resnet_va
         return gray
 
     monkeypatch.setattr(mtcolor.weights, "load_resnet18", fake_load_resnet18, raising=False)
-    variables = init_variables(MultiTaskGenerator(pooling="avg"), jax.random.key(0), 32, 1, pretrained="some.pth")
+    variables = init_variables(multitask_generator(pooling="avg"), jax.random.key(0), 32, 1, pretrained="some.pth")
     assert calls == [("some.pth", 1)]
     loaded = jax.tree_util.tree_map(np.array_equal, variables["params"]["backbone"], gray["params"])
     assert all(jax.tree_util.tree_leaves(loaded))
@@ -398,7 +399,7 @@ def test_init_variables_loads_pretrained_backbone(golden, monkeypatch, resnet_va
     np.testing.assert_array_equal(only["params"]["conv1"]["kernel"], gray["params"]["conv1"]["kernel"])
     monkeypatch.setattr(mtcolor.weights, "load_resnet18", lambda p, c: resnet_variables)
     with pytest.raises(ValueError, match="conv1"):
-        init_variables(Colorizer(), jax.random.key(0), 32, 1, pretrained="some.pth")
+        init_variables(colorizer(), jax.random.key(0), 32, 1, pretrained="some.pth")
 
 
 # ------------------------------------------------------------------- tiny-map convolution form

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtcolor import tasks
 from mtcolor.train import optim
 from mtcolor.train import state as state_lib
 from mtcolor.train import steps
@@ -18,7 +19,7 @@ def _state(decoder_value=0.0, head_value=0.0, patience=2):
         "head": {"w": jnp.full((4,), head_value)},
     }
     stats = {"decoder": {"mean": jnp.zeros((2,))}}
-    objective = state_lib.Objective("multitask")
+    objective = state_lib.Objective(tasks.experiment_tasks("multitask"), "multitask")
     return state_lib.TrainState(
         step=jnp.zeros((), jnp.int32),
         params={"model": params},
@@ -106,13 +107,13 @@ def test_fresh_states_share_no_buffers_with_the_cached_methods():
     # The steps donate the state: a method state shared between two train states (the methods are
     # cached per objective) would be deleted under the second one (seen as "Array has been
     # deleted" when a run resumed in the same process).
-    objective = state_lib.Objective("multitask", weighting="uncertainty", gradient="nash_mtl")
+    objective = state_lib.Objective(tasks.experiment_tasks("multitask"), "multitask", weighting="uncertainty", gradient="nash_mtl")
     first = state_lib.initial_mtl_state(objective)
     for leaf in jax.tree.leaves(first):
         leaf.delete()  # what donating the first state does
     second = state_lib.initial_mtl_state(objective)
     assert jax.tree.leaves(second) and not any(x.is_deleted() for x in jax.tree.leaves(second))
-    fixed = state_lib.Objective("multitask")
+    fixed = state_lib.Objective(tasks.experiment_tasks("multitask"), "multitask")
     for leaf in jax.tree.leaves(state_lib.initial_mtl_state(fixed)):
         leaf.delete()
     assert not any(x.is_deleted() for x in jax.tree.leaves(state_lib.initial_mtl_state(fixed)))

@@ -78,9 +78,10 @@ def test_classification_loss_averages_over_labelled_examples_only(pcgrad_state):
 
     @jax.jit
     def losses_and_logits(s, b):
-        (_, logits), _ = s.model.apply(
+        outputs, _ = s.model.apply(
             s.model_variables, b["L"], train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
         )
+        logits = outputs["classification"]
         return steps._task_losses(s, s.params["model"], b, rng)[0], logits
 
     task_losses, logits = losses_and_logits(state, batch)

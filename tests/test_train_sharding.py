@@ -1,4 +1,5 @@
-"""Data parallelism: one training iteration on 4 simulated CPU devices equals the 1-device one.
+"""Data parallelism: one training iteration on 4 simulated CPU devices equals the 1-device one,
+with the paper's summed loss and with a learned weighting and a gradient method (PCGrad).
 
 Why float64. In float32 the 1- and 4-device iterations differ by summation order only (XLA
 all-reduces the gradients and the BatchNorm batch statistics of the global batch), about 1e-5
@@ -33,6 +34,8 @@ import textwrap
 # absolute sum can exceed the result by ~1e3 through cancellation, so a reordered sum may differ by
 # up to n * u * 1e3 ~ 1e-9 in the worst case (measured: 4e-14). The injected bugs give 1e-3 to 1.
 TOLERANCE = 1e-9
+# Float32 combination of the per-task gradients (see the test); the injected bugs give 1e-3 to 1.
+MTL_TOLERANCE = 1e-5
 
 SCRIPT = textwrap.dedent("""
     import json, sys
@@ -42,7 +45,7 @@ SCRIPT = textwrap.dedent("""
     import jax.numpy as jnp, numpy as np
     assert len(jax.devices()) == 4, jax.devices()
     from experiments.configs import tiny
-    from mtcolor import models
+    from mtcolor import models, tasks
     from mtcolor.models import decoder as decoder_lib, patchgan as patchgan_lib, resnet as resnet_lib
     from mtcolor.train import sharding, state as state_lib, steps
 
@@ -104,20 +107,25 @@ SCRIPT = textwrap.dedent("""
         lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
     config = tiny.get_config()
     config.batch_size = 8
-    state = state_lib.create_train_state(config, jax.random.PRNGKey(0), backbone_frozen=False)
-    state = state.replace(
-        params=f64(state.params), batch_stats=f64(state.batch_stats), opt_state=f64(state.opt_state),
-        model=models.MultiTaskGenerator(num_classes=5, dtype=jnp.float64),
-        discriminator=models.PatchDiscriminator(dtype=jnp.float64))
+
+    def make_state(config):
+        state = state_lib.create_train_state(config, jax.random.PRNGKey(0), backbone_frozen=False)
+        return state.replace(
+            params=f64(state.params), batch_stats=f64(state.batch_stats),
+            opt_state=f64(state.opt_state),
+            model=tasks.multitask_generator(num_classes=5, dtype=jnp.float64),
+            discriminator=models.PatchDiscriminator(dtype=jnp.float64))
+
+    state = make_state(config)
     rng = np.random.default_rng(0)
     batch = {"L": rng.uniform(-1, 1, (8, 32, 32, 1)),
              "ab": rng.uniform(-0.4, 0.4, (8, 32, 32, 2)),
              "label": np.arange(8, dtype=np.int32) % 5}
 
-    def one_iteration(n, step_fn=steps.train_step):
+    def one_iteration(n, step_fn=steps.train_step, base=None, data=None):
         mesh = sharding.make_mesh(jax.devices()[:n])
-        s = sharding.replicate(jax.tree.map(jnp.copy, state), mesh)
-        b = sharding.put_batch(batch, mesh)
+        s = sharding.replicate(jax.tree.map(jnp.copy, state if base is None else base), mesh)
+        b = sharding.put_batch(batch if data is None else data, mesh)
         assert len(b["L"].sharding.device_set) == n
         # A fresh jit per call: the injected bugs change code that jit's cache cannot see.
         step = jax.jit(lambda s, b: step_fn(s, b), out_shardings=sharding.replicated(mesh))
@@ -142,6 +150,13 @@ SCRIPT = textwrap.dedent("""
                 for x, y in zip(jax.tree.leaves(reference["params"]),
                                 jax.tree.leaves(jax.device_get(state.params))))
     results = {"moved": moved, "correct": compare(reference, one_iteration(4))}
+    # The multi-task methods: learned weights, per-task backbone gradients projected by PCGrad,
+    # classification over the labelled rows only.
+    config.loss.weighting, config.loss.gradient = "uncertainty", "pcgrad"
+    mtl_state = make_state(config)
+    mtl_batch = dict(batch, has_label=(np.arange(8) % 3 != 0).astype(np.float32))
+    results["mtl"] = compare(one_iteration(1, base=mtl_state, data=mtl_batch),
+                             one_iteration(4, base=mtl_state, data=mtl_batch))
     d_step = lambda s, b: steps.discriminator_step(s, b, steps.iteration_rng(s))
     d_reference = one_iteration(1, d_step)
     for bug in ("bn_per_device", "dropout_per_device"):
@@ -172,6 +187,11 @@ def test_four_devices_match_one_device_and_catch_sharding_bugs():
     assert result["moved"] > 1e-4  # the update did something (Adam's first step moves ~lr = 2e-4)
     # The real code: every gradient, second moment, BN statistic and loss agrees.
     assert max(result["correct"].values()) < TOLERANCE, result
+    # With PCGrad and uncertainty weighting too. Their projections and Gram matrices are computed
+    # in float32 whatever the model's dtype (mtcolor.mtl.gradient), so the bound there is
+    # float32's: rounding the float64 gradients to float32 differs by at most one ulp (6e-8),
+    # which the projections can amplify by the cancellation in g_i - (g_i.g_j / |g_j|^2) g_j.
+    assert max(result["mtl"].values()) < MTL_TOLERANCE, result
     # Each injected bug is caught by the same comparison, by a wide margin.
     for bug in ("bn_per_device", "dropout_per_device"):
         assert max(result[bug].values()) > 1e3 * TOLERANCE, (bug, result)

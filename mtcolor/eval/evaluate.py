@@ -1,8 +1,13 @@
 """Evaluating a trained run on a split: every metric next to the grayscale (ab = 0) baseline.
 
-`evaluate_model` is the library function (any model, any iterator of {"L", "ab", "label", "mask"}
-batches); `evaluate_workdir` loads a run's checkpoint and its own data config and writes
-`<workdir>/eval_<split>.json` and `.md`.
+`evaluate_model` is the library function (any model returning {task name: output}, its task
+list, any iterator of {"L", "ab", "label", "mask"} batches); `evaluate_workdir` loads a run's
+checkpoint and its own data config and writes `<workdir>/eval_<split>.json` and `.md`.
+
+Every task gets its own per-example terms (``Task.per_example``, as validation computes them)
+averaged over the examples that have it, under ``result["tasks"][name]``. The paper's two tasks
+get the paper's metrics on top: a colorization task PSNR, SSIM, colorfulness and the Frechet
+distances; a classification task the confusion matrix and per-class accuracy.
 
 Rows of the result:
 - "model": the run's predictions.
@@ -24,17 +29,11 @@ import numpy as np
 
 from mtcolor.eval import frechet, metrics
 
-COLORIZING = ("colorization", "multitask")
 FRECHET_SKIPPED: list[str] = []  # why the last default_feature_extractor() returned None
-CLASSIFYING = ("classification", "multitask")
 
 
-def _split_outputs(experiment: str, outputs):
-    if experiment == "multitask":
-        return outputs[0], outputs[1]
-    if experiment == "colorization":
-        return outputs, None
-    return None, outputs
+def _first(tasks, kind):
+    return next((task for task in tasks if isinstance(task, kind)), None)
 
 
 def make_colorization_metrics_fn():
@@ -65,17 +64,24 @@ def make_colorization_metrics_fn():
 def evaluate_model(
     model,
     variables,
-    experiment: str,
+    tasks,
     batches: Iterable[dict],
     *,
+    experiment: str = "custom",
     num_classes: int | None = None,
     class_names: list[str] | None = None,
     feature_extractor: frechet.FeatureExtractor | Sequence[frechet.FeatureExtractor] | None = None,
 ) -> dict:
     """All metrics of `model` over `batches` (a single pass); pads (mask 0) are ignored.
 
+    `tasks`: the model's task list (mtcolor.tasks); `experiment`: a label for the result.
     `feature_extractor`: one or several; each gives a Frechet distance under its own metric name.
     """
+    from mtcolor import tasks as tasks_lib
+
+    tasks = tasks_lib.check_tasks(tasks)
+    colorizing = _first(tasks, tasks_lib.Colorization)
+    classifying = _first(tasks, tasks_lib.Classification)
     if feature_extractor is None:
         extractors: tuple[frechet.FeatureExtractor, ...] = ()
     elif isinstance(feature_extractor, frechet.FeatureExtractor):
@@ -85,8 +91,13 @@ def evaluate_model(
     if len({e.metric_name for e in extractors}) != len(extractors):
         raise ValueError("two feature extractors share a metric name")
     predict = jax.jit(lambda v, L: model.apply(v, L, train=False))
-    colorization_metrics = make_colorization_metrics_fn() if experiment in COLORIZING else None
+    task_terms = jax.jit(lambda outputs, batch: {
+        task.name: (task.per_example(outputs[task.name], batch, train=False),
+                    task.example_mask(batch))
+        for task in tasks})
+    colorization_metrics = make_colorization_metrics_fn() if colorizing is not None else None
     means = metrics.MeanAccumulator()
+    task_means = {task.name: metrics.MeanAccumulator() for task in tasks}
     labels, predictions = [], []
     rows = ("model", "grayscale_baseline", "ground_truth")
     features: dict[str, dict[str, list[np.ndarray]]] = {
@@ -96,10 +107,18 @@ def evaluate_model(
         L = jnp.asarray(batch["L"])
         mask = np.asarray(batch.get("mask", np.ones(L.shape[0], np.float32))) > 0
         num_examples += int(mask.sum())
-        ab_pred, logits = _split_outputs(experiment, predict(variables, L))
-        if logits is not None:
-            labels.append(np.asarray(batch["label"])[mask])
-            predictions.append(np.asarray(logits).argmax(-1)[mask])
+        outputs = predict(variables, L)
+        arrays = {k: jnp.asarray(v) for k, v in batch.items()
+                  if k != "mask" and np.asarray(v).dtype.kind in "biuf"}
+        task_masks = {}
+        for name, (terms, task_mask) in jax.device_get(task_terms(outputs, arrays)).items():
+            task_masks[name] = mask & (np.asarray(task_mask) > 0)
+            task_means[name].update(terms, task_masks[name])
+        ab_pred = outputs[colorizing.name] if colorizing is not None else None
+        if classifying is not None:
+            labelled = task_masks[classifying.name]  # real rows that have a label
+            labels.append(np.asarray(batch["label"])[labelled])
+            predictions.append(np.asarray(outputs[classifying.name]).argmax(-1)[labelled])
         if colorization_metrics is not None:
             values, images = colorization_metrics(L, ab_pred, jnp.asarray(batch["ab"]))
             means.update(jax.device_get(values), mask)
@@ -108,6 +127,7 @@ def evaluate_model(
                     features[extractor.metric_name][name].append(np.asarray(extractor.features(rgb))[mask])
 
     result: dict = {"experiment": experiment, "num_examples": num_examples,
+                    "tasks": {name: acc.result() for name, acc in task_means.items()},
                     "model": {}, "grayscale_baseline": {}, "ground_truth": {}}
     for key, value in means.result().items():
         row, name = key.split("/")
@@ -201,27 +221,31 @@ def class_names_of(config) -> list[str] | None:
 
 
 def evaluate_workdir(workdir, split: str = "val", *, step=None, fid_weights: str | None = None,
-                     frechet_features: bool = True, batches=None) -> dict:
-    """Evaluates a run's checkpoint (latest, "best" or a step) on `split` of its own data config."""
+                     frechet_features: bool = True, batches=None, tasks=None) -> dict:
+    """Evaluates a run's checkpoint (latest, "best" or a step) on `split` of its own data config.
+    `tasks`: the run's task list when it was trained with custom tasks."""
+    from mtcolor import tasks as tasks_lib
     from mtcolor.train.checkpointing import load_for_inference
 
     workdir = Path(workdir)
-    config, model, variables = load_for_inference(str(workdir), step=step)
+    config, model, variables = load_for_inference(str(workdir), step=step, tasks=tasks)
     experiment = config.experiment
+    tasks = model.tasks if tasks is None else tuple(tasks)
     if batches is None:
         from mtcolor.data.pipeline import make_eval_iterator
 
         batches = make_eval_iterator(config.data, split=split)
     extractors = []
     skipped_reason = None
-    if frechet_features and experiment in COLORIZING:
+    if frechet_features and _first(tasks, tasks_lib.Colorization) is not None:
         FRECHET_SKIPPED.clear()
         extractors = feature_extractors(config, fid_weights)
         skipped_reason = FRECHET_SKIPPED[-1] if FRECHET_SKIPPED else None
     names = class_names_of(config)
     num_classes = config.model.get("num_classes", None) if hasattr(config, "model") else None
     start = time.time()
-    result = evaluate_model(model, variables, experiment, batches, num_classes=num_classes or (len(names) if names else None),
+    result = evaluate_model(model, variables, tasks, batches, experiment=experiment,
+                            num_classes=num_classes or (len(names) if names else None),
                             class_names=names, feature_extractor=extractors)
     result.update({"workdir": str(workdir), "split": split, "checkpoint": "latest" if step is None else step,
                    "eval_time_s": time.time() - start})

@@ -485,9 +485,7 @@ def predict_ab(workdir: Path, L_norm: np.ndarray) -> np.ndarray:
     from mtcolor.train.checkpointing import load_for_inference
 
     _, model, variables = load_for_inference(str(workdir))
-    output = model.apply(variables, L_norm, train=False)
-    ab = output[0] if isinstance(output, tuple) else output
-    return np.asarray(ab, np.float32)
+    return np.asarray(model.apply(variables, L_norm, train=False)["colorization"], np.float32)
 
 
 def make_figure_two(runs: dict[str, Run], path: Path, num_images: int = 8) -> list[str]:

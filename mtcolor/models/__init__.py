@@ -1,6 +1,5 @@
 """Networks of the paper (flax linen, NHWC). See docs/architecture.md."""
 
-from mtcolor.models.compositions import Classifier, Colorizer, MultiTaskGenerator
 from mtcolor.models.decoder import ColorDecoder
 from mtcolor.models.heads import ClassHead
 from mtcolor.models.init import (
@@ -10,6 +9,7 @@ from mtcolor.models.init import (
     pytorch_dense_kernel_init,
     torchvision_conv_kernel_init,
 )
+from mtcolor.models.multitask import MultiTaskModel
 from mtcolor.models.patchgan import PatchDiscriminator
 from mtcolor.models.resnet import BasicBlock, ResNet18
 from mtcolor.models.unet import UNetDecoder
@@ -17,10 +17,8 @@ from mtcolor.models.unet import UNetDecoder
 __all__ = [
     "BasicBlock",
     "ClassHead",
-    "Classifier",
     "ColorDecoder",
-    "Colorizer",
-    "MultiTaskGenerator",
+    "MultiTaskModel",
     "PatchDiscriminator",
     "ResNet18",
     "UNetDecoder",

@@ -66,7 +66,7 @@ def init_variables(
     `mtcolor.weights.load_resnet18` replace the backbone's params and batch_stats: the whole tree when
     `model` is a `ResNet18`, else `variables[...]["backbone"]`.
     """
-    from mtcolor.models.resnet import ResNet18  # local: avoids an import cycle with compositions
+    from mtcolor.models.resnet import ResNet18  # local: resnet.py imports this module
 
     params_rng, dropout_rng = jax.random.split(rng)
     dummy = jnp.zeros((1, image_size, image_size, in_channels), jnp.float32)

@@ -114,7 +114,7 @@ def load_config(workdir: str):
         return ml_collections.ConfigDict(json.load(f))
 
 
-def load_for_inference(workdir: str, step=None, *, model=None):
+def load_for_inference(workdir: str, step=None, *, model=None, tasks=None):
     """The trained network of a run, for colorizing / classifying / evaluating.
 
     Args:
@@ -123,17 +123,19 @@ def load_for_inference(workdir: str, step=None, *, model=None):
         (checkpoints_best/), or an int step present in checkpoints/.
       model: the flax module to return instead of the one the config describes (for runs trained
         with a custom model passed to ``train_and_evaluate``).
+      tasks: the task list the run was trained with, for runs trained with custom tasks
+        (default: config.experiment's, mtcolor.tasks.paper).
 
     Returns:
-      (config, model, variables): the run's ml_collections config, the generator
-      (MultiTaskGenerator / Colorizer) or the Classifier module, and {"params", "batch_stats"} as
-      host numpy arrays. Apply with ``model.apply(variables, L, train=False)`` on L normalized to
-      [-1, 1], shape (N, H, W, 1).
+      (config, model, variables): the run's ml_collections config, the model
+      (``MultiTaskModel`` of the run's tasks) and {"params", "batch_stats"} as host numpy arrays.
+      ``model.apply(variables, L, train=False)`` on L normalized to [-1, 1], shape (N, H, W, 1),
+      returns {task name: output}.
     """
     from mtcolor.train import state as state_lib
 
     config = load_config(workdir)
-    model = model if model is not None else state_lib.build_model(config)
+    model = model if model is not None else state_lib.build_model(config, tasks)
     if step == "best":
         manager = ocp.CheckpointManager(best_dir(workdir))
         chosen = manager.best_step() if manager.best_step() is not None else manager.latest_step()

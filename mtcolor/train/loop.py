@@ -15,6 +15,7 @@ import time
 import jax
 import numpy as np
 
+from mtcolor import tasks as tasks_lib
 from mtcolor.train import checkpointing
 from mtcolor.train import images as images_lib
 from mtcolor.train import metrics as metrics_lib
@@ -68,31 +69,39 @@ def train_iteration(fns, state, batch):
     same arithmetic, and the compiled D and G steps are shared with direct users of them."""
     rng = fns.iteration_rng(state)
     metrics = {}
-    if state.discriminator is not None and "colorization" in state_lib.active_tasks(state):
+    adversarial = state.objective.adversarial_task
+    if adversarial is not None and adversarial.name in state_lib.active_tasks(state):
         state, metrics = fns.discriminator_step(state, batch, rng)
     state, model_metrics = fns.generator_step(state, batch, rng)
     return state, {**metrics, **model_metrics}
 
 
 def _best_metric(config, objective) -> tuple[str, str]:
+    """(validation metric, "min"/"max") that picks the best checkpoint: config.train.best_metric,
+    else the checkpoint metric of the task that selects checkpoints (the paper: accuracy)."""
+    from mtcolor import tasks as tasks_lib
+
     name = config.train.best_metric
     if name is None:
-        name = "accuracy" if objective.has_class else "l1"
-    mode = "max" if name == "accuracy" else "min"
-    return name, mode
+        return tasks_lib.checkpoint_task(objective.tasks).checkpoint_metric
+    for task in objective.tasks:
+        if task.checkpoint_metric[0] == name:
+            return task.checkpoint_metric
+    return name, "max" if name == "accuracy" else "min"
 
 
-def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
+def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=None) -> dict:
     """Trains ``config.experiment`` in ``workdir`` (resuming if it holds checkpoints).
 
     Args:
       config: an ml_collections ConfigDict as made by experiments/configs/*.py.
       workdir: output directory (config.json, checkpoints/, checkpoints_best/, tensorboard/,
         scalars.jsonl, images/, summary.json).
-      model: optional flax module replacing the config's model (library use: another head). It
-        must have a ``backbone`` submodule (frozen in phase 1), accept
-        ``(L, train=..., backbone_train=...)`` and return what config.experiment's model returns:
-        (ab, logits) for "multitask", ab for "colorization", logits for "classification".
+      tasks: optional tuple of mtcolor.tasks.Task replacing config.experiment's task list (the
+        paper's, mtcolor.tasks.paper): the model is then ``MultiTaskModel(tasks)``.
+      model: optional flax module replacing ``MultiTaskModel(tasks)`` (library use: another
+        backbone or head layout). It must have a ``backbone`` submodule (frozen in phase 1),
+        accept ``(L, train=..., backbone_train=...)`` and return ``{task name: output}``.
       data: optional object with the mtcolor.data.pipeline functions ``num_examples``,
         ``make_train_iterator`` and ``make_eval_iterator`` (default: mtcolor.data.pipeline), for
         another data set.
@@ -136,7 +145,7 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
         shard_count=jax.process_count(),
     )
     manager = checkpointing.make_manager(workdir, max_to_keep=int(config.train.max_to_keep))
-    objective = state_lib.objective_from_config(config)
+    objective = state_lib.objective_from_config(config, tasks=tasks)
     best_name, best_mode = _best_metric(config, objective)
     best_manager = checkpointing.make_best_manager(workdir, metric=best_name, mode=best_mode)
 
@@ -153,6 +162,7 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
                 r,
                 backbone_frozen=frozen,
                 model=model,
+                tasks=tasks,
                 steps_per_epoch=steps_per_epoch,
             ),
             rng,
@@ -162,7 +172,12 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
         logging.info("resumed from %s step %d", checkpointing.checkpoint_dir(workdir), latest)
     else:
         state = state_lib.create_train_state(
-            config, rng, backbone_frozen=phase1 > 0, model=model, steps_per_epoch=steps_per_epoch
+            config,
+            rng,
+            backbone_frozen=phase1 > 0,
+            model=model,
+            tasks=tasks,
+            steps_per_epoch=steps_per_epoch,
         )
         state = sharding.replicate(state, mesh)
     step = int(jax.device_get(state.step))
@@ -178,6 +193,7 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
     hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)]
     fns = steps_lib.jit_steps(mesh)
     names = metrics_lib.metric_names(state.objective)
+    eval_masks = metrics_lib.eval_masks(state.objective)
     train_names = metrics_lib.metric_names(state.objective, train=True)
     images_dir = os.path.join(workdir, "images")
 
@@ -227,7 +243,7 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
 
     def evaluate(s):
         nonlocal best_value
-        collection = metrics_lib.empty(names)
+        collection = metrics_lib.empty(names, eval_masks)
         first = None
         for batch in pipeline.make_eval_iterator(
             config.data,
@@ -240,23 +256,15 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
                 first = arrays
             dev = sharding.put_batch(arrays, mesh)
             collection = collection.merge(
-                metrics_lib.from_step_outputs(names, fns.eval_step(state, dev))
+                metrics_lib.from_step_outputs(names, fns.eval_step(state, dev), eval_masks)
             )
         values = metrics_lib.compute(collection)
         final["val"] = values
         scalars = {f"val/{k}": v for k, v in values.items()}
         scalars["epoch"] = s / steps_per_epoch
         writer.write_scalars(s, scalars)
-        if first is not None and state.objective.has_color:
-            n = min(int(config.train.num_image_examples), first["L"].shape[0])
-            L = first["L"][:n]
-            ab_pred = jax.device_get(
-                fns.predict_ab(state, sharding.put_batch({"L": first["L"]}, mesh)["L"])
-            )[:n]
-            grid = images_lib.make_grid(images_lib.colorization_rows(L, ab_pred, first["ab"][:n]))
-            if is_main:
-                images_lib.save_png(grid, os.path.join(images_dir, f"step_{s}.png"))
-            writer.write_images(s, {"val/colorization": grid[None]})
+        if first is not None:
+            write_image_grids(s, first)
         value = values.get(best_name)
         if value is not None and np.isfinite(value):
             improved = best_value is None or (
@@ -270,6 +278,28 @@ def train_and_evaluate(config, workdir: str, *, model=None, data=None) -> dict:
                     with open(os.path.join(workdir, "best.json"), "w", encoding="utf-8") as f:
                         json.dump(best, f)
         writer.flush()
+
+    def write_image_grids(s, batch):
+        """Each task's picture of the first validation examples (tasks without one skip)."""
+        n = min(int(config.train.num_image_examples), batch["L"].shape[0])
+        outputs = None
+        for task in state.objective.tasks:
+            if type(task).image_rows is tasks_lib.Task.image_rows:
+                continue
+            if outputs is None:
+                outputs = jax.device_get(
+                    fns.predict(state, sharding.put_batch({"L": batch["L"]}, mesh)["L"])
+                )
+            head = {k: v[:n] for k, v in batch.items()}
+            rows = task.image_rows(head, jax.tree.map(lambda x: x[:n], outputs[task.name]))
+            if rows is None:
+                continue
+            grid = images_lib.make_grid(rows)
+            # The paper's colorization grid keeps its file name (step_<N>.png).
+            suffix = "" if task.name == "colorization" else f"_{task.name}"
+            if is_main:
+                images_lib.save_png(grid, os.path.join(images_dir, f"step_{s}{suffix}.png"))
+            writer.write_images(s, {f"val/{task.name}": grid[None]})
 
     def save(s):
         check_pending()  # never checkpoint a state produced by a non-finite loss

@@ -13,56 +13,72 @@ import math
 
 import jax
 import numpy as np
-from clu import metrics as clu_metrics
 
-# Names written for each experiment (spec: workdir/scalars.jsonl); "loss" is the classifier's total.
-COLOR_NAMES = (
-    "l1",
-    "loss_l1",
-    "loss_gan",
-    "loss_g",
-    "loss_d",
-    "loss_d_real",
-    "loss_d_fake",
-    "d_real",
-    "d_fake",
-)
-CLASS_NAMES = ("loss_cls", "accuracy")
+# The discriminator step's metrics (mtcolor.tasks.ADVERSARY_METRICS), logged in training.
+from mtcolor.tasks.task import ADVERSARY_METRICS
+
+
+def mask_name(name: str) -> str:
+    """The eval-step key of the per-example mask a task's (or the total's) metrics average over."""
+    return f"mask_{name}"
 
 
 def metric_names(objective, *, train: bool = False) -> tuple[str, ...]:
-    """The metric names of an objective; ``train`` adds each task's loss weight
-    (``weight_<task>``, logged every step: learned weightings change them)."""
+    """The metric names of an objective, task by task, then the weighted total; ``train`` adds
+    the discriminator step's metrics and each task's loss weight (``weight_<task>``, logged every
+    step: learned weightings change them)."""
     names = ()
-    if objective.has_color:
-        names += COLOR_NAMES
-    if objective.has_class:
-        names += CLASS_NAMES
-    if not objective.has_color:
-        names += ("loss",)
+    for task in objective.tasks:
+        names += task.metric_names(train=train)
+    if train and objective.has_discriminator:
+        names += ADVERSARY_METRICS
+    names += (objective.total_loss_name,)
     if train:
         names += tuple(f"weight_{task}" for task in objective.task_names)
     return names
 
 
+def eval_masks(objective) -> dict[str, str]:
+    """{metric name: the eval-step mask it averages over}: a task's metrics over the examples
+    that have the task (mtcolor.tasks.Task.example_mask), the total over those with every task."""
+    masks = {}
+    for task in objective.tasks:
+        for name in task.metric_names(train=False):
+            masks[name] = mask_name(task.name)
+    masks[objective.total_loss_name] = mask_name(objective.total_loss_name)
+    return masks
+
+
 @functools.lru_cache(maxsize=None)
-def collection_type(names: tuple[str, ...]) -> type[clu_metrics.Collection]:
-    """A clu Collection class with one masked Average per name (cached: one class per name set)."""
-    return clu_metrics.Collection.create(
-        **{name: clu_metrics.Average.from_output(name) for name in names}
-    )
+def collection_type(names: tuple[str, ...], masks: tuple[tuple[str, str], ...] = ()):
+    """A clu Collection class with one masked Average per name (cached per name set). ``masks``:
+    (name, mask key) pairs of the metrics averaged over their own mask rather than ``mask``."""
+    from clu import metrics as clu_metrics
+
+    own_mask = dict(masks)
+
+    def average(name):
+        if name not in own_mask:
+            return clu_metrics.Average.from_output(name)
+        key = own_mask[name]
+        return clu_metrics.Average.from_fun(
+            lambda **out: {"values": out[name], "mask": out[key]}
+        )
+
+    return clu_metrics.Collection.create(**{name: average(name) for name in names})
 
 
-def empty(names) -> clu_metrics.Collection:
-    return collection_type(tuple(names)).empty()
+def empty(names, masks: dict | None = None):
+    return collection_type(tuple(names), tuple(sorted((masks or {}).items()))).empty()
 
 
-def from_step_outputs(names, outputs: dict) -> clu_metrics.Collection:
-    """One step's metrics (scalars for train, per-example arrays + mask for eval) -> collection."""
+def from_step_outputs(names, outputs: dict, masks: dict | None = None):
+    """One step's metrics (scalars for train, per-example arrays + masks for eval) -> collection."""
     outputs = {k: np.asarray(v) for k, v in jax.device_get(outputs).items()}
     outputs = {k: (v.reshape(1) if v.ndim == 0 else v) for k, v in outputs.items()}
-    return collection_type(tuple(names)).single_from_model_output(
-        **{k: v for k, v in outputs.items() if k in names or k == "mask"}
+    keep = set(names) | {"mask"} | set((masks or {}).values())
+    return collection_type(tuple(names), tuple(sorted((masks or {}).items()))).single_from_model_output(
+        **{k: v for k, v in outputs.items() if k in keep}
     )
 
 

@@ -21,24 +21,17 @@ import numpy as np
 
 from mtcolor.train import optim
 
-EXPERIMENTS = ("multitask", "colorization", "classification")
-# The parameters only one task reaches (model params' top-level subtrees), and the validation
-# loss early stopping watches for it.
-TASK_PARAMS = {"colorization": "decoder", "classification": "head"}
-TASK_VAL_LOSS = {"colorization": "l1", "classification": "loss_cls"}
 MODEL = "model"
 DISCRIMINATOR = "discriminator"
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """Which outputs the model has and how its loss terms are weighted (paper III-C)."""
+    """What is trained: the tasks (mtcolor.tasks: heads, losses, weights, adversary) and how
+    their losses are weighted and their backbone gradients combined (mtcolor.mtl)."""
 
-    experiment: str
-    gan_mode: str = "vanilla"
-    l1_weight: float = 100.0
-    gan_weight: float = 1.0
-    cls_weight: float = 10.0
+    tasks: tuple  # of mtcolor.tasks.Task
+    experiment: str = "custom"  # a label for summaries and reports (the paper's three names)
     weighting: str = "fixed"
     weighting_options: tuple = ()  # sorted (name, value) pairs: hashable, jit-static
     gradient: str = "sum"
@@ -46,22 +39,20 @@ class Objective:
     steps_per_epoch: int = 0  # for epoch-based weightings (dwa); 0: no epoch ends are signalled
 
     def __post_init__(self):
-        if self.experiment not in EXPERIMENTS:
-            raise ValueError(f"experiment must be one of {EXPERIMENTS}, got {self.experiment!r}")
+        from mtcolor import tasks as tasks_lib
+
+        object.__setattr__(self, "tasks", tasks_lib.check_tasks(self.tasks))
 
     @property
     def task_names(self) -> tuple[str, ...]:
         """The tasks whose losses are weighted and whose backbone gradients are combined."""
-        return (("colorization",) if self.has_color else ()) + (
-            ("classification",) if self.has_class else ()
-        )
+        return tuple(task.name for task in self.tasks)
 
     @property
     def base_weights(self) -> tuple[float, ...]:
-        """Per-task weight of the task losses: colorization's loss is already the paper's
-        L1 x l1_weight + GAN x gan_weight (weight 1), classification's is cross-entropy x
-        cls_weight (paper III-C)."""
-        return tuple(1.0 if name == "colorization" else self.cls_weight for name in self.task_names)
+        """Each task's weight in the summed loss (the paper's: colorization 1, its loss already
+        being L1 x100 + GAN; classification x10 in the multi-task model, III-C)."""
+        return tuple(float(task.weight) for task in self.tasks)
 
     @property
     def needs_task_gradients(self) -> bool:
@@ -70,25 +61,20 @@ class Objective:
         return self.gradient != "sum" or self.weighting == "gradnorm"
 
     @property
-    def has_color(self) -> bool:
-        return self.experiment in ("multitask", "colorization")
+    def adversarial_task(self):
+        """The task trained against the discriminator, or None."""
+        from mtcolor import tasks as tasks_lib
 
-    @property
-    def has_class(self) -> bool:
-        return self.experiment in ("multitask", "classification")
+        return tasks_lib.adversarial_task(self.tasks)
 
     @property
     def has_discriminator(self) -> bool:
-        return self.has_color
+        return self.adversarial_task is not None
 
-    def split_outputs(self, outputs):
-        """Model outputs -> (ab or None, logits or None)."""
-        if self.experiment == "multitask":
-            ab, logits = outputs
-            return ab, logits
-        if self.experiment == "colorization":
-            return outputs, None
-        return None, outputs
+    @property
+    def total_loss_name(self) -> str:
+        """The logged name of the weighted sum: the generator's loss in a cGAN, else "loss"."""
+        return "loss_g" if self.has_discriminator else "loss"
 
 
 @flax.struct.dataclass
@@ -114,19 +100,15 @@ def _options(options) -> tuple:
     return tuple(sorted(dict(options or {}).items()))
 
 
-def objective_from_config(config, steps_per_epoch: int = 0) -> Objective:
+def objective_from_config(config, steps_per_epoch: int = 0, tasks=None) -> Objective:
+    """The objective of ``config``: ``tasks`` (default: the task list of config.experiment,
+    mtcolor.tasks.paper) with the config's multi-task methods."""
+    from mtcolor import tasks as tasks_lib
+
     loss = config.loss
-    cls_weight = loss.cls_weight
-    if cls_weight is None:
-        # Paper III-C: x10 in the multi-task model to balance it against the colorization loss,
-        # plain cross-entropy in the single-task classifier.
-        cls_weight = 10.0 if config.experiment == "multitask" else 1.0
     return Objective(
+        tasks=tuple(tasks) if tasks is not None else tasks_lib.tasks_from_config(config),
         experiment=config.experiment,
-        gan_mode=loss.gan_mode,
-        l1_weight=float(loss.l1_weight),
-        gan_weight=float(loss.gan_weight),
-        cls_weight=float(cls_weight),
         weighting=loss.get("weighting", "fixed"),
         weighting_options=_options(loss.get("weighting_options")),
         gradient=loss.get("gradient", "sum"),
@@ -167,9 +149,9 @@ def early_stopping_init(objective: Objective, model_params, model_batch_stats) -
     and a copy of each task's head at its best (restored when the task stops)."""
     tasks = objective.task_names
     best = {}
-    for task in tasks:
-        name = TASK_PARAMS[task]
-        best[task] = {
+    for task in objective.tasks:
+        name = task.head_name
+        best[task.name] = {
             "params": jax.tree.map(jnp.copy, model_params[name]),
             "batch_stats": jax.tree.map(jnp.copy, model_batch_stats.get(name, {})),
         }
@@ -192,11 +174,12 @@ def early_stopping_update(state: TrainState, val_metrics: dict, step: int, patie
     best = dict(state.mtl["early_stopping"]["best"])
     params, stats = dict(state.params[MODEL]), dict(state.batch_stats[MODEL])
     stopped_now = []
-    for i, task in enumerate(state.objective.task_names):
-        value = val_metrics.get(TASK_VAL_LOSS[task])
+    for i, task_value in enumerate(state.objective.tasks):
+        task = task_value.name
+        value = val_metrics.get(task_value.val_loss)
         if not active[i] or value is None or not np.isfinite(value):
             continue
-        name = TASK_PARAMS[task]
+        name = task_value.head_name
         if value < best_loss[i]:
             best_loss[i], since[i], best_step[i] = value, 0, step
             best[task] = {
@@ -246,23 +229,12 @@ def optimizer_spec_from_config(config, backbone_frozen: bool) -> optim.Optimizer
     )
 
 
-def build_model(config) -> nn.Module:
-    """The paper's model for config.experiment (mtcolor.models compositions)."""
+def build_model(config, tasks=None) -> nn.Module:
+    """The shared backbone with one head per task (default: config.experiment's task list)."""
     from mtcolor import models
 
-    m = config.model
-    decoder = m.get("decoder", "plain")
-    if config.experiment == "multitask":
-        return models.MultiTaskGenerator(num_classes=m.num_classes, pooling=m.pooling, decoder=decoder)
-    if config.experiment == "colorization":
-        return models.Colorizer(decoder=decoder)
-    return models.Classifier(num_classes=m.num_classes, in_channels=1, pooling=m.pooling)
-
-
-def build_discriminator(config):
-    from mtcolor import models
-
-    return models.PatchDiscriminator() if config.experiment != "classification" else None
+    objective_tasks = tasks if tasks is not None else objective_from_config(config).tasks
+    return models.MultiTaskModel(tasks=tuple(objective_tasks))
 
 
 def phase1_steps(config, steps_per_epoch: int) -> int:
@@ -281,13 +253,18 @@ def create_train_state(
     *,
     backbone_frozen: bool = True,
     model: nn.Module | None = None,
+    tasks=None,
     steps_per_epoch: int = 0,
 ) -> TrainState:
-    """A fresh state. ``model`` replaces the config's model (library use: another head);
+    """A fresh state. ``tasks`` replaces config.experiment's task list (library use: other
+    tasks); ``model`` replaces ``MultiTaskModel(tasks)`` (it must return {task name: output});
     ``steps_per_epoch`` tells epoch-based loss weightings (dwa) where epochs end."""
 
-    model = model if model is not None else build_model(config)
-    discriminator = build_discriminator(config)
+    objective = objective_from_config(config, steps_per_epoch, tasks)
+    mtl_methods(objective)  # an unknown method or option fails here, before the models are built
+    model = model if model is not None else build_model(config, objective.tasks)
+    adversarial = objective.adversarial_task
+    discriminator = adversarial.adversary.discriminator if adversarial is not None else None
     size = int(config.data.image_size)
     init_rng, d_rng, state_rng = jax.random.split(rng, 3)
     model_vars = _init(model, init_rng, size, 1, config.model.pretrained)
@@ -300,7 +277,6 @@ def create_train_state(
         params[DISCRIMINATOR] = d_vars["params"]
         batch_stats[DISCRIMINATOR] = d_vars.get("batch_stats", {})
         opt_state[DISCRIMINATOR] = optim.discriminator_tx(spec).init(params[DISCRIMINATOR])
-    objective = objective_from_config(config, steps_per_epoch)
     mtl_state = initial_mtl_state(objective)
     if config.train.get("early_stopping_patience") is not None:
         mtl_state["early_stopping"] = early_stopping_init(objective, params[MODEL], batch_stats[MODEL])

@@ -26,8 +26,10 @@ import jax.numpy as jnp
 import optax
 
 from mtcolor import mtl
+from mtcolor import tasks as tasks_lib
 from mtcolor.precision import at_least_float32
 from mtcolor.train import losses
+from mtcolor.train import metrics as metrics_lib
 from mtcolor.train import optim
 from mtcolor.train import state as state_lib
 from mtcolor.train.state import DISCRIMINATOR, MODEL, TrainState
@@ -40,11 +42,10 @@ def iteration_rng(state: TrainState) -> jax.Array:
 
 
 def _apply_model(state: TrainState, params, batch_stats, L, *, train: bool, rng=None):
-    """Model forward -> ((ab, logits), new_batch_stats)."""
+    """Model forward -> ({task name: output}, new_batch_stats)."""
     variables = {"params": params, "batch_stats": batch_stats}
     if not train:
-        out = state.model.apply(variables, L, train=False)
-        return state.objective.split_outputs(out), batch_stats
+        return state.model.apply(variables, L, train=False), batch_stats
     out, mutated = state.model.apply(
         variables,
         L,
@@ -53,12 +54,12 @@ def _apply_model(state: TrainState, params, batch_stats, L, *, train: bool, rng=
         rngs={"dropout": rng},
         mutable=["batch_stats"],
     )
-    return state.objective.split_outputs(out), mutated["batch_stats"]
+    return out, mutated["batch_stats"]
 
 
-def _apply_discriminator(state: TrainState, params, batch_stats, L, ab, *, train: bool):
+def _apply_discriminator(state: TrainState, params, batch_stats, x, *, train: bool):
+    """Discriminator forward on its input (the adversarial task's ``critic_input``)."""
     variables = {"params": params, "batch_stats": batch_stats}
-    x = jnp.concatenate([L, ab.astype(L.dtype)], axis=-1)
     if not train:
         return state.discriminator.apply(variables, x, train=False), batch_stats
     logits, mutated = state.discriminator.apply(variables, x, train=True, mutable=["batch_stats"])
@@ -71,19 +72,20 @@ def _mean_sigmoid(logits):
 
 def discriminator_step(state: TrainState, batch, rng):
     """One D update. Returns (state, metrics: loss_d, loss_d_real, loss_d_fake, d_real, d_fake)."""
-    if state.discriminator is None:
+    task = state.objective.adversarial_task
+    if task is None or state.discriminator is None:
         raise ValueError(f"the {state.objective.experiment} experiment has no discriminator")
-    L, ab = batch["L"], batch["ab"]
-    (fake, _), _ = _apply_model(
-        state, state.params[MODEL], state.batch_stats[MODEL], L, train=True, rng=rng
+    outputs, _ = _apply_model(
+        state, state.params[MODEL], state.batch_stats[MODEL], batch["L"], train=True, rng=rng
     )
-    fake = jax.lax.stop_gradient(fake)
-    mode = state.objective.gan_mode
+    fake = task.critic_input(batch, jax.lax.stop_gradient(outputs[task.name]))
+    real = task.critic_input(batch, task.target(batch))
+    mode = task.adversary.gan_mode
 
     def loss_fn(d_params):
         stats = state.batch_stats[DISCRIMINATOR]
-        fake_logits, stats = _apply_discriminator(state, d_params, stats, L, fake, train=True)
-        real_logits, stats = _apply_discriminator(state, d_params, stats, L, ab, train=True)
+        fake_logits, stats = _apply_discriminator(state, d_params, stats, fake, train=True)
+        real_logits, stats = _apply_discriminator(state, d_params, stats, real, train=True)
         loss_d, loss_real, loss_fake = losses.discriminator_loss(real_logits, fake_logits, mode)
         metrics = {
             "loss_d": loss_d,
@@ -106,50 +108,38 @@ def discriminator_step(state: TrainState, batch, rng):
     return state, metrics
 
 
-def _label_mask(batch, n: int):
-    """Per-example weights of the classification task: ``has_label`` (0 for the unlabeled rows
-    that train colorization only, mtcolor.data.pipeline) or all ones."""
-    mask = batch.get("has_label")
-    return jnp.ones((n,), jnp.float32) if mask is None else mask.astype(jnp.float32)
-
-
-def _masked_mean(values, mask):
-    """Mean over the examples that have the task; 0 (not NaN) for a batch without any."""
-    return (values * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+def _critic(state: TrainState, *, train: bool):
+    """The discriminator as the adversarial task's critic (its BN statistics updates, in train
+    mode, are discarded: only the discriminator step changes them)."""
+    if state.discriminator is None:
+        return None
+    d_params, d_stats = state.params[DISCRIMINATOR], state.batch_stats[DISCRIMINATOR]
+    return lambda x: _apply_discriminator(state, d_params, d_stats, x, train=train)[0]
 
 
 def _task_losses(state: TrainState, params, batch, rng):
-    """The unweighted loss of each task in ``objective.task_names`` order (f32[T]) and
+    """The unweighted loss of each task in ``objective.tasks`` order (f32[T]) and
     (new model BN statistics, metrics) for one training batch (train mode).
 
-    colorization: L1 x l1_weight + GAN x gan_weight (the paper's combined colorization loss),
-    every example; classification: cross-entropy over the examples with a label.
+    Each task's per-example terms (mtcolor.tasks) are averaged over the examples that have the
+    task (its ``example_mask``): the paper's colorization loss (L1 x100 + GAN) over every example,
+    cross-entropy over the labelled ones.
     """
-    obj = state.objective
-    (ab_pred, logits), new_stats = _apply_model(
+    outputs, new_stats = _apply_model(
         state, params, state.batch_stats[MODEL], batch["L"], train=True, rng=rng
     )
+    critic = _critic(state, train=True)
     task_losses = []
     metrics = {}
-    if obj.has_color:
-        l1 = losses.l1_loss(ab_pred, batch["ab"])
-        fake_logits, _ = _apply_discriminator(
-            state,
-            state.params[DISCRIMINATOR],
-            state.batch_stats[DISCRIMINATOR],
-            batch["L"],
-            ab_pred,
-            train=True,
+    for task in state.objective.tasks:
+        terms = task.per_example(
+            outputs[task.name], batch, train=True,
+            critic=critic if task.adversary is not None else None,
         )
-        loss_gan = losses.gan_loss(fake_logits, True, obj.gan_mode)
-        metrics.update(l1=l1, loss_l1=obj.l1_weight * l1, loss_gan=loss_gan)
-        task_losses.append(obj.l1_weight * l1 + obj.gan_weight * loss_gan)
-    if obj.has_class:
-        mask = _label_mask(batch, batch["L"].shape[0])
-        loss_cls = _masked_mean(losses.cross_entropy_per_example(logits, batch["label"]), mask)
-        correct = losses.correct_per_example(logits, batch["label"])
-        metrics.update(loss_cls=loss_cls, accuracy=_masked_mean(correct, mask))
-        task_losses.append(loss_cls)
+        mask = task.example_mask(batch)
+        means = {name: tasks_lib.masked_mean(value, mask) for name, value in terms.items()}
+        task_losses.append(means.pop("loss"))
+        metrics.update(means)
     return jnp.stack(task_losses), (new_stats, metrics)
 
 
@@ -235,8 +225,8 @@ def _freeze_stopped_heads(state: TrainState, updates, new_stats):
     active = state.mtl["early_stopping"]["active"]
     updates, new_stats = dict(updates), dict(new_stats)
     old_stats = state.batch_stats[MODEL]
-    for i, task in enumerate(state.objective.task_names):
-        name = state_lib.TASK_PARAMS[task]
+    for i, task in enumerate(state.objective.tasks):
+        name = task.head_name
         updates[name] = jax.tree.map(lambda u: u * active[i].astype(u.dtype), updates[name])
         if name in new_stats:
             new_stats[name] = jax.tree.map(
@@ -275,7 +265,7 @@ def generator_step(state: TrainState, batch, rng):
         state, batch, rng
     )
     weights = weighting.weights(state.mtl["weighting"])
-    metrics["loss_g" if obj.has_color else "loss"] = (
+    metrics[obj.total_loss_name] = (
         weighting.task_terms(state.mtl["weighting"], task_losses) * _active(state)
     ).sum()
     for name, weight in zip(obj.task_names, weights):
@@ -314,57 +304,48 @@ def train_step(state: TrainState, batch):
 
 
 def eval_step(state: TrainState, batch):
-    """Per-example validation values (eval mode everywhere) plus ``mask`` for clu's Average."""
+    """Per-example validation values (eval mode everywhere), ``mask`` (1 for real rows, 0 for the
+    padding of the last batch) and ``mask_<task>`` (mask x the task's example mask) for clu's
+    masked Average (mtcolor.train.metrics).
+
+    The total is each task's per-example loss times its current weight (the weighting's
+    ``weights``: learned ones as they are now), over the rows that have every task's target.
+    """
     obj = state.objective
+    weighting, _ = state_lib.mtl_methods(obj)
+    weights = weighting.weights(state.mtl["weighting"]) * _active(state)
     L = batch["L"]
-    (ab_pred, logits), _ = _apply_model(
-        state, state.params[MODEL], state.batch_stats[MODEL], L, train=False
-    )
-    out = {}
-    total = jnp.zeros((L.shape[0],), jnp.float32)
-    if obj.has_color:
-        d_params, d_stats = state.params[DISCRIMINATOR], state.batch_stats[DISCRIMINATOR]
-        fake_logits, _ = _apply_discriminator(state, d_params, d_stats, L, ab_pred, train=False)
-        real_logits, _ = _apply_discriminator(state, d_params, d_stats, L, batch["ab"], train=False)
-        l1 = losses.l1_per_example(ab_pred, batch["ab"])
-        loss_gan = losses.gan_per_example(fake_logits, True, obj.gan_mode)
-        d_real = losses.gan_per_example(real_logits, True, obj.gan_mode)
-        d_fake = losses.gan_per_example(fake_logits, False, obj.gan_mode)
-        per_ex_sigmoid = lambda z: (
-            jax.nn.sigmoid(at_least_float32(z)).reshape(z.shape[0], -1).mean(1)
-        )
-        out.update(
-            l1=l1,
-            loss_l1=obj.l1_weight * l1,
-            loss_gan=loss_gan,
-            loss_d=0.5 * (d_real + d_fake),
-            loss_d_real=d_real,
-            loss_d_fake=d_fake,
-            d_real=per_ex_sigmoid(real_logits),
-            d_fake=per_ex_sigmoid(fake_logits),
-        )
-        total = total + obj.l1_weight * l1 + obj.gan_weight * loss_gan
-    if obj.has_class:
-        loss_cls = losses.cross_entropy_per_example(logits, batch["label"])
-        out.update(loss_cls=loss_cls, accuracy=losses.correct_per_example(logits, batch["label"]))
-        total = total + obj.cls_weight * loss_cls
-    out["loss_g" if obj.has_color else "loss"] = total
+    outputs, _ = _apply_model(state, state.params[MODEL], state.batch_stats[MODEL], L, train=False)
+    critic = _critic(state, train=False)
     mask = batch.get("mask")
-    out["mask"] = jnp.ones((L.shape[0],), jnp.float32) if mask is None else mask
+    mask = jnp.ones((L.shape[0],), jnp.float32) if mask is None else mask.astype(jnp.float32)
+    out = {"mask": mask}
+    total = jnp.zeros((L.shape[0],), jnp.float32)
+    total_mask = mask
+    for i, task in enumerate(obj.tasks):
+        terms = task.per_example(
+            outputs[task.name], batch, train=False,
+            critic=critic if task.adversary is not None else None,
+        )
+        task_mask = mask * task.example_mask(batch)
+        total = total + weights[i] * jnp.where(task_mask > 0, terms.pop("loss"), 0.0)
+        total_mask = total_mask * task.example_mask(batch)
+        out.update(terms)
+        out[metrics_lib.mask_name(task.name)] = task_mask
+    out[obj.total_loss_name] = total
+    out[metrics_lib.mask_name(obj.total_loss_name)] = total_mask
     return out
 
 
-def predict_ab(state: TrainState, L):
-    """Eval-mode colorization (for image grids)."""
-    (ab_pred, _), _ = _apply_model(
-        state, state.params[MODEL], state.batch_stats[MODEL], L, train=False
-    )
-    return ab_pred
+def predict(state: TrainState, L):
+    """Eval-mode outputs {task name: output} (for image grids)."""
+    outputs, _ = _apply_model(state, state.params[MODEL], state.batch_stats[MODEL], L, train=False)
+    return outputs
 
 
 @functools.lru_cache(maxsize=None)
 def jit_steps(mesh=None):
-    """Jitted (train_step, eval_step, predict_ab, discriminator_step, generator_step,
+    """Jitted (train_step, eval_step, predict, discriminator_step, generator_step,
     classifier_step) with the state donated; with a mesh, outputs are replicated over it (the
     batch arrives sharded along "data", so XLA all-reduces gradients and BN batch statistics)."""
     kwargs = {}
@@ -376,7 +357,7 @@ def jit_steps(mesh=None):
         iteration_rng=jax.jit(iteration_rng, **kwargs),
         train_step=jax.jit(train_step, donate_argnums=0, **kwargs),
         eval_step=jax.jit(eval_step, **kwargs),
-        predict_ab=jax.jit(predict_ab, **kwargs),
+        predict=jax.jit(predict, **kwargs),
         discriminator_step=jax.jit(discriminator_step, donate_argnums=0, **kwargs),
         generator_step=jax.jit(generator_step, donate_argnums=0, **kwargs),
         classifier_step=jax.jit(classifier_step, donate_argnums=0, **kwargs),
@@ -389,7 +370,7 @@ class JittedSteps(NamedTuple):
     iteration_rng: Callable
     train_step: Callable
     eval_step: Callable
-    predict_ab: Callable
+    predict: Callable
     discriminator_step: Callable
     generator_step: Callable
     classifier_step: Callable
