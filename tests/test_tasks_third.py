@@ -50,7 +50,10 @@ def third_task_run(tmp_path_factory):
     config = tiny.get_config()
     config.model.pooling = "avg"
     config.loss.weighting = "uncertainty"  # learned weights for three tasks
-    config.train.max_steps_per_run = 4  # stop mid-phase-2, then resume to the end
+    # Unfrozen from the start (one compiled train step; the phase switch is covered by the
+    # paper's runs in test_experiments.py): 6 steps, stopped after 4, then resumed to the end.
+    config.train.frozen_epochs, config.train.unfrozen_epochs = 0, 2
+    config.train.max_steps_per_run = 4
     first = loop.train_and_evaluate(config, str(workdir), tasks=_tasks())
     config.train.max_steps_per_run = None
     second = loop.train_and_evaluate(config, str(workdir), tasks=_tasks())
