@@ -21,18 +21,6 @@ def get_study():
         if "data.unlabeled.folder.root" in variant["overrides"]:
             variant["overrides"]["data.unlabeled.folder.root"] = "/data/imagenet/train"
         variants.append(variant)
-    return {
-        "config": "experiments/configs/paper.py",
-        "overrides": {},
-        "seeds": 3,
-        "references": {"classification": "classifier", "colorization": "colorizer"},
-        "variants": [
-            {"name": "classifier", "experiment": "classification"},
-            {"name": "colorizer", "experiment": "colorization"},
-            *variants,
-        ],
-        # ImageNet validation selects the checkpoints and is the only labelled held-out set of
-        # the paper's setup: the table says so.
-        "eval_split": "val",
-        "test_split": None,
-    }
+    # ImageNet validation selects the checkpoints and is the only labelled held-out set of the
+    # paper's setup: the table says so.
+    return study_small.study("experiments/configs/paper.py", variants)
