@@ -1,8 +1,11 @@
 """Throughput of each model's full training iteration, as the trainer runs it.
 
-For the three experiments at each image size: one iteration of ``mtcolor.train.loop`` (the D step
-then the G step for the cGAN models, the classifier step otherwise; each jitted with the state
-donated, the batch sharded over every local device), on the paper's models (flatten class head,
+For the three experiments at each image size: one iteration of ``mtcolor.train.loop``
+(``steps.train_step``: one generator forward, the D update on it, then G through the updated D for
+the cGAN models; the classifier's update otherwise; jitted with the state donated, the batch
+sharded over every local device). ``--iterations one_forward two_forward`` adds, in the same run,
+the earlier form: the D step and the G step as two compiled calls, each with its own generator
+forward. on the paper's models (flatten class head,
 float32, random init). Reports the compile time (lowering + compiling the steps), steps/s and
 images/s over timed iterations after a warm-up, XLA's FLOP count of one iteration and the FLOP/s
 achieved (MFU when ``--peak_tflops`` is given), and peak memory: the device allocator's peak where
@@ -11,6 +14,8 @@ go from the cheapest to the most expensive).
 
     python benchmarks/train_step.py                          # 128 and 256 px, batch 16, phase 2
     python benchmarks/train_step.py --sizes 64 --steps 3 --phase 1 --out /tmp/train_step.json
+    python benchmarks/train_step.py --sizes 64 --experiments multitask \
+        --iterations one_forward two_forward                  # one vs two generator forwards
 
 Prints a table and writes JSON (default benchmarks/results/train_step.json).
 """
@@ -56,8 +61,21 @@ def step_flops(compiled) -> float:
     return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
+ITERATIONS = ("one_forward", "two_forward")
+
+
+def two_forward_iteration(fns, state, batch):
+    """The iteration before train_step fused it: D step, then G step, each with its forward."""
+    rng = fns.iteration_rng(state)
+    metrics = {}
+    if state.discriminator is not None:
+        state, metrics = fns.discriminator_step(state, batch, rng)
+    state, model_metrics = fns.generator_step(state, batch, rng)
+    return state, {**metrics, **model_metrics}
+
+
 def bench(experiment: str, size: int, batch_size: int, num_steps: int, phase: int,
-          peak_tflops: float | None) -> dict:
+          peak_tflops: float | None, iteration: str = "one_forward") -> dict:
     config = config_lib.base_config(experiment)
     config.image_size, config.batch_size = size, batch_size
     mesh = sharding.make_mesh()
@@ -70,17 +88,22 @@ def bench(experiment: str, size: int, batch_size: int, num_steps: int, phase: in
     # Compile explicitly so compile time and XLA's FLOP count are measured per step function.
     rng = fns.iteration_rng(state)
     start = time.perf_counter()
-    compiled = [fns.generator_step.lower(state, batch, rng).compile()]
-    if state.discriminator is not None:
-        compiled.append(fns.discriminator_step.lower(state, batch, rng).compile())
+    if iteration == "one_forward":
+        compiled = [fns.train_step.lower(state, batch).compile()]
+        run_iteration = loop.train_iteration
+    else:
+        compiled = [fns.generator_step.lower(state, batch, rng).compile()]
+        if state.discriminator is not None:
+            compiled.append(fns.discriminator_step.lower(state, batch, rng).compile())
+        run_iteration = two_forward_iteration
     compile_s = time.perf_counter() - start
     flops = sum(step_flops(c) for c in compiled)
 
-    state, metrics = loop.train_iteration(fns, state, batch)  # warm-up (and jit cache fill)
+    state, metrics = run_iteration(fns, state, batch)  # warm-up (and jit cache fill)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(num_steps):
-        state, metrics = loop.train_iteration(fns, state, batch)
+        state, metrics = run_iteration(fns, state, batch)
     jax.block_until_ready((state, metrics))
     seconds = (time.perf_counter() - start) / num_steps
     loss = float(metrics.get("loss_g", metrics.get("loss")))
@@ -88,7 +111,7 @@ def bench(experiment: str, size: int, batch_size: int, num_steps: int, phase: in
         raise FloatingPointError(f"{experiment} at {size} px: non-finite loss {loss}")
     memory_mb, memory_kind = peak_memory()
     row = {
-        "experiment": experiment, "image_size": size, "batch_size": batch_size, "phase": phase,
+        "experiment": experiment, "iteration": iteration, "image_size": size, "batch_size": batch_size, "phase": phase,
         "compile_s": compile_s, "step_s": seconds, "steps_per_s": 1 / seconds,
         "images_per_s": batch_size / seconds, "iteration_gflop": flops / 1e9,
         "achieved_tflops": flops / seconds / 1e12, "peak_memory_mb": memory_mb,
@@ -110,6 +133,9 @@ def main():
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="the accelerator's peak TFLOP/s per device for the dtype used, to "
                              "report MFU (e.g. about 67 for an H100 SXM in float32, non-tensor-core)")
+    parser.add_argument("--iterations", nargs="+", default=["one_forward"], choices=ITERATIONS,
+                        help="one_forward: steps.train_step (what the trainer runs); "
+                             "two_forward: the D and G steps as two calls, two generator forwards")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step.json"))
     args = parser.parse_args()
 
@@ -118,17 +144,19 @@ def main():
                "device_count": jax.device_count(), "host": platform.platform(),
                "processor": platform.processor() or platform.machine(), "jax": jax.__version__}
     print(f"# {machine}")
-    print(f"{'experiment':<15}{'px':>5}{'batch':>6}{'phase':>6}{'compile s':>10}{'step s':>9}"
-          f"{'steps/s':>9}{'img/s':>8}{'GFLOP':>9}{'TFLOP/s':>9}{'peak MB':>9}")
+    print(f"{'experiment':<15}{'iteration':>12}{'px':>5}{'batch':>6}{'phase':>6}{'compile s':>10}"
+          f"{'step s':>9}{'steps/s':>9}{'img/s':>8}{'GFLOP':>9}{'TFLOP/s':>9}{'peak MB':>9}")
     rows = []
-    for size in sorted(args.sizes):
-        for experiment in args.experiments:
-            row = bench(experiment, size, args.batch_size, args.steps, args.phase, args.peak_tflops)
-            rows.append(row)
-            print(f"{experiment:<15}{size:>5}{args.batch_size:>6}{args.phase:>6}"
-                  f"{row['compile_s']:>10.1f}{row['step_s']:>9.3f}{row['steps_per_s']:>9.2f}"
-                  f"{row['images_per_s']:>8.1f}{row['iteration_gflop']:>9.1f}"
-                  f"{row['achieved_tflops']:>9.3f}{row['peak_memory_mb']:>9.0f}", flush=True)
+    runs = [(size, experiment, iteration) for size in sorted(args.sizes)
+            for experiment in args.experiments for iteration in args.iterations]
+    for size, experiment, iteration in runs:
+        row = bench(experiment, size, args.batch_size, args.steps, args.phase, args.peak_tflops,
+                    iteration)
+        rows.append(row)
+        print(f"{experiment:<15}{iteration:>12}{size:>5}{args.batch_size:>6}{args.phase:>6}"
+              f"{row['compile_s']:>10.1f}{row['step_s']:>9.3f}{row['steps_per_s']:>9.2f}"
+              f"{row['images_per_s']:>8.1f}{row['iteration_gflop']:>9.1f}"
+              f"{row['achieved_tflops']:>9.3f}{row['peak_memory_mb']:>9.0f}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "args": vars(args), "results": rows}, indent=2))

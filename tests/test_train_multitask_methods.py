@@ -48,11 +48,13 @@ def pcgrad_state():
 
 def test_pcgrad_step_combines_the_backbone_gradients_of_each_task(pcgrad_state):
     state, batch, rng = pcgrad_state, _batch(), jax.random.PRNGKey(3)
-    grads = jax.jit(lambda s: steps._model_gradients(s, batch, rng)[0])(state)
+    grads = jax.jit(
+        lambda s: steps._model_gradients(s, steps._model_forward(s, batch, rng), batch, rng)[0]
+    )(state)
 
     # Each task's gradient on its own (one jax.grad per task), weighted by the paper's weights.
     task_grad = jax.jit(
-        jax.grad(lambda p, index: steps._task_losses(state, p, batch, rng)[0][index])
+        jax.grad(lambda p, index: steps.task_losses_at(state, p, batch, rng)[0][index])
     )
     color, cls = task_grad(state.params["model"], 0), task_grad(state.params["model"], 1)
     cls = jax.tree.map(lambda g: 10.0 * g, cls)  # classification x10 (paper III-C)
@@ -82,7 +84,7 @@ def test_classification_loss_averages_over_labelled_examples_only(pcgrad_state):
             s.model_variables, b["L"], train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
         )
         logits = outputs["classification"]
-        return steps._task_losses(s, s.params["model"], b, rng)[0], logits
+        return steps.task_losses_at(s, s.params["model"], b, rng)[0], logits
 
     task_losses, logits = losses_and_logits(state, batch)
     logits = np.asarray(logits, np.float64)

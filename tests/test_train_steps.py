@@ -183,3 +183,54 @@ def test_eval_step_masks_padded_rows(phase1_update):
     names = metrics_lib.metric_names(state.objective)
     value = metrics_lib.compute(metrics_lib.from_step_outputs(names, out))["l1"]
     assert value == pytest.approx(float(np.mean(full["l1"][:2])), rel=1e-6)
+
+
+def _two_step_iteration(state, batch):
+    """The iteration as two pure updates, each with its own generator forward (same key)."""
+    fns = _fns()
+    rng = fns.iteration_rng(state)
+    state, d_metrics = fns.discriminator_step(state, batch, rng)
+    state, g_metrics = fns.generator_step(state, batch, rng)
+    return state, {**d_metrics, **g_metrics}
+
+
+def _mtl_state(phase1_state):
+    config = tiny.get_config()
+    config.loss.weighting, config.loss.gradient = "uncertainty", "pcgrad"
+    state = state_lib.create_train_state(config, jax.random.PRNGKey(0), backbone_frozen=False)
+    return sharding.replicate(state, MESH)
+
+
+@pytest.mark.parametrize("case", ["phase1", "phase2", "phase2_uncertainty_pcgrad"])
+def test_train_step_with_one_forward_equals_discriminator_then_generator_step(
+    case, multitask_state, phase1_update
+):
+    """train_step runs the generator once and pulls G's loss back through that forward; the
+    reference is today's pair of steps, each with its own forward. Two iterations, so the
+    second starts from Adam states and D weights that the first one moved."""
+    if case == "phase1":
+        state = multitask_state
+    elif case == "phase2":
+        state = state_lib.unfreeze_backbone(jax.tree.map(jnp.copy, phase1_update[1]))
+    else:
+        state = _mtl_state(multitask_state)
+    fused, two_step = _copy(state), _copy(state)
+    for seed in (5, 6):
+        fused, fused_metrics = _fns().train_step(fused, _batch(seed))
+        two_step, two_metrics = _two_step_iteration(two_step, _batch(seed))
+    fused, two_step = _host(fused), _host(two_step)
+    assert set(fused_metrics) == set(two_metrics)
+    for name in two_metrics:
+        np.testing.assert_allclose(
+            float(fused_metrics[name]), float(two_metrics[name]), rtol=1e-5, atol=1e-6,
+            err_msg=name,
+        )
+    assert int(fused.step) == int(two_step.step) == int(state.step) + 2
+    for part in ("params", "batch_stats", "opt_state", "mtl"):
+        a, b = _leaves(getattr(fused, part)), _leaves(getattr(two_step, part))
+        assert a.keys() == b.keys(), part
+        for path in a:
+            np.testing.assert_allclose(
+                np.asarray(a[path], np.float64), np.asarray(b[path], np.float64),
+                rtol=1e-5, atol=1e-6, err_msg=f"{part}{jax.tree_util.keystr(path)}",
+            )

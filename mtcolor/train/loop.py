@@ -65,15 +65,12 @@ def _make_tracker(pipeline, config):
 
 
 def train_iteration(fns, state, batch):
-    """steps.train_step as two compiled calls (D, then G or the classifier) with the same key: the
-    same arithmetic, and the compiled D and G steps are shared with direct users of them."""
-    rng = fns.iteration_rng(state)
-    metrics = {}
+    """One training iteration: steps.train_step (one model forward, D then G), or the model's
+    update alone once early stopping has stopped the adversarial task (D stops with it)."""
     adversarial = state.objective.adversarial_task
-    if adversarial is not None and adversarial.name in state_lib.active_tasks(state):
-        state, metrics = fns.discriminator_step(state, batch, rng)
-    state, model_metrics = fns.generator_step(state, batch, rng)
-    return state, {**metrics, **model_metrics}
+    if adversarial is not None and adversarial.name not in state_lib.active_tasks(state):
+        return fns.generator_step(state, batch, fns.iteration_rng(state))
+    return fns.train_step(state, batch)
 
 
 def _best_metric(config, objective) -> tuple[str, str]:

@@ -2,9 +2,13 @@
 
 One cGAN iteration follows the reference tutorial (paper III-D): the generator colorizes the batch
 once, D is updated on D(L, fake) vs 0 and D(L, ab) vs 1 (two separate forward passes, fake first,
-loss 0.5 * (fake + real)), then G is updated on the same fake through the updated D. Here the
-fake is recomputed in the G step with the same dropout key and the same (not yet updated) G
-parameters, so both steps see the same colorization while each stays a pure function.
+loss 0.5 * (fake + real)), then G is updated on the same fake through the updated D.
+``train_step`` does exactly that: one generator forward (``jax.vjp``, whose pullback later carries
+G's loss gradient back through the generator), the D update on its output, then the G losses of
+the same outputs through the updated D. ``discriminator_step`` and ``generator_step`` are the same
+two updates as separate pure functions, each running its own forward with the same dropout key and
+the same (not yet updated) G parameters, so composed they give ``train_step``'s result (tested);
+``generator_step`` alone is the update while D is not training (early stopping stopped it).
 
 Which state each step changes:
   discriminator_step: D params, D BatchNorm statistics, D optimizer state. G untouched (its
@@ -72,12 +76,21 @@ def _mean_sigmoid(logits):
 
 def discriminator_step(state: TrainState, batch, rng):
     """One D update. Returns (state, metrics: loss_d, loss_d_real, loss_d_fake, d_real, d_fake)."""
-    task = state.objective.adversarial_task
-    if task is None or state.discriminator is None:
-        raise ValueError(f"the {state.objective.experiment} experiment has no discriminator")
+    _check_adversarial(state)
     outputs, _ = _apply_model(
         state, state.params[MODEL], state.batch_stats[MODEL], batch["L"], train=True, rng=rng
     )
+    return _update_discriminator(state, batch, outputs)
+
+
+def _check_adversarial(state: TrainState) -> None:
+    if state.objective.adversarial_task is None or state.discriminator is None:
+        raise ValueError(f"the {state.objective.experiment} experiment has no discriminator")
+
+
+def _update_discriminator(state: TrainState, batch, outputs):
+    """The D update on the generator's ``outputs`` ({task name: output}) of this batch."""
+    task = state.objective.adversarial_task
     fake = task.critic_input(batch, jax.lax.stop_gradient(outputs[task.name]))
     real = task.critic_input(batch, task.target(batch))
     mode = task.adversary.gan_mode
@@ -117,17 +130,32 @@ def _critic(state: TrainState, *, train: bool):
     return lambda x: _apply_discriminator(state, d_params, d_stats, x, train=train)[0]
 
 
-def _task_losses(state: TrainState, params, batch, rng):
-    """The unweighted loss of each task in ``objective.tasks`` order (f32[T]) and
-    (new model BN statistics, metrics) for one training batch (train mode).
+class ModelForward(NamedTuple):
+    """The model's train-mode forward on one batch, kept for its backward pass."""
+
+    outputs: dict  # {task name: output}
+    pullback: Callable  # cotangents of ``outputs`` -> (gradient w.r.t. the model's params,)
+    batch_stats: dict  # the model's new BatchNorm statistics
+
+
+def _model_forward(state: TrainState, batch, rng) -> ModelForward:
+    def forward(params):
+        return _apply_model(
+            state, params, state.batch_stats[MODEL], batch["L"], train=True, rng=rng
+        )
+
+    outputs, pullback, new_stats = jax.vjp(forward, state.params[MODEL], has_aux=True)
+    return ModelForward(outputs, pullback, new_stats)
+
+
+def _task_losses(state: TrainState, outputs, batch):
+    """The unweighted loss of each task in ``objective.tasks`` order (f32[T]) and metrics, from
+    the model's train-mode ``outputs`` (the critic is the current discriminator).
 
     Each task's per-example terms (mtcolor.tasks) are averaged over the examples that have the
     task (its ``example_mask``): the paper's colorization loss (L1 x100 + GAN) over every example,
     cross-entropy over the labelled ones.
     """
-    outputs, new_stats = _apply_model(
-        state, params, state.batch_stats[MODEL], batch["L"], train=True, rng=rng
-    )
     critic = _critic(state, train=True)
     task_losses = []
     metrics = {}
@@ -140,7 +168,7 @@ def _task_losses(state: TrainState, params, batch, rng):
         means = {name: tasks_lib.masked_mean(value, mask) for name, value in terms.items()}
         task_losses.append(means.pop("loss"))
         metrics.update(means)
-    return jnp.stack(task_losses), (new_stats, metrics)
+    return jnp.stack(task_losses), metrics
 
 
 def _keep_frozen(state: TrainState, new_params, new_stats):
@@ -159,35 +187,51 @@ def _keep_frozen(state: TrainState, new_params, new_stats):
 LAST_SHARED_BLOCK = "layer4_1"
 
 
-def _model_gradients(state: TrainState, batch, rng):
+def task_losses_at(state: TrainState, params, batch, rng):
+    """Each task's unweighted training loss (f32[T]) and metrics for the model's ``params``
+    (train mode, dropout key ``rng``; BatchNorm statistics updates discarded)."""
+    outputs, _ = _apply_model(
+        state, params, state.batch_stats[MODEL], batch["L"], train=True, rng=rng
+    )
+    return _task_losses(state, outputs, batch)
+
+
+def _model_gradients(state: TrainState, forward: ModelForward, batch, rng):
     """Gradient of the weighted multi-task objective w.r.t. the model's parameters.
 
-    With the "sum" combination (and no GradNorm) this is one backward pass of the weighted sum.
-    Otherwise each task's gradient is taken separately (a Jacobian of the T task losses, T
-    backward passes): the backbone's per-task gradients are combined by the configured method
-    (mtcolor.mtl.gradient) and every other parameter, which only one task reaches, gets the sum.
-    Returns (grads, task_losses f32[T], new BN stats, metrics, new gradient-method state,
-    shared-layer gradient norms f32[T] or None).
+    The losses are functions of the forward's outputs, so their gradients w.r.t. the outputs are
+    taken first and then pulled back through the model (``forward.pullback``). With the "sum"
+    combination (and no GradNorm) that is one backward pass of the weighted sum. Otherwise each
+    task's gradient is taken separately (a Jacobian of the T task losses, T pullbacks): the
+    backbone's per-task gradients are combined by the configured method (mtcolor.mtl.gradient)
+    and every other parameter, which only one task reaches, gets the sum.
+    Returns (grads, task_losses f32[T], metrics, new gradient-method state, shared-layer gradient
+    norms f32[T] or None).
     """
     obj = state.objective
     weighting, combination = state_lib.mtl_methods(obj)
     weighting_state = state.mtl["weighting"]
-    params = state.params[MODEL]
     if not obj.needs_task_gradients:
 
-        def weighted_sum(p):
-            task_losses, aux = _task_losses(state, p, batch, rng)
+        def weighted_sum(outputs):
+            task_losses, metrics = _task_losses(state, outputs, batch)
             terms = weighting.task_terms(weighting_state, task_losses) * _active(state)
-            return terms.sum(), (task_losses, aux)
+            return terms.sum(), (task_losses, metrics)
 
-        grads, (task_losses, (new_stats, metrics)) = jax.grad(weighted_sum, has_aux=True)(params)
-        return grads, task_losses, new_stats, metrics, state.mtl["gradient"], None
+        output_grads, (task_losses, metrics) = jax.grad(weighted_sum, has_aux=True)(
+            forward.outputs
+        )
+        (grads,) = forward.pullback(output_grads)
+        return grads, task_losses, metrics, state.mtl["gradient"], None
 
-    task_losses, task_vjp, (new_stats, metrics) = jax.vjp(
-        lambda p: _task_losses(state, p, batch, rng), params, has_aux=True
+    task_losses, losses_pullback, metrics = jax.vjp(
+        lambda outputs: _task_losses(state, outputs, batch), forward.outputs, has_aux=True
     )
     # One backward pass per task (rows of the identity): leaves get a leading task axis.
-    (jacobian,) = jax.vmap(task_vjp)(jnp.eye(task_losses.shape[0], dtype=task_losses.dtype))
+    (output_grads,) = jax.vmap(losses_pullback)(
+        jnp.eye(task_losses.shape[0], dtype=task_losses.dtype)
+    )
+    (jacobian,) = jax.vmap(forward.pullback)(output_grads)
     # Each task's term depends on its own loss only, so the weighted per-task gradient is the
     # task's gradient times d term_i / d loss_i (the weight, for every method but uncertainty's
     # and FAMO's nonlinear terms).
@@ -206,7 +250,7 @@ def _model_gradients(state: TrainState, batch, rng):
     last = jax.tree.leaves(jacobian[BACKBONE].get(LAST_SHARED_BLOCK, jacobian[BACKBONE]))
     norms = jnp.sqrt(sum(jnp.sum(jnp.square(g.reshape(g.shape[0], -1).astype(jnp.float32)), 1)
                          for g in last))
-    return grads, task_losses, new_stats, metrics, gradient_state, norms
+    return grads, task_losses, metrics, gradient_state, norms
 
 
 def _active(state: TrainState) -> jax.Array:
@@ -243,7 +287,7 @@ def _update_weighting(state: TrainState, new_model_params, batch, rng, task_loss
     if obj.weighting == "famo":
         # FAMO (Liu et al. 2023, Alg. 1) compares the same batch's losses before and after the
         # update: one extra forward pass, only for this method.
-        losses_after, _ = _task_losses(state, new_model_params, batch, rng)
+        losses_after, _ = task_losses_at(state, new_model_params, batch, rng)
         losses_after = jax.lax.stop_gradient(losses_after)
     epoch_end = False
     if obj.steps_per_epoch:
@@ -259,10 +303,16 @@ def _update_weighting(state: TrainState, new_model_params, batch, rng, task_loss
 
 def generator_step(state: TrainState, batch, rng):
     """One generator (or classifier) update; increments ``state.step``."""
+    return _update_model(state, _model_forward(state, batch, rng), batch, rng)
+
+
+def _update_model(state: TrainState, forward: ModelForward, batch, rng):
+    """The model's update from its forward on this batch (G's losses through the current D)."""
     obj = state.objective
     weighting, _ = state_lib.mtl_methods(obj)
-    grads, task_losses, new_stats, metrics, gradient_state, norms = _model_gradients(
-        state, batch, rng
+    new_stats = forward.batch_stats
+    grads, task_losses, metrics, gradient_state, norms = _model_gradients(
+        state, forward, batch, rng
     )
     weights = weighting.weights(state.mtl["weighting"])
     metrics[obj.total_loss_name] = (
@@ -294,12 +344,15 @@ def classifier_step(state: TrainState, batch, rng):
 
 
 def train_step(state: TrainState, batch):
-    """A full iteration: D then G for the cGAN models (same dropout key), else the classifier."""
+    """A full iteration with one model forward: D on its outputs, then the model through the
+    updated D for the cGAN models; the model's update alone for the classifier."""
     rng = iteration_rng(state)
+    forward = _model_forward(state, batch, rng)
     metrics = {}
     if state.discriminator is not None:
-        state, metrics = discriminator_step(state, batch, rng)
-    state, model_metrics = generator_step(state, batch, rng)
+        _check_adversarial(state)
+        state, metrics = _update_discriminator(state, batch, forward.outputs)
+    state, model_metrics = _update_model(state, forward, batch, rng)
     return state, {**metrics, **model_metrics}
 
 
