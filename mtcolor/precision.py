@@ -15,3 +15,16 @@ import jax.numpy as jnp
 def at_least_float32(x: jax.Array) -> jax.Array:
     """``x`` as float32 if it is a narrower float (bfloat16, float16), unchanged if wider."""
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+# config.model.dtype: the models' computation dtype. Parameters, optimizer states, BatchNorm
+# statistics (flax computes them in float32 and keeps them in param_dtype), losses and the
+# multi-task solvers stay float32 whatever is chosen; float64 is for numerical tests (x64 mode).
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
+
+
+def compute_dtype(name: str):
+    """The jnp dtype of a ``config.model.dtype`` name."""
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"model.dtype must be one of {tuple(COMPUTE_DTYPES)}, got {name!r}")
+    return COMPUTE_DTYPES[name]

@@ -38,13 +38,15 @@ def experiment_tasks(
     l1_weight: float = 100.0,
     gan_mode: str = "vanilla",
     gan_weight: float = 1.0,
+    dtype: Any = jnp.float32,
 ) -> tuple[Task, ...]:
-    """The task list of one of the paper's experiments."""
+    """The task list of one of the paper's experiments (``dtype``: the discriminator's
+    computation dtype; the model's is MultiTaskModel's)."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"experiment must be one of {EXPERIMENTS}, got {experiment!r}")
     tasks = []
     if experiment in ("multitask", "colorization"):
-        adversary = Adversary(discriminator=PatchDiscriminator(), gan_mode=gan_mode,
+        adversary = Adversary(discriminator=PatchDiscriminator(dtype=dtype), gan_mode=gan_mode,
                               weight=float(gan_weight))
         tasks.append(Colorization(decoder=decoder, l1_weight=float(l1_weight), adversary=adversary))
     if experiment in ("multitask", "classification"):
@@ -55,6 +57,8 @@ def experiment_tasks(
 
 def tasks_from_config(config) -> tuple[Task, ...]:
     """The task list ``config.experiment`` names, with the config's model and loss settings."""
+    from mtcolor.precision import compute_dtype
+
     m, loss = config.model, config.loss
     return experiment_tasks(
         config.experiment,
@@ -65,6 +69,7 @@ def tasks_from_config(config) -> tuple[Task, ...]:
         l1_weight=loss.l1_weight,
         gan_mode=loss.gan_mode,
         gan_weight=loss.gan_weight,
+        dtype=compute_dtype(m.get("dtype", "float32")),
     )
 
 

@@ -37,6 +37,9 @@ def base_config(experiment: str = "multitask") -> ml_collections.ConfigDict:
     # "plain": the paper's decoder from the bottleneck alone; "unet": skips from the ResNet-18
     # stages (stem, layer1..layer3) at matching resolutions (paper V-B, mtcolor.models.UNetDecoder).
     config.model.decoder = "plain"
+    # Computation dtype: "float32" or "bfloat16" (mixed precision: bf16 activations and matmuls;
+    # float32 parameters, optimizer states, BatchNorm statistics, losses and multi-task solvers).
+    config.model.dtype = "float32"
 
     config.loss = ml_collections.ConfigDict()
     config.loss.gan_mode = "vanilla"  # "l1" | "vanilla" | "lsgan" (see mtcolor.train.losses)

@@ -230,11 +230,14 @@ def optimizer_spec_from_config(config, backbone_frozen: bool) -> optim.Optimizer
 
 
 def build_model(config, tasks=None) -> nn.Module:
-    """The shared backbone with one head per task (default: config.experiment's task list)."""
+    """The shared backbone with one head per task (default: config.experiment's task list),
+    computing in ``config.model.dtype``."""
     from mtcolor import models
+    from mtcolor.precision import compute_dtype
 
     objective_tasks = tasks if tasks is not None else objective_from_config(config).tasks
-    return models.MultiTaskModel(tasks=tuple(objective_tasks))
+    dtype = compute_dtype(config.model.get("dtype", "float32"))
+    return models.MultiTaskModel(tasks=tuple(objective_tasks), dtype=dtype)
 
 
 def phase1_steps(config, steps_per_epoch: int) -> int:
