@@ -12,13 +12,15 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Candidate step sizes of the projected-gradient search, for a Gram matrix scaled to a mean
 # diagonal of 1 (so its largest eigenvalue is at most T). Small steps (down to 2^-30) serve the
 # curved directions, large ones (up to 2^24) the nearly flat directions of a task whose gradient
 # is orders of magnitude smaller than the others' (its weight must move by O(1) although its
 # partial derivative is tiny); the projection keeps every trial point feasible.
-_STEPS = 2.0 ** -jnp.arange(-24, 31, dtype=jnp.float32)
+# numpy, not jnp: a jnp constant would start JAX's backends at import (before jax.distributed).
+_STEPS = 2.0 ** -np.arange(-24, 31, dtype=np.float32)
 
 
 def project_simplex(v: jax.Array) -> jax.Array:

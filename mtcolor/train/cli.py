@@ -1,6 +1,7 @@
 """Command-line entry for experiments/{multitask,colorization,classification}.py."""
 
 import logging
+import sys
 
 from absl import app
 from absl import flags
@@ -25,6 +26,25 @@ def quiet_library_logs():
     absl_logging.get_absl_handler().addFilter(_DropInfoFrom("orbax", "grain"))
 
 
+def exit_on_config_problems(config) -> None:
+    """Checks the whole config before any work; on problems prints one line each to stderr and
+    exits with status 2 (no traceback, nothing written)."""
+    from mtcolor.train import validation
+
+    problems = validation.config_problems(config)
+    if not problems and not config.train.get("distributed", False):
+        # Only now start JAX, for the device count (a multi-host run must initialize
+        # jax.distributed first; the loop checks it there).
+        import jax
+
+        problems = validation.config_problems(config, device_count=jax.device_count())
+    if problems:
+        print(f"error: the config has {len(problems)} problem(s):", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        sys.exit(2)
+
+
 def run(experiment: str) -> None:
     """``python -m experiments.<experiment> --config=... --workdir=...``; the entry point's
     experiment overrides config.experiment."""
@@ -42,6 +62,7 @@ def run(experiment: str) -> None:
 
         config = flags.FLAGS.config
         config.experiment = experiment
+        exit_on_config_problems(config)
         loop.train_and_evaluate(config, flags.FLAGS.workdir)
 
     app.run(main)

@@ -22,6 +22,7 @@ from mtcolor.train import metrics as metrics_lib
 from mtcolor.train import sharding
 from mtcolor.train import state as state_lib
 from mtcolor.train import steps as steps_lib
+from mtcolor.train import validation
 
 BATCH_KEYS = ("L", "ab", "label", "mask", "has_label")
 
@@ -106,11 +107,14 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
     Returns:
       The summary dict also written to workdir/summary.json.
     """
+    own_data = data is not None
     if data is None:
         from mtcolor.data import pipeline as data
     pipeline = data
 
     sharding.maybe_initialize_distributed(config)
+    # Before anything is written or built; a user's own data pipeline reads its own data.
+    validation.check_config(config, device_count=jax.device_count(), data_source=not own_data)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0

@@ -1,0 +1,121 @@
+"""The whole config is checked before any work: every problem at once, one line each naming the
+field, exit status 2, no traceback, nothing written (mtcolor.train.validation)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments.configs import demo, paper, tiny
+from mtcolor.train import validation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (command-line override on the tiny config, the field its message must name). The first five are
+# what a user tried (issue 12); each names the field it breaks.
+BAD_OVERRIDES = [
+    ("--config.image_size=33", "image_size"),
+    ("--config.batch_size=0", "data.batch_size"),
+    ("--config.optim.learning_rate=-1", "optim.learning_rate"),
+    ("--config.train.frozen_epochs=-1", "train.frozen_epochs"),
+    ("--config.loss.gan_mode=foo", "loss.gan_mode"),
+    ("--config.seed=-1", "seed"),
+    ("--config.data.resize_mode=squash", "data.resize_mode"),
+    ("--config.data.worker_count=-2", "data.worker_count"),
+    ("--config.data.read_threads=0", "data.read_threads"),
+    ("--config.data.max_bad_fraction=1.5", "data.max_bad_fraction"),
+    ("--config.data.synthetic.val_size=0", "data.synthetic.val_size"),
+    ("--config.model.num_classes=1", "model.num_classes"),
+    ("--config.model.pooling=max", "model.pooling"),
+    ("--config.model.decoder=resnet", "model.decoder"),
+    ("--config.model.dtype=float16", "model.dtype"),
+    ("--config.model.pretrained=/nonexistent/resnet18.pth", "model.pretrained"),
+    ("--config.loss.l1_weight=0", "loss.l1_weight"),
+    ("--config.loss.gan_weight=-1", "loss.gan_weight"),
+    ("--config.loss.weighting=kendall", "loss.weighting"),
+    ("--config.loss.gradient=pcgard", "loss.gradient"),
+    ("--config.optim.b1=1.0", "optim.b1"),
+    ("--config.optim.b2=-0.1", "optim.b2"),
+    ("--config.train.evals_per_epoch=0", "train.evals_per_epoch"),
+    ("--config.train.log_every_steps=0", "train.log_every_steps"),
+    ("--config.train.max_to_keep=0", "train.max_to_keep"),
+    ("--config.train.early_stopping_patience=0", "train.early_stopping_patience"),
+    ("--config.train.max_steps_per_run=0", "train.max_steps_per_run"),
+]
+
+
+def _entry_point(tmp_path, *overrides):
+    workdir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.multitask", "--config=experiments/configs/tiny.py",
+         f"--workdir={workdir}", *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    return proc, workdir
+
+
+def test_every_bad_field_is_reported_at_once_by_the_entry_point(tmp_path):
+    assert len(BAD_OVERRIDES) >= 20
+    proc, workdir = _entry_point(tmp_path, *(flag for flag, _ in BAD_OVERRIDES))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert not workdir.exists()  # nothing written
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("--")]
+    for flag, field in BAD_OVERRIDES:
+        value = flag.split("=", 1)[1]
+        named = [line for line in lines if line.startswith(f"--config.{field}=")]
+        assert named, f"no line names {field}:\n{proc.stderr}"
+        if field.split(".")[-1] == flag.split("=")[0].split(".")[-1]:
+            assert any(value in line for line in named), (field, named)
+
+
+def test_one_bad_field_gives_one_line_and_what_is_allowed(tmp_path):
+    proc, workdir = _entry_point(tmp_path, "--config.loss.gan_mode=foo")
+    assert proc.returncode == 2 and not workdir.exists()
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("--")]
+    assert lines == ["--config.loss.gan_mode='foo': must be one of 'l1', 'vanilla', 'lsgan'"]
+
+
+def test_shipped_configs_pass(tmp_path):
+    for module in (demo, tiny):
+        assert validation.config_problems(module.get_config(), device_count=1) == [], module
+    config = paper.get_config()  # the paper's: the user names the ImageNet folders
+    assert [p.split("=")[0] for p in validation.config_problems(config)] == [
+        "--config.data.folder.train_root"
+    ]
+    config.data.folder.train_root = config.data.folder.val_root = str(tmp_path)
+    assert validation.config_problems(config, device_count=1) == []
+
+
+def test_cross_field_rules():
+    config = tiny.get_config()
+    config.batch_size = 6
+    config.train.frozen_epochs, config.train.unfrozen_epochs = 0, 0
+    config.data.synthetic.train_size = 4
+    problems = validation.config_problems(config, device_count=4)
+    assert any(p.startswith("--config.data.batch_size=6: must be divisible by the 4 devices")
+               for p in problems), problems
+    assert any(p.startswith("--config.train.unfrozen_epochs=0") and "at least 1" in p
+               for p in problems), problems
+    assert any(p.startswith("--config.data.synthetic.train_size=4") for p in problems), problems
+
+
+def test_folder_roots_must_exist(tmp_path):
+    config = tiny.get_config()
+    config.data.source = "folder"
+    config.data.folder.train_root = str(tmp_path / "missing")
+    problems = validation.config_problems(config)
+    assert problems == [f"--config.data.folder.train_root='{tmp_path / 'missing'}': no such "
+                        "directory (the training images, one folder per class)"]
+    (tmp_path / "missing").mkdir()
+    assert validation.config_problems(config) == []
+
+
+def test_method_options_are_checked_on_a_sound_config():
+    config = tiny.get_config()
+    config.loss.gradient = "cagrad"
+    config.loss.gradient_options.c = -1.0
+    with pytest.raises(validation.ConfigError, match="gradient_options"):
+        validation.check_config(config)
