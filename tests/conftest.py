@@ -31,13 +31,26 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 
 @pytest.fixture(scope="session")
-def tiny_multitask_run(tmp_path_factory):
+def tiny_multitask_run(tmp_path_factory, worker_id):
     """One tiny multi-task run (experiments/configs/tiny.py: 32 px, 2 epochs of 3 steps) shared by
     every test that only reads a finished run: training it compiles the real models, the largest
-    fixed cost of the suite. Returns (workdir, summary). Tests must not write into it."""
+    fixed cost of the suite. Under xdist the workers share it too (pytest-xdist's recipe for a
+    session fixture built once: the first worker trains under a file lock in the run's common
+    temporary directory, the others wait and read it). Returns (workdir, summary). Tests must not
+    write into it."""
+    import fcntl
+    import json
+
     from experiments.configs import tiny
     from mtcolor.train import loop
 
-    workdir = tmp_path_factory.mktemp("tiny_multitask_run")
-    summary = loop.train_and_evaluate(tiny.get_config(), str(workdir))
-    return workdir, summary
+    if worker_id == "master":  # not under xdist
+        workdir = tmp_path_factory.mktemp("tiny_multitask_run")
+        return workdir, loop.train_and_evaluate(tiny.get_config(), str(workdir))
+    shared = tmp_path_factory.getbasetemp().parent  # this run's directory, common to the workers
+    workdir = shared / "tiny_multitask_run"
+    with open(shared / "tiny_multitask_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (workdir / "summary.json").exists():
+            return workdir, json.loads((workdir / "summary.json").read_text())
+        return workdir, loop.train_and_evaluate(tiny.get_config(), str(workdir))
