@@ -36,11 +36,26 @@ GAMUT_BISECTION_STEPS = 10  # chroma factor resolved to 2^-10
 
 
 
+# A photo may declare at most this many pixels (--max_pixels): 200 megapixels admits large
+# panoramas and scans (e.g. 20000 x 10000), while a file that declares far more (a few hundred KB
+# of PNG can declare 40000 x 40000 = 1.6 gigapixels, 19 GB as float RGB) is refused from its
+# header, before any pixel is decoded. An accepted image takes about 7 bytes per pixel at its peak
+# (its decoded pixels, then either its float L or the 8-bit output; the float work runs in bands).
+DEFAULT_MAX_PIXELS = 200_000_000
+# Photos are predicted in batches; a batch is predicted early once its images hold this many
+# pixels, so large photos are finished (and written) one by one instead of waiting together.
+PENDING_PIXEL_BUDGET = 1 << 24
+
+
+class ImageTooLargeError(ValueError):
+    """A file declares more pixels than the limit; raised from its header alone."""
+
+
 @contextlib.contextmanager
 def _no_decompression_bomb_limit():
-    """The user's own photos may be huge (panoramas, scans): lift Pillow's decompression-bomb limit
-    while opening one, and put the process-wide setting back, so importing or running this tool
-    never weakens the training pipeline's bad-file checks."""
+    """Our own limit (``max_pixels``, checked on the header) replaces Pillow's process-wide
+    decompression-bomb limit while one of the user's photos is opened; the setting is put back, so
+    importing or running this tool never weakens the training pipeline's bad-file checks."""
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
@@ -49,38 +64,71 @@ def _no_decompression_bomb_limit():
         Image.MAX_IMAGE_PIXELS = previous
 
 
-# --------------------------------------------------------------------------------------------
-# Reading
+def declared_pixels(path) -> tuple[int, int]:
+    """(width, height) as the file's header declares them (nothing decoded)."""
+    with _no_decompression_bomb_limit(), Image.open(path) as image:
+        return image.size
 
 
-def read_image(path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(rgb float32 (H, W, 3) in [0, 1], alpha float32 (H, W) or None) of any Pillow-readable file.
+def _check_size(path, size: tuple[int, int], max_pixels: int | None) -> None:
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"declares {width} x {height} = {width * height / 1e6:.0f} megapixels, above the "
+            f"limit of {max_pixels / 1e6:.0f} (--max_pixels)")
+
+
+class Pixels:
+    """A decoded photo in its own sample type (8-bit RGB, 16-bit or float gray), turned into
+    float RGB one band of rows at a time so no full-size float copy is ever made."""
+
+    def __init__(self, data: np.ndarray, alpha: np.ndarray | None, scale: float):
+        self.data, self.alpha, self.scale = data, alpha, scale
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape[:2]
+
+    def rgb_rows(self, start: int, stop: int) -> np.ndarray:
+        band = np.asarray(self.data[start:stop], np.float32) / self.scale
+        if band.ndim == 2:
+            band = np.repeat(np.clip(band, 0.0, 1.0)[..., None], 3, axis=-1)
+        return band
+
+
+def read_pixels(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Pixels:
+    """The photo at ``path`` (any Pillow-readable file) as Pixels, refusing files that declare
+    more than ``max_pixels`` (ImageTooLargeError) before decoding them.
 
     16-bit grayscale keeps its 16-bit precision; CMYK, palette, YCbCr ... go through Pillow's
     conversion to RGB; EXIF orientation is applied so the output is upright like in a viewer.
     """
     with _no_decompression_bomb_limit(), Image.open(path) as image:
+        _check_size(path, image.size, max_pixels)
         image = ImageOps.exif_transpose(image)
         mode = image.mode
-        alpha = None
         if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-            gray = np.asarray(image, dtype=np.float64)
-            scale = 65535.0 if gray.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
-            gray = np.clip(gray / scale, 0.0, 1.0).astype(np.float32)
-            return np.repeat(gray[..., None], 3, axis=-1), None
+            gray = np.asarray(image)
+            wide = gray.max(initial=0) > 255 or mode.startswith("I;16")
+            return Pixels(gray, None, 65535.0 if wide else 255.0)
         if mode == "F":
-            gray = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
-            return np.repeat(gray[..., None], 3, axis=-1), None
+            return Pixels(np.asarray(image, np.float32), None, 1.0)
         if mode == "P":
             image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-            image = image.convert("RGBA")
-            array = np.asarray(image, np.float32) / 255.0
-            alpha = array[..., 3]
-            return np.ascontiguousarray(array[..., :3]), alpha
+            array = np.asarray(image.convert("RGBA"))
+            return Pixels(np.ascontiguousarray(array[..., :3]), array[..., 3], 255.0)
         if image.mode != "RGB":
             image = image.convert("RGB")
-        return np.asarray(image, np.float32) / 255.0, None
+        return Pixels(np.asarray(image), None, 255.0)
+
+
+def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """(rgb float32 (H, W, 3) in [0, 1], alpha float32 (H, W) or None) of any Pillow-readable
+    file (see read_pixels)."""
+    pixels = read_pixels(path, max_pixels)
+    alpha = None if pixels.alpha is None else pixels.alpha.astype(np.float32) / 255.0
+    return pixels.rgb_rows(0, pixels.shape[0]), alpha
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,6 +263,31 @@ def _resize_channel(channel: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(channel.astype(np.float32), mode="F").resize(size, Image.BICUBIC))
 
 
+def _resize_rows(channel: np.ndarray, width: int, height: int, start: int, stop: int) -> np.ndarray:
+    """Rows start:stop of the bicubic resize of ``channel`` to (width, height), computed alone:
+    Pillow's ``box`` maps exactly those output rows and its filter still reads the source rows
+    around the box, so the band equals the same rows of the whole resize."""
+    rows, cols = channel.shape
+    box = (0.0, start * rows / height, float(cols), stop * rows / height)
+    image = Image.fromarray(channel.astype(np.float32), mode="F")
+    return np.asarray(image.resize((width, stop - start), Image.BICUBIC, box=box))
+
+
+def band_rows(width: int) -> int:
+    """Rows per band of full-resolution work (about MAX_CHUNK_PIXELS pixels)."""
+    return max(1, MAX_CHUNK_PIXELS // max(1, width))
+
+
+def lightness_of(pixels: Pixels) -> np.ndarray:
+    """CIELAB L (H, W) float32 of a decoded photo, converted band by band."""
+    height, width = pixels.shape
+    L = np.empty((height, width), np.float32)
+    rows = band_rows(width)
+    for start in range(0, height, rows):
+        L[start:start + rows] = lightness(pixels.rgb_rows(start, start + rows))
+    return L
+
+
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
 
@@ -271,11 +344,22 @@ class PhotoColorizer:
             outputs.append(np.asarray(self._predict(self._variables, part))[:valid])
         return np.concatenate(outputs)
 
+    def ab_rows(self, ab_norm_small: np.ndarray, width: int, height: int, start: int,
+                stop: int) -> np.ndarray:
+        """Rows start:stop of the prediction upsampled to (height, width), in Lab units."""
+        return np.stack([_resize_rows(ab_norm_small[..., c] * AB_SCALE, width, height, start, stop)
+                         for c in range(2)], -1)
+
     def finish(self, L: np.ndarray, ab_norm_small: np.ndarray) -> np.ndarray:
         """Full-resolution RGB from the original L and the model-resolution ab prediction."""
         height, width = L.shape
-        ab = np.stack([_resize_channel(ab_norm_small[..., c] * AB_SCALE, (width, height)) for c in range(2)], -1)
-        return recombine(L, ab)
+        rgb = np.empty((height, width, 3), np.float32)
+        rows = band_rows(width)
+        for start in range(0, height, rows):
+            stop = min(start + rows, height)
+            ab = self.ab_rows(ab_norm_small, width, height, start, stop)
+            rgb[start:stop] = recombine(L[start:stop], ab)
+        return rgb
 
     def colorize_arrays(self, rgbs: Sequence[np.ndarray]) -> list[np.ndarray]:
         Ls = [lightness(rgb) for rgb in rgbs]
@@ -309,16 +393,49 @@ def _output_name(path: Path, used: set[str]) -> str:
     return name
 
 
-def _save(rgb: np.ndarray, alpha: np.ndarray | None, path: Path):
-    image = to_uint8(rgb)
+def _save(image: np.ndarray, alpha: np.ndarray | None, path: Path):
+    """Writes 8-bit RGB (+ the input's 8-bit alpha) as PNG."""
     if alpha is not None:
-        image = np.concatenate([image, to_uint8(alpha)[..., None]], axis=-1)
+        image = np.concatenate([image, alpha[..., None]], axis=-1)
     Image.fromarray(image).save(path)
 
 
+def _write_outputs(colorizer: PhotoColorizer, pixels: Pixels, ab_small: np.ndarray,
+                   target: Path, compare_target: Path | None) -> None:
+    """The photo's colorization (and its comparison strip), built band by band in 8 bits."""
+    height, width = pixels.shape
+    output = np.empty((height, width, 3), np.uint8)
+    side = np.empty((height, 3 * width, 3), np.uint8) if compare_target is not None else None
+    rows = band_rows(width)
+    for start in range(0, height, rows):
+        stop = min(start + rows, height)
+        rgb = pixels.rgb_rows(start, stop)
+        L = lightness(rgb)
+        ab = colorizer.ab_rows(ab_small, width, height, start, stop)
+        output[start:stop] = to_uint8(recombine(L, ab))
+        if side is not None:
+            # "input" is what the model sees: the photo's L alone, i.e. a gray image.
+            gray = to_uint8(recombine(L, np.zeros(L.shape + (2,), np.float32)))
+            side[start:stop] = np.concatenate([gray, output[start:stop], to_uint8(rgb)], axis=1)
+    alpha = None
+    if pixels.alpha is not None:
+        alpha = pixels.alpha if pixels.alpha.dtype == np.uint8 else to_uint8(pixels.alpha)
+    _save(output, alpha, target)
+    if side is not None:
+        Image.fromarray(side).save(compare_target)
+
+
 def colorize_files(colorizer: PhotoColorizer, inputs: Iterable, out_dir, *, compare: bool = False,
-                   progress: bool | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Colorizes files/directories into out_dir as PNG; returns (written files, skipped (path, why))."""
+                   progress: bool | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+                   ) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Colorizes files/directories into out_dir as PNG; returns (written files, skipped (path, why)).
+
+    A file that cannot be read, or that declares more than ``max_pixels`` pixels, is skipped with
+    one line on stderr and the others go on. Photos are predicted ``colorizer.batch_size`` at a
+    time, and a batch is predicted early once it holds PENDING_PIXEL_BUDGET pixels, so a large
+    photo is finished and written before the next one is read: memory stays bounded by one large
+    photo (about 7 bytes per pixel) and an interrupted run keeps what it wrote.
+    """
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
@@ -327,42 +444,68 @@ def colorize_files(colorizer: PhotoColorizer, inputs: Iterable, out_dir, *, comp
     if progress is None:
         progress = len(paths) > 1
     written, skipped, used = [], [], set()
-    pending: list[tuple[Path, np.ndarray, np.ndarray | None, np.ndarray]] = []
+    pending: list[tuple[Path, Pixels, np.ndarray]] = []  # (path, decoded photo, model input)
 
     def flush():
         if not pending:
             return
-        ab_small = colorizer.predict_ab(np.stack([colorizer.model_input(item[3]) for item in pending]))
-        for (path, rgb, alpha, L), ab in zip(pending, ab_small):
-            output = colorizer.finish(L, ab)
+        ab_small = colorizer.predict_ab(np.stack([item[2] for item in pending]))
+        for (path, pixels, _), ab in zip(pending, ab_small):
             name = _output_name(path, used)
             target = out_dir / f"{name}.png"
-            _save(output, alpha, target)
+            compare_target = out_dir / f"{name}_compare.png" if compare else None
+            _write_outputs(colorizer, pixels, ab, target, compare_target)
             written.append(target)
-            if compare:
-                # "input" is what the model sees: the photo's L alone, i.e. a gray image.
-                gray = recombine(L, np.zeros(L.shape + (2,), np.float32))
-                side = np.concatenate([to_uint8(gray), to_uint8(output), to_uint8(rgb)], axis=1)
-                target = out_dir / f"{name}_compare.png"
-                Image.fromarray(side).save(target)
-                written.append(target)
+            if compare_target is not None:
+                written.append(compare_target)
         pending.clear()
+
+    def skip(path, message):
+        skipped.append((path, message))
+        tqdm.write(f"skipped {path}: {message}", file=sys.stderr)  # a line of its own, above the bar
 
     for path in tqdm(paths, disable=not progress, desc="colorizing", unit="img"):
         try:
-            rgb, alpha = read_image(path)
-            if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
-                raise ValueError(f"empty image {rgb.shape}")
-        except Exception as error:  # noqa: BLE001 - one bad file must not stop a directory
-            message = f"{type(error).__name__}: {error}"
-            skipped.append((path, message))
-            print(f"skipped {path}: {message}", file=sys.stderr)
+            width, height = declared_pixels(path)
+            _check_size(path, (width, height), max_pixels)
+        except ImageTooLargeError as error:
+            skip(path, str(error))
             continue
-        pending.append((path, rgb, alpha, lightness(rgb)))
+        except Exception as error:  # noqa: BLE001 - one bad file must not stop a directory
+            skip(path, f"{type(error).__name__}: {error}")
+            continue
+        if pending and sum(p.shape[0] * p.shape[1] for _, p, _ in pending) + width * height \
+                > PENDING_PIXEL_BUDGET:
+            flush()  # write what is done before a large photo is decoded
+        try:
+            pixels = read_pixels(path, max_pixels)
+            if 0 in pixels.shape:
+                raise ValueError(f"empty image {pixels.shape}")
+            model_input = colorizer.model_input(lightness_of(pixels))
+        except Exception as error:  # noqa: BLE001 - one bad file must not stop a directory
+            skip(path, f"{type(error).__name__}: {error}")
+            continue
+        pending.append((path, pixels, model_input))
         if len(pending) == colorizer.batch_size:
             flush()
     flush()
     return written, skipped
+
+
+def argument_problems(inputs, checkpoint, step, batch_size, max_pixels) -> list[str]:
+    """The command line's problems, one line each, before anything is loaded."""
+    problems = [f"{item!r}: no such file or directory" for item in inputs if not Path(item).exists()]
+    if not Path(checkpoint).is_dir():
+        problems.append(f"--checkpoint={checkpoint!r}: no such run directory")
+    elif not (Path(checkpoint) / "checkpoints").is_dir():
+        problems.append(f"--checkpoint={checkpoint!r}: not a training run (no checkpoints/ in it)")
+    if step not in (None, "best") and not str(step).isdigit():
+        problems.append(f"--step={step!r}: must be 'best', a step number, or left out (latest)")
+    if batch_size < 1:
+        problems.append(f"--batch_size={batch_size}: must be at least 1")
+    if max_pixels < 0:
+        problems.append(f"--max_pixels={max_pixels}: must be >= 0 (0: no limit)")
+    return problems
 
 
 def main(argv):
@@ -373,9 +516,17 @@ def main(argv):
     inputs = argv[1:]
     if not inputs:
         raise SystemExit("usage: python -m mtcolor.colorize PHOTO_OR_DIR... --checkpoint RUN --out DIR [--compare]")
+    problems = argument_problems(inputs, FLAGS.checkpoint, FLAGS.step, FLAGS.batch_size,
+                                 FLAGS.max_pixels)
+    if problems:  # as the training entry points do (mtcolor.train.cli): every problem, exit 2
+        print(f"error: {len(problems)} problem(s) with the arguments:", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(2)
     step = FLAGS.step if FLAGS.step in (None, "best") else int(FLAGS.step)
     colorizer = PhotoColorizer.from_workdir(FLAGS.checkpoint, step=step, batch_size=FLAGS.batch_size)
-    written, skipped = colorize_files(colorizer, inputs, FLAGS.out, compare=FLAGS.compare)
+    written, skipped = colorize_files(colorizer, inputs, FLAGS.out, compare=FLAGS.compare,
+                                      max_pixels=FLAGS.max_pixels or None)
     print(f"wrote {len(written)} file(s) to {FLAGS.out}; skipped {len(skipped)}")
     if skipped and not written:
         raise SystemExit(1)
@@ -389,6 +540,8 @@ def _define_flags():
     flags.DEFINE_bool("compare", False, "Also write NAME_compare.png: input | output | original.")
     flags.DEFINE_string("step", None, "Checkpoint: latest (default), 'best', or a step number.")
     flags.DEFINE_integer("batch_size", 8, "Images predicted per batch.")
+    flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS,
+                         "Skip files that declare more pixels than this (0: no limit).")
     flags.mark_flags_as_required(["checkpoint", "out"])
 
 

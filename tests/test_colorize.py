@@ -127,3 +127,81 @@ def test_huge_input_keeps_size_and_L(tmp_path):
     dl = np.abs(_L(sample) - _L(reference))
     assert dl.max() < MAX_DL and dl.mean() < MEAN_DL
     assert _chroma(sample) > 3  # the gentle model's colour is there
+
+
+def _png_declaring(path, width, height):
+    """A valid 1-bit grayscale PNG of width x height zeros: a few hundred KB on disk (deflate packs
+    the zero rows about 1000:1) for an image that needs gigabytes once decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte + packed bits
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+                     + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_refused_and_the_photos_come_out(tmp_path, tiny_multitask_run):
+    """The real command on a trained run: a 40000 x 40000 PNG (1.6 gigapixels: 19 GB as float RGB,
+    4.8 GB even as 8-bit) among ordinary photos and one large accepted photo. The bomb is refused
+    from its header with one line naming it and its size; every photo is written; the process's
+    peak resident memory stays under 1.5 GB (measured 0.75-0.85 GB, most of it JAX and the
+    model; 0.72 GB with the small photos alone)."""
+    import os
+    import subprocess
+    import sys
+
+    workdir, _ = tiny_multitask_run
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (48 + i, 64, 3), dtype=np.uint8)).save(photos / f"a{i}.jpg")
+    _png_declaring(photos / "bomb.png", 40000, 40000)
+    assert (photos / "bomb.png").stat().st_size < 400_000
+    large = np.broadcast_to((np.arange(3000) % 256).astype(np.uint8)[None, :, None], (2000, 3000, 3))
+    Image.fromarray(np.ascontiguousarray(large)).save(photos / "z_large.png")
+    out = tmp_path / "out"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # The peak is VmHWM of this process's own memory: getrusage's ru_maxrss would also count the
+    # forked pytest process's size from before the exec.
+    script = (
+        "import atexit, re, runpy, sys\n"
+        "peak = lambda: re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+        "atexit.register(lambda: print('PEAK_KB', peak()))\n"
+        f"sys.argv = ['colorize', {str(photos)!r}, '--checkpoint', {str(workdir)!r}, '--out', {str(out)!r}]\n"
+        "runpy.run_module('mtcolor.colorize', run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["a0.png", "a1.png", "a2.png", "z_large.png"]
+    skipped = [line for line in proc.stderr.splitlines() if line.startswith("skipped")]
+    assert skipped == [f"skipped {photos / 'bomb.png'}: declares 40000 x 40000 = 1600 megapixels, "
+                       "above the limit of 200 (--max_pixels)"]
+    with Image.open(out / "z_large.png") as image:
+        assert image.size == (3000, 2000)
+    peak_gb = int(proc.stdout.split("PEAK_KB")[1].split()[0]) / 2**20
+    assert peak_gb < 1.5, peak_gb
+
+
+def test_bands_equal_the_whole_resize():
+    """Row bands of the upsampled ab (Pillow's resize with a box) equal the rows of one resize."""
+    small = np.random.default_rng(4).uniform(-1, 1, (32, 32)).astype(np.float32)
+    whole = colorize._resize_channel(small, (300, 200))
+    bands = np.concatenate([colorize._resize_rows(small, 300, 200, start, min(start + 37, 200))
+                            for start in range(0, 200, 37)])
+    np.testing.assert_allclose(bands, whole, atol=1e-5)
+
+
+def test_bad_arguments_are_reported_before_loading(tmp_path):
+    problems = colorize.argument_problems([str(tmp_path / "nope.jpg")], str(tmp_path / "run"),
+                                          "last", 0, -1)
+    assert [p.split(":")[0] for p in problems] == [
+        repr(str(tmp_path / "nope.jpg")), f"--checkpoint={str(tmp_path / 'run')!r}",
+        "--step='last'", "--batch_size=0", "--max_pixels=-1"]
