@@ -15,7 +15,9 @@ directory is ignored and cleaned up).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -77,6 +79,65 @@ def restore(manager, step: int, abstract_state, train_iter=None):
         items[DATA_ITER] = grain.checkpoint.CheckpointRestore(train_iter)
     restored = manager.restore(int(step), args=ocp.args.Composite(**items))
     return restored[STATE]
+
+
+def damaged_dir(workdir: str) -> str:
+    """Where damaged checkpoints are moved (kept for inspection, out of orbax's sight)."""
+    return os.path.join(os.path.abspath(workdir), "checkpoints_damaged")
+
+
+class NoIntactCheckpointError(RuntimeError):
+    """Every checkpoint of a run failed to restore; the message names each one and why."""
+
+
+def restore_newest_intact(workdir: str, manager, abstract_state_at, train_iter=None):
+    """The newest checkpoint that restores, trying older ones when a newer one is damaged.
+
+    A checkpoint orbax finished writing can still be damaged afterwards (a full disk, a copy
+    interrupted, files overwritten): its restore fails (e.g. tensorstore's OUT_OF_RANGE). Then a
+    warning names it and the error, the next older checkpoint is tried, and once one restores the
+    damaged ones are moved to ``damaged_dir(workdir)`` (nothing is deleted; later saves reuse their
+    step numbers). ``abstract_state_at(step)`` gives the state's structure at a step (the phase
+    follows from it).
+
+    Returns (step, state, extra JSON or None, manager). Raises NoIntactCheckpointError naming every checkpoint if none restores.
+    """
+    damaged = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state = restore(manager, step, abstract_state_at(step), train_iter)
+            extra = restore_extra(manager, step)
+        except Exception as error:  # noqa: BLE001 - any failure means: try the older one
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            logging.warning("checkpoint %s is damaged (%s); trying an older one",
+                            os.path.join(manager.directory, str(step)), reason)
+            damaged.append((step, reason))
+            continue
+        if damaged:
+            manager = _set_aside(workdir, manager, [s for s, _ in damaged])
+        return step, state, extra, manager
+    manager.close()
+    lines = "\n".join(f"  step {s}: {reason}" for s, reason in damaged)
+    raise NoIntactCheckpointError(
+        f"no checkpoint in {checkpoint_dir(workdir)} restores:\n{lines}\n"
+        "Nothing was changed. Move the checkpoints away to start the run again from step 0.")
+
+
+def _set_aside(workdir: str, manager, steps):
+    """Moves the checkpoints of ``steps`` to damaged_dir; the manager no longer lists them."""
+    manager.wait_until_finished()
+    target_root = damaged_dir(workdir)
+    os.makedirs(target_root, exist_ok=True)
+    for step in steps:
+        target = os.path.join(target_root, str(step))
+        suffix = 1
+        while os.path.exists(target):
+            suffix += 1
+            target = os.path.join(target_root, f"{step}_{suffix}")
+        shutil.move(os.path.join(checkpoint_dir(workdir), str(step)), target)
+        logging.warning("moved damaged checkpoint step %d to %s", step, target)
+    manager.reload()  # orbax caches the step list; the directory changed under it
+    return manager
 
 
 def restore_extra(manager, step: int):

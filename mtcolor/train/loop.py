@@ -152,24 +152,29 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
 
     rng = jax.random.PRNGKey(int(config.seed))
     latest = manager.latest_step()
+    extra = None
     if latest is not None:
-        frozen = state_lib.backbone_frozen_at(latest, phase1)
         # The structure only: pretrained weights are not read again, the checkpoint has them.
         abstract_config = config.copy_and_resolve_references()
         abstract_config.model.pretrained = None
-        abstract = jax.eval_shape(
-            lambda r: state_lib.create_train_state(
-                abstract_config,
-                r,
-                backbone_frozen=frozen,
-                model=model,
-                tasks=tasks,
-                steps_per_epoch=steps_per_epoch,
-            ),
-            rng,
+
+        def abstract_state_at(step):
+            abstract = jax.eval_shape(
+                lambda r: state_lib.create_train_state(
+                    abstract_config,
+                    r,
+                    backbone_frozen=state_lib.backbone_frozen_at(step, phase1),
+                    model=model,
+                    tasks=tasks,
+                    steps_per_epoch=steps_per_epoch,
+                ),
+                rng,
+            )
+            return checkpointing.abstract_like(abstract, sharding.replicated(mesh))
+
+        latest, state, extra, manager = checkpointing.restore_newest_intact(
+            workdir, manager, abstract_state_at, train_iter
         )
-        abstract = checkpointing.abstract_like(abstract, sharding.replicated(mesh))
-        state = checkpointing.restore(manager, latest, abstract, train_iter)
         logging.info("resumed from %s step %d", checkpointing.checkpoint_dir(workdir), latest)
     else:
         state = state_lib.create_train_state(
@@ -204,10 +209,8 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
     best = _read_best(workdir) or {"metric": best_name, "step": None, "val": {}}
     best_value = best["val"].get(best_name) if best["metric"] == best_name else None
     tracker = _make_tracker(pipeline, config)
-    if tracker is not None and latest is not None:
-        tracker_state = checkpointing.restore_extra(manager, latest)
-        if tracker_state is not None:
-            tracker.set_state(tracker_state)
+    if tracker is not None and extra is not None:
+        tracker.set_state(extra)
 
     def check_pending():
         """Fetch and NaN-check every step since the last check; fold them into the window."""
