@@ -86,6 +86,30 @@ def damaged_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints_damaged")
 
 
+class ProcessCountChangedError(RuntimeError):
+    """A checkpoint's data-iterator state was written by another number of processes."""
+
+
+def check_data_iterator_processes(manager, step: int) -> None:
+    """Raises ProcessCountChangedError if checkpoint ``step`` holds no data-iterator state for
+    this process and process count (each process saves its own grain iterator position, and a
+    position cannot be split or merged over another number of processes)."""
+    directory = os.path.join(manager.directory, str(step), DATA_ITER)
+    if not os.path.isdir(directory):
+        return
+    wanted = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if os.path.exists(os.path.join(directory, wanted)):
+        return
+    found = sorted(f for f in os.listdir(directory) if f.startswith("process_"))
+    counts = sorted({f.split("-of-")[1].split(".")[0] for f in found if "-of-" in f})
+    raise ProcessCountChangedError(
+        f"checkpoint {os.path.join(manager.directory, str(step))} was written by "
+        f"{' or '.join(counts) or 'another number of'} process(es) and this run has "
+        f"{jax.process_count()}: its data-iterator positions ({', '.join(found)}) cannot be "
+        "resumed by another process count. Resume with the same number of processes; the "
+        "model itself loads anywhere (load_for_inference, evaluate, colorize, report).")
+
+
 class NoIntactCheckpointError(RuntimeError):
     """Every checkpoint of a run failed to restore; the message names each one and why."""
 
@@ -104,6 +128,8 @@ def restore_newest_intact(workdir: str, manager, abstract_state_at, train_iter=N
     """
     damaged = []
     for step in sorted(manager.all_steps(), reverse=True):
+        if train_iter is not None:
+            check_data_iterator_processes(manager, step)  # not damage: say what it is
         try:
             state = restore(manager, step, abstract_state_at(step), train_iter)
             extra = restore_extra(manager, step)
@@ -175,6 +201,26 @@ def load_config(workdir: str):
         return ml_collections.ConfigDict(json.load(f))
 
 
+def _restore_on_this_process(directory: str, step: int, item: str):
+    """``item`` of checkpoint ``step`` as arrays on this process's first device, whatever mesh
+    and number of processes wrote it: the target is built from the checkpoint's own metadata
+    (shapes, dtypes) with a one-device sharding. Restoring without a target would ask orbax for
+    the saved topology, which fails ("Topology mismatch") for a multi-host run read on one host."""
+    manager = ocp.CheckpointManager(directory, item_handlers={item: ocp.StandardCheckpointHandler()})
+    try:
+        metadata = manager.item_metadata(step)[item]
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), metadata
+        )
+        restored = manager.restore(
+            step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)})
+        )
+    finally:
+        manager.close()
+    return restored[item]
+
+
 def load_for_inference(workdir: str, step=None, *, model=None, tasks=None):
     """The trained network of a run, for colorizing / classifying / evaluating.
 
@@ -202,23 +248,19 @@ def load_for_inference(workdir: str, step=None, *, model=None, tasks=None):
         chosen = manager.best_step() if manager.best_step() is not None else manager.latest_step()
         if chosen is None:
             raise FileNotFoundError(f"no best checkpoint under {best_dir(workdir)}")
-        restored = manager.restore(
-            chosen, args=ocp.args.Composite(**{BEST_MODEL: ocp.args.StandardRestore()})
-        )
-        variables = restored[BEST_MODEL]
+        manager.close()
+        variables = _restore_on_this_process(best_dir(workdir), chosen, BEST_MODEL)
     else:
         manager = ocp.CheckpointManager(checkpoint_dir(workdir))
         chosen = manager.latest_step() if step is None else int(step)
         if chosen is None:
             raise FileNotFoundError(f"no checkpoint under {checkpoint_dir(workdir)}")
-        # Restored without a target: nested dicts of arrays, of which the model's part is taken.
-        restored = manager.restore(
-            chosen, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore()})
-        )[STATE]
+        manager.close()
+        # Nested dicts of arrays (no TrainState needed), of which the model's part is taken.
+        restored = _restore_on_this_process(checkpoint_dir(workdir), chosen, STATE)
         variables = {
             "params": restored["params"]["model"],
             "batch_stats": restored["batch_stats"]["model"],
         }
-    manager.close()
     variables = jax.device_get(variables)
     return config, model, variables

@@ -31,12 +31,15 @@ def exit_on_config_problems(config) -> None:
     exits with status 2 (no traceback, nothing written)."""
     from mtcolor.train import validation
 
-    problems = validation.config_problems(config)
-    if not problems and not config.train.get("distributed", False):
-        # Only now start JAX, for the device count (a multi-host run must initialize
-        # jax.distributed first; the loop checks it there).
-        import jax
+    import jax
 
+    from mtcolor.train import sharding
+
+    # A multi-host run (config or environment) joins its peers first: jax.distributed must
+    # precede every other JAX call, and the checks build the multi-task methods.
+    sharding.maybe_initialize_distributed(config)
+    problems = validation.config_problems(config)
+    if not problems:
         problems = validation.config_problems(config, device_count=jax.device_count())
     if problems:
         print(f"error: the config has {len(problems)} problem(s):", file=sys.stderr)

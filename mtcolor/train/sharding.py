@@ -16,9 +16,9 @@ DATA_AXIS = "data"
 
 def maybe_initialize_distributed(config=None) -> bool:
     """``jax.distributed.initialize()`` when the config (train.distributed) or the environment
-    (JAX_COORDINATOR_ADDRESS, or a cluster auto-detected by JAX such as SLURM / Cloud TPU pods,
-    requested with MTCOLOR_DISTRIBUTED=1) says the run spans several hosts. Must run before any
-    other JAX call touches devices."""
+    (JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and JAX_PROCESS_ID, or a cluster
+    auto-detected by JAX such as SLURM / Cloud TPU pods, requested with MTCOLOR_DISTRIBUTED=1)
+    says the run spans several hosts. Must run before any other JAX call touches devices."""
     wanted = False
     if config is not None and config.get("train") is not None:
         wanted = bool(config.train.get("distributed", False))
@@ -28,7 +28,18 @@ def maybe_initialize_distributed(config=None) -> bool:
         return False
     if jax.distributed.is_initialized():
         return True
-    jax.distributed.initialize()
+    # By hand (no cluster manager JAX detects): JAX_COORDINATOR_ADDRESS plus these two, which
+    # jax.distributed.initialize does not read from the environment itself.
+    kwargs = {}
+    if os.environ.get("JAX_NUM_PROCESSES"):
+        kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
+    if os.environ.get("JAX_PROCESS_ID"):
+        kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+    if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
+        # CPU processes exchange gradients through gloo (XLA:CPU has no cross-process
+        # collectives without it); accelerators' collectives are unaffected.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
     return True
 
 

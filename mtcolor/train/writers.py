@@ -77,12 +77,13 @@ def read_scalars(path: str) -> list[dict]:
 
 def create_writer(workdir: str, *, is_main_process: bool = True):
     """clu MultiWriter: clu's default writer at workdir/tensorboard (console + event files) and
-    the JSONL writer at workdir/scalars.jsonl. Non-main processes only log to the console."""
+    the JSONL writer at workdir/scalars.jsonl. Other processes of a multi-host run write nothing
+    (every process computes the same replicated metrics; one copy is enough)."""
     from clu import metric_writers  # imports TensorFlow
 
     metric_writers.MetricWriter.register(JsonlScalarWriter)
     if not is_main_process:
-        return metric_writers.create_default_writer(just_logging=True)
+        return metric_writers.MultiWriter([])
     default = metric_writers.create_default_writer(
         os.path.join(workdir, "tensorboard"), asynchronous=False
     )
