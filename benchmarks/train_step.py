@@ -16,6 +16,8 @@ go from the cheapest to the most expensive).
     python benchmarks/train_step.py --sizes 64 --steps 3 --phase 1 --out /tmp/train_step.json
     python benchmarks/train_step.py --sizes 64 --experiments multitask \
         --iterations one_forward two_forward                  # one vs two generator forwards
+    python benchmarks/train_step.py --sizes 64 --experiments multitask \
+        --dtypes float32 bfloat16                              # mixed precision side by side
 
 Prints a table and writes JSON (default benchmarks/results/train_step.json).
 """
@@ -75,9 +77,11 @@ def two_forward_iteration(fns, state, batch):
 
 
 def bench(experiment: str, size: int, batch_size: int, num_steps: int, phase: int,
-          peak_tflops: float | None, iteration: str = "one_forward") -> dict:
+          peak_tflops: float | None, iteration: str = "one_forward",
+          dtype: str = "float32") -> dict:
     config = config_lib.base_config(experiment)
     config.image_size, config.batch_size = size, batch_size
+    config.model.dtype = dtype
     mesh = sharding.make_mesh()
     sharding.check_batch_divisible(batch_size, mesh)
     state = state_lib.create_train_state(config, jax.random.key(0), backbone_frozen=phase == 1)
@@ -111,7 +115,7 @@ def bench(experiment: str, size: int, batch_size: int, num_steps: int, phase: in
         raise FloatingPointError(f"{experiment} at {size} px: non-finite loss {loss}")
     memory_mb, memory_kind = peak_memory()
     row = {
-        "experiment": experiment, "iteration": iteration, "image_size": size, "batch_size": batch_size, "phase": phase,
+        "experiment": experiment, "iteration": iteration, "dtype": dtype, "image_size": size, "batch_size": batch_size, "phase": phase,
         "compile_s": compile_s, "step_s": seconds, "steps_per_s": 1 / seconds,
         "images_per_s": batch_size / seconds, "iteration_gflop": flops / 1e9,
         "achieved_tflops": flops / seconds / 1e12, "peak_memory_mb": memory_mb,
@@ -136,6 +140,8 @@ def main():
     parser.add_argument("--iterations", nargs="+", default=["one_forward"], choices=ITERATIONS,
                         help="one_forward: steps.train_step (what the trainer runs); "
                              "two_forward: the D and G steps as two calls, two generator forwards")
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                        help="config.model.dtype: each is timed in the same run")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step.json"))
     args = parser.parse_args()
 
@@ -144,16 +150,17 @@ def main():
                "device_count": jax.device_count(), "host": platform.platform(),
                "processor": platform.processor() or platform.machine(), "jax": jax.__version__}
     print(f"# {machine}")
-    print(f"{'experiment':<15}{'iteration':>12}{'px':>5}{'batch':>6}{'phase':>6}{'compile s':>10}"
+    print(f"{'experiment':<15}{'iteration':>12}{'dtype':>10}{'px':>5}{'batch':>6}{'phase':>6}{'compile s':>10}"
           f"{'step s':>9}{'steps/s':>9}{'img/s':>8}{'GFLOP':>9}{'TFLOP/s':>9}{'peak MB':>9}")
     rows = []
-    runs = [(size, experiment, iteration) for size in sorted(args.sizes)
-            for experiment in args.experiments for iteration in args.iterations]
-    for size, experiment, iteration in runs:
+    runs = [(size, experiment, iteration, dtype) for size in sorted(args.sizes)
+            for experiment in args.experiments for iteration in args.iterations
+            for dtype in args.dtypes]
+    for size, experiment, iteration, dtype in runs:
         row = bench(experiment, size, args.batch_size, args.steps, args.phase, args.peak_tflops,
-                    iteration)
+                    iteration, dtype)
         rows.append(row)
-        print(f"{experiment:<15}{iteration:>12}{size:>5}{args.batch_size:>6}{args.phase:>6}"
+        print(f"{experiment:<15}{iteration:>12}{dtype:>10}{size:>5}{args.batch_size:>6}{args.phase:>6}"
               f"{row['compile_s']:>10.1f}{row['step_s']:>9.3f}{row['steps_per_s']:>9.2f}"
               f"{row['images_per_s']:>8.1f}{row['iteration_gflop']:>9.1f}"
               f"{row['achieved_tflops']:>9.3f}{row['peak_memory_mb']:>9.0f}", flush=True)
