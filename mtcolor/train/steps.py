@@ -380,9 +380,10 @@ def eval_step(state: TrainState, batch):
             outputs[task.name], batch, train=False,
             critic=critic if task.adversary is not None else None,
         )
-        task_mask = mask * task.example_mask(batch)
+        example_mask = task.example_mask(batch)
+        task_mask = mask * example_mask
         total = total + weights[i] * jnp.where(task_mask > 0, terms.pop("loss"), 0.0)
-        total_mask = total_mask * task.example_mask(batch)
+        total_mask = total_mask * example_mask
         out.update(terms)
         out[metrics_lib.mask_name(task.name)] = task_mask
     out[obj.total_loss_name] = total
