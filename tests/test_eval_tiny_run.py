@@ -51,6 +51,10 @@ def test_evaluate_matches_training_loop_numbers(tiny_run):
     assert np.sum(result["model"]["confusion_matrix"]) == 6
     for key in ("l1_x100", "psnr", "ssim", "colorfulness"):
         assert key in result["grayscale_baseline"]
+    # The loop's baselines (printed at the end of the run) match evaluate's, computed apart.
+    assert 100 * val["l1_gray"] == pytest.approx(result["grayscale_baseline"]["l1_x100"], rel=1e-4)
+    assert val["colorfulness"] == pytest.approx(result["model"]["colorfulness"], rel=1e-3)
+    assert val["colorfulness_true"] == pytest.approx(result["ground_truth"]["colorfulness"], rel=1e-4)
     assert (tiny_run / "eval_val.json").exists() and (tiny_run / "eval_val.md").exists()
 
 

@@ -29,6 +29,8 @@ COLOR_NAMES = {
     "d_fake",
 }
 CLASS_NAMES = {"loss_cls", "accuracy"}
+# Validation only: the colorization's baselines (ab = 0's L1, the real images' colorfulness).
+COLOR_VAL_NAMES = COLOR_NAMES | {"l1_gray", "colorfulness", "colorfulness_true"}
 
 
 def _config(experiment="multitask", **train):
@@ -54,7 +56,7 @@ def test_multitask_run_writes_every_output(multitask_run):
     assert summary["experiment"] == "multitask" and summary["steps"] == 6
     assert summary["epochs"] == pytest.approx(2.0)
     on_disk = json.load(open(workdir / "summary.json"))
-    assert on_disk["final"]["val"].keys() == COLOR_NAMES | CLASS_NAMES
+    assert on_disk["final"]["val"].keys() == COLOR_VAL_NAMES | CLASS_NAMES
     assert on_disk["best"]["metric"] == "accuracy" and on_disk["best"]["step"] in (3, 6)
     assert json.load(open(workdir / "config.json"))["experiment"] == "multitask"
     records = writers.read_scalars(str(workdir / "scalars.jsonl"))
@@ -64,7 +66,7 @@ def test_multitask_run_writes_every_output(multitask_run):
     assert [r["step"] for r in val] == [3, 6]
     assert [r["epoch"] for r in val] == [1.0, 2.0]
     assert [r["step"] for r in train] == [2, 4, 6]
-    assert {f"val/{n}" for n in COLOR_NAMES | CLASS_NAMES} <= val[-1].keys()
+    assert {f"val/{n}" for n in COLOR_VAL_NAMES | CLASS_NAMES} <= val[-1].keys()
     # The val split has 6 examples in batches of 4: accuracy is a multiple of 1/6, not of 1/8.
     assert round(val[-1]["val/accuracy"] * 6) == pytest.approx(
         val[-1]["val/accuracy"] * 6, abs=1e-5
@@ -176,7 +178,7 @@ def test_single_task_runs(experiment, tmp_path):
     # covered by the multi-task run).
     config = _config(experiment, frozen_epochs=0, unfrozen_epochs=1, log_every_steps=3)
     summary = loop.train_and_evaluate(config, str(tmp_path))
-    names = COLOR_NAMES if experiment == "colorization" else CLASS_NAMES | {"loss"}
+    names = COLOR_VAL_NAMES if experiment == "colorization" else CLASS_NAMES | {"loss"}
     assert summary["final"]["val"].keys() == names
     assert summary["best"]["metric"] == ("l1" if experiment == "colorization" else "accuracy")
     assert os.path.isdir(tmp_path / "images") == (experiment == "colorization")
@@ -228,3 +230,25 @@ def test_killed_process_resumes_to_identical_parameters(multitask_run, tmp_path)
     a, b = _params(reference), _params(workdir)
     diffs = jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a, b))
     assert max(diffs) == 0.0
+
+
+def test_the_run_goes_on_after_early_stopping_stops_the_adversarial_task(tmp_path, monkeypatch):
+    """Colorization (and its discriminator) stop at step 6; steps 7 to 9 train classification
+    alone and log without the discriminator's metrics (a study run once failed there with
+    KeyError: 'loss_d')."""
+    from mtcolor.train import state as state_lib
+
+    update = state_lib.early_stopping_update
+
+    def colorization_worse_at_every_evaluation(state, val, step, patience):
+        return update(state, {**val, "l1": float(step), "loss_cls": -float(step)}, step, patience)
+
+    monkeypatch.setattr(state_lib, "early_stopping_update", colorization_worse_at_every_evaluation)
+    config = _config(unfrozen_epochs=2, early_stopping_patience=1, log_every_steps=2)
+    summary = loop.train_and_evaluate(config, str(tmp_path))
+    assert summary["steps"] == 9
+    assert summary["early_stopping"]["colorization"]["active"] is False
+    assert summary["early_stopping"]["colorization"]["best_step"] == 3
+    records = writers.read_scalars(str(tmp_path / "scalars.jsonl"))
+    train = {r["step"]: r for r in records if "train/loss_cls" in r}
+    assert "train/loss_d" in train[6] and "train/loss_d" not in train[8]

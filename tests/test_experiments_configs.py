@@ -43,3 +43,24 @@ def test_entry_points_parse_config_flags(experiment):
         timeout=120,
     )
     assert "--workdir" in out.stdout + out.stderr and "--config" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("weighting", ["fixed", "uncertainty", "dwa", "gradnorm", "famo"])
+def test_multitask_methods_first_built_inside_a_trace_work_in_later_steps(weighting):
+    """A resumed run first builds its state's structure under jax.eval_shape; the methods cached
+    then must hold no tracer of that trace (a resumed gradnorm run once failed its first step
+    with UnexpectedTracerError)."""
+    import jax
+    import jax.numpy as jnp
+
+    config = tiny.get_config()
+    config.loss.weighting = weighting
+    config.loss.gradient = "pcgrad"
+    config.seed = 1234 + len(weighting)  # an objective no other test has cached yet
+    objective = state_lib.objective_from_config(config, steps_per_epoch=3)
+    state_lib.mtl_methods.cache_clear()
+    jax.eval_shape(lambda: state_lib.initial_mtl_state(objective))  # first built in a trace
+    methods, _ = state_lib.mtl_methods(objective)
+    mtl_state = methods.init()
+    terms = jax.jit(methods.task_terms)(mtl_state, jnp.ones((2,), jnp.float32))
+    assert terms.shape == (2,) and bool(jnp.all(jnp.isfinite(terms)))

@@ -47,3 +47,8 @@ class Classification(Task):
 
     def metric_names(self, *, train: bool) -> tuple[str, ...]:
         return ("loss_cls", "accuracy")
+
+    def headline(self, val: Mapping[str, float]) -> str | None:
+        if "accuracy" not in val:
+            return None
+        return f"accuracy {val['accuracy']:.1%} vs chance {1 / self.num_classes:.1%}"

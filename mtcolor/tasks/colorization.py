@@ -16,6 +16,9 @@ from mtcolor.tasks.task import ADVERSARY_METRICS, Adversary, Critic, Task
 from mtcolor.train import losses
 
 DECODERS = ("plain", "unet")
+# Evaluation-only terms that put the model's numbers beside their baselines: the L1 of predicting
+# ab = 0 (a gray image) and the colorfulness of the colorized and of the real images.
+BASELINE_METRICS = ("l1_gray", "colorfulness", "colorfulness_true")
 
 
 def _patch_mean_sigmoid(logits: jax.Array) -> jax.Array:
@@ -74,6 +77,8 @@ class Colorization(Task):
                     d_real=_patch_mean_sigmoid(real_logits),
                     d_fake=_patch_mean_sigmoid(fake_logits),
                 )
+        if not train:
+            terms.update(_baseline_terms(batch["L"], output, batch["ab"]))
         terms["loss"] = loss
         return terms
 
@@ -81,7 +86,17 @@ class Colorization(Task):
         names = ("l1", "loss_l1")
         if self.adversary is not None:
             names += ("loss_gan",) + (() if train else ADVERSARY_METRICS)
+        if not train:
+            names += BASELINE_METRICS
         return names
+
+    def headline(self, val: Mapping[str, float]) -> str | None:
+        if "l1_gray" not in val:
+            return None
+        below = 1.0 - val["l1"] / val["l1_gray"] if val["l1_gray"] > 0 else 0.0
+        return (f"L1 x100 {100 * val['l1']:.1f} vs {100 * val['l1_gray']:.1f} predicting ab = 0 "
+                f"({below:.0%} below), colorfulness {val['colorfulness']:.1f} vs ground truth "
+                f"{val['colorfulness_true']:.1f}")
 
     def critic_input(self, batch, prediction):
         L = batch["L"]
@@ -94,3 +109,15 @@ class Colorization(Task):
         from mtcolor.train.images import colorization_rows
 
         return colorization_rows(batch["L"], prediction, batch["ab"])
+
+
+def _baseline_terms(L: jax.Array, prediction: jax.Array, target: jax.Array) -> dict:  # noqa: N803
+    from mtcolor.data.color import lab_norm_to_rgb_jax
+    from mtcolor.eval.metrics import colorfulness
+
+    L, prediction, target = (at_least_float32(x) for x in (L, prediction, target))
+    return {
+        "l1_gray": jnp.abs(target).mean(axis=(1, 2, 3)),
+        "colorfulness": colorfulness(lab_norm_to_rgb_jax(L, prediction)),
+        "colorfulness_true": colorfulness(lab_norm_to_rgb_jax(L, target)),
+    }

@@ -111,6 +111,11 @@ class Task:
         """The real sample the discriminator sees next to the prediction."""
         raise NotImplementedError(f"task {self.name!r} has no adversary")
 
+    def headline(self, val: Mapping[str, float]) -> str | None:
+        """One phrase putting the final validation metrics beside their baseline (printed at the
+        end of a run), or None."""
+        return None
+
     # ---- pictures -------------------------------------------------------------------------
     def image_rows(self, batch: Mapping[str, Any], prediction: Any) -> list | None:
         """Rows of (N, H, W, 3) RGB images in [0, 1] for the validation grid, or None."""

@@ -65,11 +65,17 @@ def _make_tracker(pipeline, config):
     )
 
 
+def discriminator_trains(state) -> bool:
+    """Whether an iteration updates a discriminator: the objective has one and early stopping
+    has not stopped its task (D stops with it)."""
+    adversarial = state.objective.adversarial_task
+    return adversarial is not None and adversarial.name in state_lib.active_tasks(state)
+
+
 def train_iteration(fns, state, batch):
     """One training iteration: steps.train_step (one model forward, D then G), or the model's
-    update alone once early stopping has stopped the adversarial task (D stops with it)."""
-    adversarial = state.objective.adversarial_task
-    if adversarial is not None and adversarial.name not in state_lib.active_tasks(state):
+    update alone when no discriminator trains (early stopping stopped the adversarial task)."""
+    if state.objective.adversarial_task is not None and not discriminator_trains(state):
         return fns.generator_step(state, batch, fns.iteration_rng(state))
     return fns.train_step(state, batch)
 
@@ -200,7 +206,9 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
     fns = steps_lib.jit_steps(mesh)
     names = metrics_lib.metric_names(state.objective)
     eval_masks = metrics_lib.eval_masks(state.objective)
-    train_names = metrics_lib.metric_names(state.objective, train=True)
+    train_names = metrics_lib.metric_names(
+        state.objective, train=True, discriminator=discriminator_trains(state)
+    )
     images_dir = os.path.join(workdir, "images")
 
     pending: list[tuple[int, dict]] = []  # (step after the update, device metrics)
@@ -318,7 +326,17 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
     patience = config.train.get("early_stopping_patience")
 
     def early_stop_tasks(state, s):
+        nonlocal train_names, window
         state, stopped = state_lib.early_stopping_update(state, final["val"], s, int(patience))
+        if train_names != metrics_lib.metric_names(
+            state.objective, train=True, discriminator=discriminator_trains(state)
+        ):
+            # The discriminator stopped with its task: the window logged so far had its metrics,
+            # the steps from here on have none (write the window unless step s just wrote it).
+            if s % log_every and s != stop_at:
+                write_train(s)
+            train_names = metrics_lib.metric_names(state.objective, train=True, discriminator=False)
+            window = metrics_lib.empty(train_names)
         for task in stopped:
             logging.info("step %d: %s stopped early (its best head restored)", s, task)
             print(f"step {s}: task {task} stopped early; its head is back at its best weights")
@@ -394,6 +412,9 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
     if is_main:
         if tracker is not None:
             print(tracker.report())
+        headline = result_headline(state.objective.tasks, final["val"])
+        if headline:
+            print(f"Result (validation, step {step}): {headline}")
         print(
             f"TensorBoard logs: {os.path.join(workdir, 'tensorboard')}  "
             f"(tensorboard --logdir {os.path.join(workdir, 'tensorboard')})"
@@ -402,6 +423,13 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
         print(f"Scalars:          {os.path.join(workdir, 'scalars.jsonl')}")
         print(f"Summary:          {os.path.join(workdir, 'summary.json')}")
     return summary
+
+
+def result_headline(tasks, val: dict) -> str:
+    """Each task's final validation numbers beside their baseline, in one line, so a newcomer
+    sees that the run learned (accuracy vs chance, L1 vs predicting ab = 0, colorfulness vs the
+    real images)."""
+    return "; ".join(filter(None, (task.headline(val) for task in tasks))) if val else ""
 
 
 def _early_stopping_summary(state) -> dict | None:

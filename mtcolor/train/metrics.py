@@ -23,14 +23,17 @@ def mask_name(name: str) -> str:
     return f"mask_{name}"
 
 
-def metric_names(objective, *, train: bool = False) -> tuple[str, ...]:
+def metric_names(objective, *, train: bool = False, discriminator: bool | None = None) -> tuple[str, ...]:
     """The metric names of an objective, task by task, then the weighted total; ``train`` adds
-    the discriminator step's metrics and each task's loss weight (``weight_<task>``, logged every
-    step: learned weightings change them)."""
+    the discriminator step's metrics (unless ``discriminator`` is False: it stopped training with
+    its task) and each task's loss weight (``weight_<task>``, logged every step: learned
+    weightings change them)."""
     names = ()
     for task in objective.tasks:
         names += task.metric_names(train=train)
-    if train and objective.has_discriminator:
+    if discriminator is None:
+        discriminator = objective.has_discriminator
+    if train and discriminator:
         names += ADVERSARY_METRICS
     names += (objective.total_loss_name,)
     if train:

@@ -119,16 +119,22 @@ def objective_from_config(config, steps_per_epoch: int = 0, tasks=None) -> Objec
 
 @functools.lru_cache(maxsize=None)
 def mtl_methods(objective: Objective):
-    """(LossWeighting, GradientCombination) the objective names (cached per objective)."""
+    """(LossWeighting, GradientCombination) the objective names (cached per objective).
+
+    Built eagerly even when first asked for inside a trace (a resumed run builds its state's
+    structure under jax.eval_shape): the methods close over constants such as base weights, and a
+    cached closure holding a tracer of that finished trace would fail every later step with
+    UnexpectedTracerError."""
     from mtcolor import mtl
 
-    weighting = mtl.weighting_from_config(
-        objective.weighting,
-        num_tasks=len(objective.task_names),
-        base_weights=objective.base_weights,
-        **dict(objective.weighting_options),
-    )
-    gradient = mtl.gradient_from_config(objective.gradient, **dict(objective.gradient_options))
+    with jax.ensure_compile_time_eval():
+        weighting = mtl.weighting_from_config(
+            objective.weighting,
+            num_tasks=len(objective.task_names),
+            base_weights=objective.base_weights,
+            **dict(objective.weighting_options),
+        )
+        gradient = mtl.gradient_from_config(objective.gradient, **dict(objective.gradient_options))
     return weighting, gradient
 
 
