@@ -8,10 +8,12 @@ r"""Evaluates a trained run on a split and writes <workdir>/eval_<split>.json an
 """
 
 import json
+import os
 
 from absl import app, flags, logging
 
 from mtcolor.eval.evaluate import evaluate_workdir, results_markdown
+from mtcolor.train.cli import exit_on_problems
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run directory.")
 _SPLIT = flags.DEFINE_string("split", "val", "Data split to evaluate.")
@@ -24,9 +26,25 @@ _FRECHET = flags.DEFINE_bool("frechet", True, "Compute a Frechet distance (needs
 flags.mark_flag_as_required("workdir")
 
 
+def argument_problems(workdir, split, checkpoint, fid_weights) -> list[str]:
+    """The command line's problems, one line each, before anything is loaded."""
+    from mtcolor.data.pipeline import SPLITS
+    from mtcolor.train.validation import run_directory_problems
+
+    problems = run_directory_problems("workdir", workdir, step=checkpoint)
+    if split not in SPLITS:
+        problems.append(f"--split={split!r}: must be one of {list(SPLITS)}")
+    if fid_weights not in (None, "download") and not os.path.isfile(os.path.expanduser(fid_weights)):
+        problems.append(f"--fid_weights={fid_weights!r}: no such file (a path, or 'download')")
+    return problems
+
+
 def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    exit_on_problems(argument_problems(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value,
+                                       _FID_WEIGHTS.value), "the command line")
     step = _CHECKPOINT.value
     if step not in (None, "best"):
         step = int(step)

@@ -6,9 +6,13 @@ The order of --workdirs does not matter (each run's config says what it is). Mis
 runs are reported, not fatal.
 """
 
+import os
+
 from absl import app, flags, logging
 
 from mtcolor.eval.report import make_report
+from mtcolor.train.cli import exit_on_problems
+from mtcolor.train.validation import run_directory_problems
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories (classifier, colorizer, multi-task).")
 _OUT = flags.DEFINE_string("out", None, "Directory for table1.md/.csv and the figure PNGs.")
@@ -17,9 +21,20 @@ _NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "Validation images in Fig. 2
 flags.mark_flags_as_required(["workdirs", "out"])
 
 
+def argument_problems(workdirs, out, num_images) -> list[str]:
+    """The command line's problems, one line each, before anything is loaded."""
+    problems = [line for workdir in workdirs for line in run_directory_problems("workdirs", workdir)]
+    if os.path.exists(out) and not os.path.isdir(out):
+        problems.append(f"--out={out!r}: exists and is not a directory")
+    if num_images < 1:
+        problems.append(f"--num_images={num_images}: must be at least 1")
+    return problems
+
+
 def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     workdirs = list(_WORKDIRS.value) + list(argv[1:])  # also accept space-separated workdirs
+    exit_on_problems(argument_problems(workdirs, _OUT.value, _NUM_IMAGES.value), "the command line")
     report = make_report(workdirs, _OUT.value, figure_two=_FIGURE_TWO.value, num_images=_NUM_IMAGES.value)
     for problem in report.problems:
         logging.warning("%s", problem)

@@ -495,12 +495,9 @@ def colorize_files(colorizer: PhotoColorizer, inputs: Iterable, out_dir, *, comp
 def argument_problems(inputs, checkpoint, step, batch_size, max_pixels) -> list[str]:
     """The command line's problems, one line each, before anything is loaded."""
     problems = [f"{item!r}: no such file or directory" for item in inputs if not Path(item).exists()]
-    if not Path(checkpoint).is_dir():
-        problems.append(f"--checkpoint={checkpoint!r}: no such run directory")
-    elif not (Path(checkpoint) / "checkpoints").is_dir():
-        problems.append(f"--checkpoint={checkpoint!r}: not a training run (no checkpoints/ in it)")
-    if step not in (None, "best") and not str(step).isdigit():
-        problems.append(f"--step={step!r}: must be 'best', a step number, or left out (latest)")
+    from mtcolor.train.validation import run_directory_problems
+
+    problems += run_directory_problems("checkpoint", checkpoint, step=step, step_argument="step")
     if batch_size < 1:
         problems.append(f"--batch_size={batch_size}: must be at least 1")
     if max_pixels < 0:
@@ -518,11 +515,9 @@ def main(argv):
         raise SystemExit("usage: python -m mtcolor.colorize PHOTO_OR_DIR... --checkpoint RUN --out DIR [--compare]")
     problems = argument_problems(inputs, FLAGS.checkpoint, FLAGS.step, FLAGS.batch_size,
                                  FLAGS.max_pixels)
-    if problems:  # as the training entry points do (mtcolor.train.cli): every problem, exit 2
-        print(f"error: {len(problems)} problem(s) with the arguments:", file=sys.stderr)
-        for line in problems:
-            print(f"  {line}", file=sys.stderr)
-        raise SystemExit(2)
+    from mtcolor.train.cli import exit_on_problems
+
+    exit_on_problems(problems, "the command line")
     step = FLAGS.step if FLAGS.step in (None, "best") else int(FLAGS.step)
     colorizer = PhotoColorizer.from_workdir(FLAGS.checkpoint, step=step, batch_size=FLAGS.batch_size)
     written, skipped = colorize_files(colorizer, inputs, FLAGS.out, compare=FLAGS.compare,

@@ -119,3 +119,37 @@ def test_method_options_are_checked_on_a_sound_config():
     config.loss.gradient_options.c = -1.0
     with pytest.raises(validation.ConfigError, match="gradient_options"):
         validation.check_config(config)
+
+
+def test_unknown_fields_are_named_with_a_suggestion(tmp_path):
+    proc, workdir = _entry_point(tmp_path, "--config.trian.frozen_epochs=1",
+                                 "--config.data.batch_sise=3", "--config.train.max_steps_per_run=2")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.startswith("  ")]
+    assert lines == [
+        "--config.trian.frozen_epochs=1: config has no field 'trian' (did you mean 'config.train'?)",
+        "--config.data.batch_sise=3: config.data has no field 'batch_sise' "
+        "(did you mean 'config.data.batch_size'?)",
+    ]
+    assert not workdir.exists()
+
+
+def test_evaluate_and_report_check_their_arguments(tmp_path):
+    from experiments import evaluate, report
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "6").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    assert evaluate.argument_problems(str(run), "val", None, None) == []
+    problems = evaluate.argument_problems(str(run), "test", "7", str(tmp_path / "inception.pth"))
+    assert [p.split(":")[0] for p in problems] == [
+        "--checkpoint=7", "--split='test'", f"--fid_weights={str(tmp_path / 'inception.pth')!r}"]
+    assert "it has [6]" in problems[0]
+    assert evaluate.argument_problems(str(tmp_path), "val", "best", None) == [
+        f"--workdir={str(tmp_path)!r}: not a training run (no config.json or checkpoints in it)"]
+    (tmp_path / "out.txt").write_text("")
+    problems = report.argument_problems([str(run), str(tmp_path / "nope")], str(tmp_path / "out.txt"), 0)
+    assert [p.split(":")[0] for p in problems] == [
+        f"--workdirs={str(tmp_path / 'nope')!r}", f"--out={str(tmp_path / 'out.txt')!r}",
+        "--num_images=0"]

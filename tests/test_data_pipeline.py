@@ -149,6 +149,55 @@ def test_sharding_splits_the_global_batch_disjointly():
         pipeline.make_train_iterator(small_config(batch_size=3), seed=0, shard_index=0, shard_count=2)
 
 
+def test_each_process_reads_its_own_rows_of_every_global_batch():
+    """The pipeline of process p of 2 yields rows [2p, 2p+2) of the one-process batch: disjoint
+    halves, flips included, over more than one epoch; evaluation's padding included."""
+    from experiments.configs import tiny
+
+    config = tiny.get_config()
+    config.data.synthetic.val_size = 7  # the last global batch: 3 rows, process 1 has 1 pad
+    one = pipeline.make_train_iterator(config.data, seed=0, shard_index=0, shard_count=1)
+    halves = [pipeline.make_train_iterator(config.data, seed=0, shard_index=p, shard_count=2)
+              for p in (0, 1)]
+    for _ in range(2 * 3 + 1):  # 3 steps per epoch
+        whole, parts = next(one), [next(h) for h in halves]
+        seen = [{x.tobytes() for x in part["L"]} for part in parts]
+        assert not seen[0] & seen[1] and all(len(s) == 2 for s in seen)
+        for key in ("L", "ab", "label"):
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+    whole = list(pipeline.make_eval_iterator(config.data, shard_index=0, shard_count=1))
+    parts = [list(pipeline.make_eval_iterator(config.data, shard_index=p, shard_count=2))
+             for p in (0, 1)]
+    assert [len(p) for p in parts] == [2, 2]
+    for i, batch in enumerate(whole):
+        for key in ("L", "label", "mask"):
+            np.testing.assert_array_equal(np.concatenate([p[i][key] for p in parts]), batch[key])
+    assert whole[1]["mask"].tolist() == [1, 1, 1, 0]
+
+
+def test_a_position_resumes_on_another_process_count():
+    """A position saved by process 0 of 2 after 4 batches resumes one process at global batch 5,
+    and a one-process position resumes process 1 of 2 at its rows of batch 5."""
+    from experiments.configs import tiny
+
+    config = tiny.get_config()
+    def train(index, count):
+        return pipeline.make_train_iterator(config.data, seed=0, shard_index=index, shard_count=count)
+
+    uninterrupted = take(train(0, 1), 6)
+    half = train(0, 2)
+    take(half, 4)
+    one = train(0, 1)
+    one.set_state(half.get_state())
+    assert_same_batches(take(one, 2), uninterrupted[4:])
+    whole = train(0, 1)
+    take(whole, 4)
+    second_half = train(1, 2)
+    second_half.set_state(whole.get_state())
+    np.testing.assert_array_equal(next(second_half)["L"], uninterrupted[4]["L"][2:])
+    assert second_half.get_state()["taken"] == [5 * 2]
+
+
 def test_sharded_eval_pads_to_the_same_number_of_batches():
     config = small_config(batch_size=4, **{"synthetic.val_size": 9})
     per_shard = [list(pipeline.make_eval_iterator(config, "val", shard_index=i, shard_count=2)) for i in range(2)]

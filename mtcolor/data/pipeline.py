@@ -33,6 +33,8 @@ the `max_bad_fraction` ceiling is enforced where the run can be stopped.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 
 import grain
@@ -341,19 +343,78 @@ def mean_chroma(ab_normalized: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Skip, count and batch (calling process).
+# Sharding over processes (calling process).
 
 
-class _SkipCountBatchIterDataset(grain.IterDataset):
-    """Batches of `counts[i]` good records from parent i, in parent order (labelled first).
+class _BatchSlots(grain.MapDataset):
+    """This process's rows of every global batch, from its ``start``-th row on.
 
-    One parent: the labelled stream (training or evaluation). Two: the labelled and the unlabeled
-    training streams (`labelled` says which; unlabeled rows get label 0 and has_label 0).
+    Records are grouped in global batches of ``global_count`` consecutive records; process p of P
+    takes rows [p*b, (p+1)*b) of each (b = global_count // P). So the global batch of P processes
+    is the same records in the same order as one process's batch (a strided shard would hold the
+    same records in another order, and per-row randomness such as dropout would differ), the
+    processes' records are disjoint, and a position is a row count that converts between process
+    counts (``global row = batches * global_count``). With ``num_records`` (an evaluation pass),
+    global indices from it on do not exist; they fall at the end of each process's rows.
     """
 
     def __init__(
         self,
-        parents: list,
+        parent: grain.MapDataset,
+        *,
+        global_count: int,
+        shard: tuple[int, int],
+        start: int = 0,
+        num_records: int | None = None,
+    ):
+        super().__init__(parent)
+        self._shard_index, shard_count = shard
+        if global_count % shard_count:
+            raise ValueError(f"{global_count} rows per batch are not divisible by {shard_count} processes")
+        self._global_count = global_count
+        self._rows = global_count // shard_count
+        self._start = start
+        if num_records is None:
+            self._length = len(parent) // shard_count - start
+        else:
+            full, rest = divmod(num_records, global_count)
+            mine = min(max(rest - self._shard_index * self._rows, 0), self._rows)
+            self._length = max(full * self._rows + mine - start, 0)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _global_index(self, index: int) -> int:
+        batch, row = divmod(index + self._start, self._rows)
+        return batch * self._global_count + self._shard_index * self._rows + row
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._global_index(index)]
+
+    def __str__(self) -> str:
+        return (f"BatchSlots(rows {self._shard_index * self._rows}:"
+                f"{(self._shard_index + 1) * self._rows} of {self._global_count}, start {self._start})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Skip, count and batch (calling process).
+
+
+class _SkipCountBatchIterDataset(grain.IterDataset):
+    """Batches of `counts[i]` good records from stream i, in stream order (labelled first).
+
+    One stream: the labelled one (training or evaluation). Two: the labelled and the unlabeled
+    training streams (`labelled` says which; unlabeled rows get label 0 and has_label 0). Each
+    stream is a function ``start -> IterDataset`` of this process's rows from its ``start``-th on
+    (``_BatchSlots``), so a position is a row count per stream and converts to another process
+    count (``process_count``).
+    """
+
+    def __init__(
+        self,
+        streams: list,
         *,
         counts: tuple[int, ...],
         labelled: tuple[bool, ...],
@@ -362,8 +423,10 @@ class _SkipCountBatchIterDataset(grain.IterDataset):
         image_size: int,
         pad_to_batches: int | None,
         tracker_args: dict,
+        process_count: int = 1,
     ):
-        super().__init__(parents)
+        super().__init__([stream(start=0) for stream in streams])
+        self._streams = streams
         self._counts = counts
         self._labelled = labelled
         self._names = names
@@ -371,10 +434,12 @@ class _SkipCountBatchIterDataset(grain.IterDataset):
         self._image_size = image_size
         self._pad_to_batches = pad_to_batches
         self._tracker_args = tracker_args
+        self._process_count = process_count
 
     def __iter__(self):
         return _SkipCountBatchIterator(
             [parent.__iter__() for parent in self._parents],
+            streams=self._streams,
             counts=self._counts,
             labelled=self._labelled,
             names=self._names,
@@ -382,6 +447,7 @@ class _SkipCountBatchIterDataset(grain.IterDataset):
             image_size=self._image_size,
             pad_to_batches=self._pad_to_batches,
             tracker=BadInputTracker(**self._tracker_args),
+            process_count=self._process_count,
         )
 
     def __str__(self) -> str:
@@ -410,10 +476,15 @@ class _SkipCountBatchIterator(grain.DatasetIterator):
         image_size: int,
         pad_to_batches: int | None,
         tracker: BadInputTracker,
+        streams: list | None = None,
+        process_count: int = 1,
     ):
         super().__init__(parents)
         if pad_to_batches is not None and len(parents) != 1:
             raise ValueError("a padded (evaluation) pass reads one stream")
+        self._streams = streams
+        self._process_count = process_count
+        self._taken = [0] * len(parents)  # rows read from each stream, skipped ones included
         self._counts = counts
         self._labelled = labelled
         self._names = names
@@ -453,6 +524,7 @@ class _SkipCountBatchIterator(grain.DatasetIterator):
             except StopIteration:
                 self._exhausted = True
                 break
+            self._taken[stream] += 1
             if "reason" in record:
                 index = _REASON_INDEX[record["reason"]]
                 bad_counts[index] += 1
@@ -512,34 +584,65 @@ class _SkipCountBatchIterator(grain.DatasetIterator):
         return batch
 
     def get_state(self) -> dict:
-        # The labelled stream keeps the key "parent", so labelled-only states keep their format.
-        state = {
-            "parent": self._parents[0].get_state(),
+        return {
+            "taken": list(self._taken),
+            "process_count": self._process_count,
             "batches_emitted": self._batches_emitted,
             "tracker": self._tracker.get_state(),
             "skips_in_a_row": list(self._skips_in_a_row),
         }
-        if len(self._parents) > 1:
-            state["unlabeled"] = self._parents[1].get_state()
-        return state
 
     def set_state(self, state: dict) -> None:
-        has_unlabeled = "unlabeled" in state
-        if has_unlabeled != (len(self._parents) > 1):
-            saved, now = ("with", "without") if has_unlabeled else ("without", "with")
-            raise ValueError(
-                f"the data iterator state was saved {saved} an unlabeled stream but this pipeline "
-                f"is {now} one (data.unlabeled.source): restore with the same data config"
-            )
-        self._parents[0].set_state(state["parent"])
-        if has_unlabeled:
-            self._parents[1].set_state(state["unlabeled"])
+        """Restores a position saved by this or another number of processes.
+
+        Another process count: every process read ``batches_emitted * counts[i]`` rows of stream
+        i, exact unless files were skipped (a skipped file moves only its own process's rows on;
+        then a few records of the current epoch may be read twice or not at all).
+        """
+        if "taken" not in state:
+            self._set_grain_state(state)
+        else:
+            if len(state["taken"]) != len(self._parents):
+                self._raise_stream_mismatch(len(state["taken"]) > 1)
+            if int(state["process_count"]) == self._process_count:
+                taken = [int(n) for n in state["taken"]]
+            else:
+                taken = [int(state["batches_emitted"]) * count for count in self._counts]
+                if any(state["tracker"]["counts"]):
+                    logging.warning(
+                        "data position of %s processes resumed on %s from the batch count; %s "
+                        "files had been skipped, so a few records of this epoch may repeat or be "
+                        "left out", state["process_count"], self._process_count,
+                        sum(state["tracker"]["counts"]))
+            self._parents = [iter(stream(start=n)) for stream, n in zip(self._streams, taken)]
+            self._taken = taken
         self._batches_emitted = int(state["batches_emitted"])
         self._tracker.set_state(state["tracker"])
         self._skips_in_a_row = [
             int(n) for n in state.get("skips_in_a_row", [0] * len(self._parents))
         ]
         self._exhausted = False
+
+    def _set_grain_state(self, state: dict) -> None:
+        """A state saved before positions were row counts: the streams' own grain states."""
+        has_unlabeled = "unlabeled" in state
+        if has_unlabeled != (len(self._parents) > 1):
+            self._raise_stream_mismatch(has_unlabeled)
+        self._parents[0].set_state(state["parent"])
+        if has_unlabeled:
+            self._parents[1].set_state(state["unlabeled"])
+        self._taken = [
+            int(s.get("next_index", int(state["batches_emitted"]) * count))
+            for s, count in zip([state["parent"], state.get("unlabeled", {})], self._counts)
+        ]
+
+    @staticmethod
+    def _raise_stream_mismatch(saved_unlabeled: bool):
+        saved, now = ("with", "without") if saved_unlabeled else ("without", "with")
+        raise ValueError(
+            f"the data iterator state was saved {saved} an unlabeled stream but this pipeline "
+            f"is {now} one (data.unlabeled.source): restore with the same data config"
+        )
 
     def __str__(self) -> str:
         return f"SkipCountBatchIterator(counts={self._counts})"
@@ -776,20 +879,23 @@ def _split_workers(worker_count: int, unlabeled_share: float) -> tuple[int, int]
 
 
 def _train_stream(
-    source, data_config, *, seed: int, streams: tuple[int, int], threshold, shard, workers
+    source, data_config, *, seed: int, streams: tuple[int, int], threshold, global_count: int,
+    shard, workers, start: int,
 ):
-    """One infinite, per-epoch reshuffled, sharded, decoded stream of a training source."""
-    shard_index, shard_count = shard
+    """One infinite, per-epoch reshuffled, decoded stream of a training source: this process's
+    ``global_count // shard_count`` rows of each global batch (``_BatchSlots``), from its
+    ``start``-th row on."""
     ds = grain.MapDataset.source(source)
     if data_config.shuffle:
         ds = ds.shuffle(seed=_derived_seed(seed, streams[0]))
     # Infinite; every epoch gets a new permutation (and new flips) derived from the seed.
     ds = ds.repeat(None, reseed_each_epoch=True)
-    # Each process takes every shard_count-th element of the global order: disjoint, same epochs.
-    ds = ds[shard_index::shard_count]
+    # Maps are lazy (a record is decoded when read), so they go before the shard: each record's
+    # flip is drawn from its global index, the same for any process count.
     ds = _element_pipeline(
         ds, data_config, flip_seed=_derived_seed(seed, streams[1]), grayscale_threshold=threshold
     )
+    ds = _BatchSlots(ds, global_count=global_count, shard=shard, start=start)
     return _to_iter_dataset(ds, data_config, workers=workers)
 
 
@@ -819,39 +925,44 @@ def make_train_dataset(
     if unlabeled:
         sources.append(make_source(data_config, "unlabeled"))
         workers = _split_workers(data_config.worker_count, num_unlabeled / data_config.batch_size)
-    parents = [
-        _train_stream(
+    streams = [
+        functools.partial(
+            _train_stream,
             labelled_source,
             data_config,
             seed=seed,
             streams=(0, 1),
             threshold=data_config.grayscale_filter_threshold,
+            global_count=data_config.batch_size - num_unlabeled,
             shard=shard,
             workers=workers[0],
         )
     ]
     if unlabeled:
-        parents.append(
-            _train_stream(
+        streams.append(
+            functools.partial(
+                _train_stream,
                 sources[1],
                 data_config,
                 seed=seed,
                 streams=(2, 3),
                 threshold=data_config.unlabeled.grayscale_threshold,
+                global_count=num_unlabeled,
                 shard=shard,
                 workers=workers[1],
             )
         )
     counts = (batch_size - unlabeled, unlabeled) if unlabeled else (batch_size,)
     return _SkipCountBatchIterDataset(
-        parents,
+        streams,
         counts=counts,
-        labelled=(True, False)[: len(parents)],
-        names=("labelled", "unlabeled")[: len(parents)],
+        labelled=(True, False)[: len(streams)],
+        names=("labelled", "unlabeled")[: len(streams)],
         skip_limits=tuple(max(_SKIP_LIMIT_MIN, _SKIP_LIMIT_PASSES * len(s)) for s in sources),
         image_size=data_config.image_size,
         pad_to_batches=None,
         tracker_args=_tracker_args(data_config, enforce=True),
+        process_count=shard_count,
     )
 
 
@@ -872,9 +983,9 @@ def make_eval_iterator(
 ):
     """One pass over `split` in file order, no flip, no grayscale filter; last batch zero-padded.
 
-    Every process yields the same number of batches (ceil(largest shard / per-process batch)),
-    padding with all-mask-0 batches where its shard is shorter, so multi-host evaluation steps stay
-    in lockstep. Skipped files are counted in `bad_counts` like in training, without the ceiling.
+    Process p of P takes rows [p*b, (p+1)*b) of each global batch (b = batch_size // P), so the
+    global batches are the same for any process count; every process yields ceil(len / batch_size)
+    batches, padding where its rows run out, so multi-host evaluation steps stay in lockstep. Skipped files are counted in `bad_counts` like in training, without the ceiling.
     Labelled data only (data.unlabeled is not read); has_label is all ones.
     """
     if split not in SPLITS:
@@ -882,20 +993,25 @@ def make_eval_iterator(
     shard_index, shard_count = _shard_args(shard_index, shard_count)
     batch_size = _per_process_batch(data_config, shard_count)
     source = make_source(data_config, split)
-    largest_shard = math.ceil(len(source) / shard_count)
-    ds = grain.MapDataset.source(source)[shard_index::shard_count]
-    ds = _element_pipeline(ds, data_config, flip_seed=None, grayscale_threshold=None)
-    pad_to = math.ceil(largest_shard / batch_size)
+
+    def stream(*, start: int):
+        ds = grain.MapDataset.source(source)
+        ds = _element_pipeline(ds, data_config, flip_seed=None, grayscale_threshold=None)
+        ds = _BatchSlots(ds, global_count=data_config.batch_size, shard=(shard_index, shard_count),
+                         start=start, num_records=len(source))
+        return _to_iter_dataset(ds, data_config, workers=data_config.worker_count)
+
     return iter(
         _SkipCountBatchIterDataset(
-            [_to_iter_dataset(ds, data_config, workers=data_config.worker_count)],
+            [stream],
             counts=(batch_size,),
             labelled=(True,),
             names=(split,),
             skip_limits=(None,),
             image_size=data_config.image_size,
-            pad_to_batches=pad_to,
+            pad_to_batches=math.ceil(len(source) / data_config.batch_size),
             tracker_args=_tracker_args(data_config, enforce=False),
+            process_count=shard_count,
         )
     )
 

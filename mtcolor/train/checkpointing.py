@@ -71,13 +71,23 @@ def save(manager, step: int, state, train_iter=None, extra: dict | None = None) 
 
 def restore(manager, step: int, abstract_state, train_iter=None):
     """Restore ``state`` (into the structure/shardings of ``abstract_state``) and, if given, the
-    train iterator in place. Returns the state."""
+    train iterator in place. Returns the state.
+
+    Each process saves its own data-iterator position (``process_<i>-of-<n>.json``). A checkpoint
+    written by another number of processes gives its position to this one through
+    ``set_state``, which converts it (mtcolor's positions are row counts of each global batch).
+    """
     import grain
 
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
+    other_count_position = None
     if train_iter is not None:
-        items[DATA_ITER] = grain.checkpoint.CheckpointRestore(train_iter)
+        other_count_position = _position_of_another_process_count(manager, step)
+        if other_count_position is None:
+            items[DATA_ITER] = grain.checkpoint.CheckpointRestore(train_iter)
     restored = manager.restore(int(step), args=ocp.args.Composite(**items))
+    if other_count_position is not None:
+        train_iter.set_state(other_count_position)
     return restored[STATE]
 
 
@@ -87,27 +97,46 @@ def damaged_dir(workdir: str) -> str:
 
 
 class ProcessCountChangedError(RuntimeError):
-    """A checkpoint's data-iterator state was written by another number of processes."""
+    """A checkpoint's data-iterator position was written by another number of processes in a
+    format that cannot be converted (mtcolor before positions were row counts)."""
 
 
-def check_data_iterator_processes(manager, step: int) -> None:
-    """Raises ProcessCountChangedError if checkpoint ``step`` holds no data-iterator state for
-    this process and process count (each process saves its own grain iterator position, and a
-    position cannot be split or merged over another number of processes)."""
+def _position_of_another_process_count(manager, step: int) -> dict | None:
+    """None when checkpoint ``step`` has this process's own data-iterator file (or none at all);
+    else the position saved by another process count, for the iterator to convert.
+
+    Raises ProcessCountChangedError when that position cannot be converted."""
     directory = os.path.join(manager.directory, str(step), DATA_ITER)
     if not os.path.isdir(directory):
-        return
-    wanted = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    if os.path.exists(os.path.join(directory, wanted)):
-        return
-    found = sorted(f for f in os.listdir(directory) if f.startswith("process_"))
-    counts = sorted({f.split("-of-")[1].split(".")[0] for f in found if "-of-" in f})
-    raise ProcessCountChangedError(
-        f"checkpoint {os.path.join(manager.directory, str(step))} was written by "
-        f"{' or '.join(counts) or 'another number of'} process(es) and this run has "
-        f"{jax.process_count()}: its data-iterator positions ({', '.join(found)}) cannot be "
-        "resumed by another process count. Resume with the same number of processes; the "
-        "model itself loads anywhere (load_for_inference, evaluate, colorize, report).")
+        return None
+    if os.path.exists(os.path.join(directory, _position_file(jax.process_index(), jax.process_count()))):
+        return None
+    found = sorted(f for f in os.listdir(directory) if f.startswith("process_") and "-of-" in f)
+    counts = sorted({int(f.split("-of-")[1].split(".")[0]) for f in found})
+    if len(counts) != 1:
+        raise ProcessCountChangedError(
+            f"checkpoint {os.path.join(manager.directory, str(step))} holds data-iterator "
+            f"positions {found or 'of no process'}: cannot tell which to resume from")
+    saved_count = counts[0]
+    # Every process of a run is at the same global batch; any one's position converts.
+    name = _position_file(jax.process_index() % saved_count, saved_count)
+    with open(os.path.join(directory, name), encoding="utf-8") as f:
+        position = json.load(f)
+    if "taken" not in position:
+        raise ProcessCountChangedError(
+            f"checkpoint {os.path.join(manager.directory, str(step))} was written by "
+            f"{saved_count} process(es) and this run has {jax.process_count()}: its data-iterator "
+            f"positions ({', '.join(found)}) are in an older format that cannot be converted. "
+            "Resume with the same number of processes; the model itself loads anywhere "
+            "(load_for_inference, evaluate, colorize, report).")
+    logging.info("checkpoint %d was written by %d process(es); this run has %d: the data "
+                 "position is converted", step, saved_count, jax.process_count())
+    return position
+
+
+def _position_file(process_index: int, process_count: int) -> str:
+    # grain.checkpoint's file name for one process's iterator state.
+    return f"process_{process_index}-of-{process_count}.json"
 
 
 class NoIntactCheckpointError(RuntimeError):
@@ -129,7 +158,7 @@ def restore_newest_intact(workdir: str, manager, abstract_state_at, train_iter=N
     damaged = []
     for step in sorted(manager.all_steps(), reverse=True):
         if train_iter is not None:
-            check_data_iterator_processes(manager, step)  # not damage: say what it is
+            _position_of_another_process_count(manager, step)  # not damage: say what it is
         try:
             state = restore(manager, step, abstract_state_at(step), train_iter)
             extra = restore_extra(manager, step)

@@ -26,14 +26,22 @@ def quiet_library_logs():
     absl_logging.get_absl_handler().addFilter(_DropInfoFrom("orbax", "grain"))
 
 
+def exit_on_problems(problems: list[str], subject: str) -> None:
+    """The one way every entry point refuses its input: ``error: <subject> has N problem(s):``,
+    then one line each naming the field or argument, on stderr; exit status 2, no traceback."""
+    if problems:
+        print(f"error: {subject} has {len(problems)} problem(s):", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        sys.exit(2)
+
+
 def exit_on_config_problems(config) -> None:
     """Checks the whole config before any work; on problems prints one line each to stderr and
     exits with status 2 (no traceback, nothing written)."""
-    from mtcolor.train import validation
-
     import jax
 
-    from mtcolor.train import sharding
+    from mtcolor.train import sharding, validation
 
     # A multi-host run (config or environment) joins its peers first: jax.distributed must
     # precede every other JAX call, and the checks build the multi-task methods.
@@ -41,11 +49,45 @@ def exit_on_config_problems(config) -> None:
     problems = validation.config_problems(config)
     if not problems:
         problems = validation.config_problems(config, device_count=jax.device_count())
-    if problems:
-        print(f"error: the config has {len(problems)} problem(s):", file=sys.stderr)
-        for line in problems:
-            print(f"  {line}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_problems(problems, "the config")
+
+
+def _config_override_problems(config, argv) -> list[str]:
+    """``--config.<path>=<value>`` overrides whose path is not a field of ``config``."""
+    import difflib
+
+    problems = []
+    for arg in argv[1:]:
+        if not arg.startswith("--config."):
+            continue
+        path = arg[len("--config."):].split("=", 1)[0]
+        node, walked = config, []
+        for part in path.split("."):
+            fields = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in fields:
+                where = ".".join(["config", *walked])
+                close = difflib.get_close_matches(part, fields, n=1)
+                hint = f" (did you mean {'.'.join([where, close[0]])!r}?)" if close else ""
+                problems.append(f"{arg}: {where} has no field {part!r}{hint}")
+                break
+            node, walked = node[part], walked + [part]
+    return problems
+
+
+def _parse_flags(argv):
+    """absl's parse, after checking every --config.<path> override names a field: ml_collections
+    would stop at the first unknown one with a KeyError traceback."""
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    if overrides:
+        # config_flags reads the overrides from sys.argv too: hide them while the file loads.
+        full_argv, sys.argv = sys.argv, [a for a in sys.argv if a not in overrides]
+        try:
+            flags.FLAGS([a for a in argv if a not in overrides])
+        finally:
+            sys.argv = full_argv
+        exit_on_problems(_config_override_problems(flags.FLAGS.config, argv), "the command line")
+        flags.FLAGS.unparse_flags()
+    return flags.FLAGS(argv)
 
 
 def run(experiment: str) -> None:
@@ -68,4 +110,4 @@ def run(experiment: str) -> None:
         exit_on_config_problems(config)
         loop.train_and_evaluate(config, flags.FLAGS.workdir)
 
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -292,3 +292,27 @@ def check_config(config, *, device_count: int | None = None, data_source: bool =
     problems = config_problems(config, device_count=device_count, data_source=data_source)
     if problems:
         raise ConfigError(problems)
+
+
+def run_directory_problems(argument: str, path, *, step=None, step_argument: str = "checkpoint") -> list[str]:
+    """Problems of a training run directory given as ``--<argument>`` (evaluate, report,
+    colorize): it must exist and hold the run's config.json and checkpoints/ (and the checkpoint
+    ``--<step_argument>``, an int step or "best", when one is asked for)."""
+    path = os.fspath(path)
+    problems = []
+    if step not in (None, "best") and not str(step).isdigit():
+        problems.append(f"--{step_argument}={step!r}: must be 'best', a step number, or left out (latest)")
+        step = None
+    if not os.path.isdir(path):
+        return [f"--{argument}={path!r}: no such run directory"] + problems
+    missing = [name for name in ("config.json", "checkpoints") if not os.path.exists(os.path.join(path, name))]
+    if missing:
+        return [f"--{argument}={path!r}: not a training run (no {' or '.join(missing)} in it)"] + problems
+    if step == "best":
+        where = os.path.join(path, "checkpoints_best")
+        if not (os.path.isdir(where) and os.listdir(where)):
+            problems.append(f"--{step_argument}=best: {path!r} has no best checkpoint (checkpoints_best/ is empty)")
+    elif step is not None and not os.path.isdir(os.path.join(path, "checkpoints", str(step))):
+        steps = sorted(int(s) for s in os.listdir(os.path.join(path, "checkpoints")) if s.isdigit())
+        problems.append(f"--{step_argument}={step}: {path!r} has no checkpoint of step {step} (it has {steps})")
+    return problems
