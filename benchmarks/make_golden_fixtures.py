@@ -1,7 +1,7 @@
 """Write tests/fixtures/resnet18_golden.npz: reference outputs of PyTorch modules for the flax models.
 
-Run once with the torch venv (CPU is enough):
-    .venv-torch/bin/python benchmarks/make_golden_fixtures.py
+Run once from the repository root, in an environment with torch and torchvision (CPU is enough):
+    python benchmarks/make_golden_fixtures.py
 
 What it stores, all float32 and NHWC (the flax layout), so tests/test_models.py can compare
 without torch:

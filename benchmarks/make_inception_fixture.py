@@ -1,6 +1,6 @@
 """Golden outputs of pytorch-fid's FID Inception-v3 for tests/test_eval_inception.py (run once, with torch).
 
-    .venv-torch/bin/python benchmarks/make_inception_fixture.py
+    python benchmarks/make_inception_fixture.py   # from the repository root, in an environment with torch
 
 Builds pytorch-fid's architecture exactly as `pytorch_fid.inception.fid_inception_v3()` does
 (torchvision Inception3 with num_classes=1008, no aux head, the FIDInceptionA/C/E_1/E_2 blocks),

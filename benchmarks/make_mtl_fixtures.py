@@ -1,8 +1,9 @@
 """Write tests/fixtures/mtl_reference.npz: reference outputs for mtcolor.mtl (tests/test_mtl_*.py).
 
-Run with the torch venv (not mtcolor's; the library and its tests never import torch):
-    .venv-torch/bin/pip install torch libmtl "torchjd[full]" scipy numpy
-    .venv-torch/bin/python benchmarks/make_mtl_fixtures.py
+Run from the repository root in a separate environment with torch (not mtcolor's; the library and
+its tests never import torch), e.g. a virtual environment in .venv-torch/ (git-ignored):
+    pip install torch libmtl "torchjd[full]" scipy numpy
+    python benchmarks/make_mtl_fixtures.py
 
 What it stores (keys listed in `meta_keys`; package versions in `versions`):
   * problems p0..p7: Jacobians J f32[T, P] (T = 2, 3; random, near-conflicting, near-aligned,

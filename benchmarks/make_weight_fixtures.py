@@ -1,11 +1,12 @@
 """Write the small torch-made fixtures for tests/test_weights.py (run once, with torch installed).
 
-    .venv-torch/bin/python benchmarks/make_weight_fixtures.py [--legacy-only]
+    python benchmarks/make_weight_fixtures.py [--legacy-only]   # from the repository root
 
 `--legacy-only` rewrites just torch_legacy.pth, after checking that the seeded tensors still equal
 torch_small_expected.npz (which the test compares the legacy file against).
 
-torch is only needed here; the tests read the files with mtcolor.weights, which never imports it.
+torch is only needed here; the tests read the files with mtcolor.state_dict_files (through
+mtcolor.weights), which never imports it.
 Outputs in tests/fixtures/:
   torch_small.pth            genuine torch.save zip of tensors of assorted dtypes and layouts
   torch_small_expected.npz   the same tensors as torch sees them (contiguous numpy copies)

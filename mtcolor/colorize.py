@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageOps
 
-L_SCALE, AB_SCALE = 50.0, 110.0
+from mtcolor.data import color
+
 # Full-resolution post-processing works on at most this many pixels per jitted call.
 MAX_CHUNK_PIXELS = 1 << 20
 MIN_CHUNK_PIXELS = 1 << 12
@@ -135,55 +136,21 @@ def read_image(path, max_pixels: int | None = DEFAULT_MAX_PIXELS):
 # Full-resolution L and recombination
 
 
-def _lab_conversions():
-    from mtcolor.data.color import lab_to_rgb_jax, rgb_to_lab_jax
-
-    return rgb_to_lab_jax, lab_to_rgb_jax
-
-
 @jax.jit
 def _lightness_chunk(rgb):
-    rgb_to_lab_jax, _ = _lab_conversions()
-    return rgb_to_lab_jax(rgb)[..., 0]
+    return color.rgb_to_lab_jax(rgb)[..., 0]
 
 
-# sRGB (D65) from CIE XYZ, and the D65 white point: the standard constants (as in skimage), used
-# only for the cheap in-gamut test below; the output colours come from mtcolor.data.color.
-_RGB_FROM_XYZ = np.array([
-    [3.24048134, -1.53715152, -0.49853633],
-    [-0.96925495, 1.87599, 0.04155593],
-    [0.05564664, -0.20404134, 1.05731107],
-], np.float32)
-_WHITE_D65 = np.array([0.95047, 1.0, 1.08883], np.float32)
 _GAMUT_SLACK = 1e-4  # linear RGB may overshoot [0, 1] by this much (rounding), clipped afterwards
 
 
 def _linear_rgb_in_gamut(L, a, b):
-    """Whether Lab (P,) x3 is inside the sRGB gamut: its linear RGB is within [0, 1].
-
-    Written out per component (no (P, 3) @ (3, 3) product, which XLA:CPU runs slowly) because the
-    bisection evaluates it ten times per pixel.
-    """
-    fy = (L + 16.0) / 116.0
-    fx = a / 500.0 + fy
-    fz = jnp.maximum(fy - b / 200.0, 0.0)
-    edge, slope, offset = 6.0 / 29.0, 3.0 * (6.0 / 29.0) ** 2, 4.0 / 29.0
-
-    def f_inverse(f):
-        return jnp.where(f > edge, f * f * f, slope * (f - offset))
-
-    x, y, z = f_inverse(fx) * _WHITE_D65[0], f_inverse(fy), f_inverse(fz) * _WHITE_D65[2]
-    ok = None
-    for row in _RGB_FROM_XYZ:
-        channel = float(row[0]) * x + float(row[1]) * y + float(row[2]) * z
-        inside = (channel >= -_GAMUT_SLACK) & (channel <= 1.0 + _GAMUT_SLACK)
-        ok = inside if ok is None else ok & inside
-    return ok
+    """Whether Lab (P,) x3 is inside the sRGB gamut; the bisection evaluates it ten times per pixel."""
+    return color.lab_in_srgb_gamut_jax(L, a, b, slack=_GAMUT_SLACK)
 
 
 def _to_rgb(L, a, b):
-    _, lab_to_rgb_jax = _lab_conversions()
-    return lab_to_rgb_jax(jnp.stack([L, a, b], axis=-1))
+    return color.lab_to_rgb_jax(jnp.stack([L, a, b], axis=-1))
 
 
 @jax.jit
@@ -330,7 +297,7 @@ class PhotoColorizer:
 
     def model_input(self, L: np.ndarray) -> np.ndarray:
         small = _resize_channel(L, (self.image_size, self.image_size))
-        return (np.clip(small, 0.0, 100.0) / L_SCALE - 1.0)[..., None].astype(np.float32)
+        return color.normalize_L(np.clip(small, 0.0, 100.0))[..., None].astype(np.float32)
 
     def predict_ab(self, L_norm_batch: np.ndarray) -> np.ndarray:
         """(N, S, S, 1) normalized L -> (N, S, S, 2) normalized ab, run at one fixed batch shape."""
@@ -347,7 +314,7 @@ class PhotoColorizer:
     def ab_rows(self, ab_norm_small: np.ndarray, width: int, height: int, start: int,
                 stop: int) -> np.ndarray:
         """Rows start:stop of the prediction upsampled to (height, width), in Lab units."""
-        return np.stack([_resize_rows(ab_norm_small[..., c] * AB_SCALE, width, height, start, stop)
+        return np.stack([_resize_rows(ab_norm_small[..., c] * color.AB_SCALE, width, height, start, stop)
                          for c in range(2)], -1)
 
     def finish(self, L: np.ndarray, ab_norm_small: np.ndarray) -> np.ndarray:

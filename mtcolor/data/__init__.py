@@ -10,6 +10,7 @@ Submodules (imported explicitly; none imports TensorFlow or JAX at import time):
 See docs/data.md.
 """
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 
@@ -28,3 +29,11 @@ PAPER_CLASSES = (
     PaperClass("puffer", 397, "n02655020"),
 )
 PAPER_WNIDS = tuple(c.wnid for c in PAPER_CLASSES)
+
+
+def unknown_classes_error(missing: Sequence[str], where: str, available: Sequence[str], *,
+                          detail: str = "", available_label: str = "available") -> ValueError:
+    """The error a source raises for requested classes it does not have: the missing names, where
+    they were looked for (`where`, then `detail`) and the first 20 available names."""
+    shown = ", ".join(available[:20]) + (f", ... ({len(available)} in all)" if len(available) > 20 else "")
+    return ValueError(f"unknown class(es) {list(missing)} in {where}{detail}; {available_label}: {shown}")

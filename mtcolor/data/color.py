@@ -156,12 +156,20 @@ def rgb_uint8_to_normalized_L_ab(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return L_norm, ab_norm
 
 
+def normalize_L(L):  # noqa: N802, N803 (L is the channel's name)
+    """Lightness L in [0, 100] (any shape, float) -> L/50 - 1, the model's input in [-1, 1].
+
+    Works on numpy and jax arrays alike (only arithmetic).
+    """
+    return L / L_SCALE - 1.0
+
+
 def normalize_lab(lab):
     """Lab (..., 3) -> (L_norm (..., 1), ab_norm (..., 2)) with L/50 - 1 and ab/110.
 
     Works on numpy and jax arrays alike (only slicing and arithmetic).
     """
-    return lab[..., :1] / L_SCALE - 1.0, lab[..., 1:] / AB_SCALE
+    return normalize_L(lab[..., :1]), lab[..., 1:] / AB_SCALE
 
 
 def denormalize_lab(L_norm, ab_norm):  # noqa: N803 (L is the channel's name)
@@ -193,20 +201,49 @@ def rgb_to_lab_jax(rgb):
     return jnp.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
 
 
+def _lab_to_f_jax(L, a, b):  # noqa: N803
+    """(f(X/Xn), f(Y/Yn), f(Z/Zn)) of Lab components, with skimage's clamp of the z term at 0."""
+    import jax.numpy as jnp
+
+    fy = (L + 16.0) / 116.0
+    fx = a / 500.0 + fy
+    fz = jnp.maximum(fy - b / 200.0, 0.0)
+    return fx, fy, fz
+
+
+def _f_inverse_jax(f):
+    import jax.numpy as jnp
+
+    return jnp.where(f > _LAB_F_THRESHOLD, f * f * f, (f - 16.0 / 116.0) / _LAB_KAPPA_SLOPE)
+
+
 def lab_to_rgb_jax(lab):
     """Lab (..., 3) -> sRGB in [0, 1] with jnp; clipped, never NaN (values or gradients)."""
     import jax.numpy as jnp
 
     lab = jnp.asarray(lab)
-    fy = (lab[..., 0] + 16.0) / 116.0
-    fx = lab[..., 1] / 500.0 + fy
-    fz = jnp.maximum(fy - lab[..., 2] / 200.0, 0.0)
-    f = jnp.stack([fx, fy, fz], axis=-1)
-    xyz = jnp.where(f > _LAB_F_THRESHOLD, f * f * f, (f - 16.0 / 116.0) / _LAB_KAPPA_SLOPE)
+    f = jnp.stack(_lab_to_f_jax(lab[..., 0], lab[..., 1], lab[..., 2]), axis=-1)
+    xyz = _f_inverse_jax(f)
     linear = xyz @ jnp.asarray(_RGB_FROM_NORMALIZED_XYZ.T, dtype=xyz.dtype)
     linear_safe = jnp.maximum(linear, 0.0031308)
     srgb = jnp.where(linear > 0.0031308, 1.055 * linear_safe ** (1 / 2.4) - 0.055, linear * 12.92)
     return jnp.clip(srgb, 0.0, 1.0)
+
+
+def lab_in_srgb_gamut_jax(L, a, b, slack: float = 0.0):  # noqa: N803
+    """Whether Lab, as separate components (L, a, b of one shape), lies inside the sRGB gamut:
+    its linear RGB within [-slack, 1 + slack], so `lab_to_rgb_jax` would not clip it.
+
+    The same Lab -> linear RGB as `lab_to_rgb_jax`, written out per component (no (P, 3) @ (3, 3)
+    product, which XLA:CPU runs slowly), for callers that test many candidates per pixel.
+    """
+    xyz = [_f_inverse_jax(f) for f in _lab_to_f_jax(L, a, b)]
+    inside = None
+    for row in _RGB_FROM_NORMALIZED_XYZ:
+        channel = float(row[0]) * xyz[0] + float(row[1]) * xyz[1] + float(row[2]) * xyz[2]
+        ok = (channel >= -slack) & (channel <= 1.0 + slack)
+        inside = ok if inside is None else inside & ok
+    return inside
 
 
 def lab_norm_to_rgb_jax(L_norm, ab_norm):  # noqa: N803

@@ -26,7 +26,7 @@ from __future__ import annotations
 import csv
 import os
 
-from mtcolor.data import PAPER_CLASSES
+from mtcolor.data import PAPER_CLASSES, unknown_classes_error
 
 # Lower-case extensions read from class folders; other files (.txt, .DS_Store, ...) are not listed.
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -114,10 +114,10 @@ class FolderSource:
                 match = next((v for v in _name_variants(name) if v in available), None)
                 (selected if match else missing).append(match or name)
             if missing:
-                shown = ", ".join(available[:20]) + (f", ... ({len(available)} in all)" if len(available) > 20 else "")
-                raise ValueError(
-                    f"unknown class(es) {missing} in {where}: looked for a folder/class named by wnid or "
-                    f"name (tried {[_name_variants(m) for m in missing]}); available: {shown}"
+                raise unknown_classes_error(
+                    missing, where, available,
+                    detail=": looked for a folder/class named by wnid or name "
+                    f"(tried {[_name_variants(m) for m in missing]})",
                 )
         self.class_names = tuple(requested)
         self.class_dirs = tuple(selected)

@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from mtcolor.data import PAPER_CLASSES
+from mtcolor.data import PAPER_CLASSES, unknown_classes_error
 
 _PAPER_NAME_TO_WNID = {c.name: c.wnid for c in PAPER_CLASSES}
 _DEFAULT_CACHE = os.path.join("~", ".cache", "mtcolor", "tfds")
@@ -91,10 +91,9 @@ class TfdsSource:
                 else:
                     missing.append(c)
             if missing:
-                shown = ", ".join(all_names[:20]) + (f", ... ({len(all_names)} in all)" if len(all_names) > 20 else "")
-                raise ValueError(
-                    f"unknown class(es) {missing} in tfds dataset {name!r} (feature {label_key!r}); "
-                    f"available names: {shown}"
+                raise unknown_classes_error(
+                    missing, f"tfds dataset {name!r} (feature {label_key!r})", all_names,
+                    available_label="available names",
                 )
             self.class_names = tuple(classes)
             labels = self._labels(source, label_cache_dir)

@@ -37,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtcolor import weights as weights_lib
+from mtcolor import hub, state_dict_files
+from mtcolor.weights import TORCH_BN_FIELDS, WeightsMismatchError, convert_state_dict
 
 FID_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -231,20 +232,10 @@ class FIDInceptionV3(nn.Module):
 # Weights: torch state dict -> flax variables.
 
 
-class FIDWeightsMismatchError(weights_lib.WeightsMismatchError):
+class FIDWeightsMismatchError(WeightsMismatchError):
     """The state dict does not fit the FID Inception-v3 (lists missing/unexpected/mis-shaped keys)."""
 
-    def __init__(self, missing=(), unexpected=(), shape_mismatches=(), path=None):
-        super().__init__(missing, unexpected, shape_mismatches, path)
-        message = str(self).replace("ResNet-18 weights do not match", "FID Inception-v3 weights do not match", 1)
-        self.args = (message,)
-
-    def __str__(self):
-        return self.args[0]
-
-
-_BN_FIELDS = {"weight": ("params", "scale"), "bias": ("params", "bias"),
-              "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+    model_name = "FID Inception-v3"
 
 
 def expected_layout() -> dict[str, tuple[tuple[int, ...], str, tuple[str, ...]]]:
@@ -256,6 +247,7 @@ def expected_layout() -> dict[str, tuple[tuple[int, ...], str, tuple[str, ...]]]
     """
     shapes = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0),
                             jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32))
+    torch_field = {flax: torch for torch, (_, flax) in TORCH_BN_FIELDS.items()}
     layout = {}
     for collection in ("params", "batch_stats"):
         for path, leaf in jax.tree_util.tree_flatten_with_path(shapes[collection])[0]:
@@ -265,52 +257,21 @@ def expected_layout() -> dict[str, tuple[tuple[int, ...], str, tuple[str, ...]]]
                 h, w, i, o = leaf.shape
                 layout[".".join(module) + ".weight"] = ((o, i, h, w), collection, names)
             else:
-                torch_field = {"scale": "weight", "bias": "bias", "mean": "running_mean",
-                               "var": "running_var"}[leaf_name]
-                layout[".".join(module) + "." + torch_field] = (tuple(leaf.shape), collection, names)
+                layout[".".join(module) + "." + torch_field[leaf_name]] = (tuple(leaf.shape), collection, names)
     return layout
 
 
-def _is_ignored(key: str) -> bool:
-    # fc is the 1008-way ImageNet classifier after pool3; FID stops before it.
-    return key.startswith("fc.") or key.endswith(".num_batches_tracked")
-
-
 def convert_fid_inception_state_dict(state_dict: Mapping[str, np.ndarray], *, path=None) -> dict:
-    """pytorch-fid's Inception state dict -> {"params", "batch_stats"} of `FIDInceptionV3`."""
-    layout = expected_layout()
-    unexpected, mismatches, found = [], [], {}
-    for key, value in state_dict.items():
-        if _is_ignored(key):
-            continue
-        if key not in layout:
-            unexpected.append(key)
-        elif not isinstance(value, np.ndarray | np.generic):
-            unexpected.append(f"{key} (a {type(value).__name__}, not an array)")
-        elif tuple(value.shape) != layout[key][0]:
-            mismatches.append((key, tuple(value.shape), layout[key][0]))
-        else:
-            found[key] = value
-    missing = [k for k in layout if k not in state_dict]
-    if missing or unexpected or mismatches:
-        raise FIDWeightsMismatchError(missing, unexpected, mismatches, path=path)
-    variables: dict = {"params": {}, "batch_stats": {}}
-    for key, value in found.items():
-        _, collection, flax_path = layout[key]
-        value = np.asarray(value, np.float32)
-        if value.ndim == 4:
-            value = np.ascontiguousarray(value.transpose(2, 3, 1, 0))  # OIHW -> HWIO
-        node = variables[collection]
-        for name in flax_path[:-1]:
-            node = node.setdefault(name, {})
-        node[flax_path[-1]] = value
-    return variables
+    """pytorch-fid's Inception state dict -> {"params", "batch_stats"} of `FIDInceptionV3`.
+
+    Its `fc` (the 1008-way ImageNet classifier after pool3, where FID stops) is ignored."""
+    return convert_state_dict(state_dict, expected_layout(), error_type=FIDWeightsMismatchError, path=path)
 
 
 def find_fid_inception_weights(*, download: bool = True, urlopen=None) -> Path:
     """`pt_inception-2015-12-05-6726825d.pth` from torch's hub cache (where pytorch-fid caches it),
     else downloaded there with its sha256 prefix (6726825d) checked."""
-    return weights_lib.find_hub_checkpoint(
+    return hub.find_hub_checkpoint(
         FID_WEIGHTS_URL,
         how_to_fetch="`pip install pytorch-fid` and run `python -c \"from pytorch_fid.inception "
         "import fid_inception_v3; fid_inception_v3()\"`",
@@ -323,12 +284,12 @@ def load_fid_inception(weights="download", *, download: bool = True) -> dict:
     """`FIDInceptionV3` variables from a weights file path, or "download" (find in torch's hub
     cache, else download there with the hash checked; offline: `WeightsNotAvailableError` with
     instructions). pytorch-fid published the file in 2019, before torch 1.6 made the zip archive
-    the default; `mtcolor.weights.read_state_dict` reads both formats without torch."""
+    the default; `mtcolor.state_dict_files.read_state_dict` reads both formats without torch."""
     if isinstance(weights, str) and weights == "download":
         path = find_fid_inception_weights(download=download)
     else:
         path = Path(weights).expanduser()
-    return convert_fid_inception_state_dict(weights_lib.read_state_dict(path), path=path)
+    return convert_fid_inception_state_dict(state_dict_files.read_state_dict(path), path=path)
 
 
 def fid_feature_extractor(variables):

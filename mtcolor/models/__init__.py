@@ -2,8 +2,8 @@
 
 from mtcolor.models.decoder import ColorDecoder
 from mtcolor.models.heads import ClassHead
-from mtcolor.models.init import (
-    init_variables,
+from mtcolor.models.init import init_variables
+from mtcolor.models.initializers import (
     pix2pix_kernel_init,
     pix2pix_scale_init,
     pytorch_dense_kernel_init,

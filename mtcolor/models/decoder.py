@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mtcolor.models.conv import conv_general_dilated
-from mtcolor.models.init import pix2pix_kernel_init, pix2pix_scale_init
+from mtcolor.models.initializers import pix2pix_kernel_init, pix2pix_scale_init
 from mtcolor.models.resnet import batch_norm
 from mtcolor.precision import at_least_float32
 

@@ -7,7 +7,10 @@ from typing import Any
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mtcolor.models.init import pytorch_dense_bias_init, pytorch_dense_kernel_init
+from mtcolor.models.initializers import (
+    pytorch_dense_bias_init,
+    pytorch_dense_kernel_init,
+)
 from mtcolor.precision import at_least_float32
 
 
@@ -24,7 +27,7 @@ class ClassHead(nn.Module):
       "avg":     global average pool first (512*1000 + 1000 + 5005 = 518,005), any resolution.
     Flattening is in NHWC order (PyTorch flattens NCHW); the head is always new, so no weights
     need to be shared with a PyTorch layout.
-    Init: PyTorch nn.Linear default, which the paper's head keeps (see mtcolor.models.init).
+    Init: PyTorch nn.Linear default, which the paper's head keeps (see mtcolor.models.initializers).
     """
 
     num_classes: int = 5

@@ -1,18 +1,8 @@
-"""Initialisation: the pix2pix scheme for new layers, and `init_variables` for whole models.
+"""`init_variables`: a whole model's variables, fresh or with the ImageNet backbone loaded.
 
-The paper trains "with all hyper-parameters as in [3]" (its reference tutorial), whose `init_model`
-is pix2pix's `init_weights(init_type="normal", gain=0.02)`:
-  * every Conv / ConvTranspose kernel ~ N(0, 0.02), biases 0,
-  * every BatchNorm scale ~ N(1, 0.02), BN bias 0.
-The tutorial applies it to the discriminator always and to the generator only when the generator
-is not pretrained; imported ImageNet weights are left untouched. The tutorial's `init_weights`
-matches on "Conv" and "BatchNorm" class names only, so the paper's fully connected class head keeps
-PyTorch's default `nn.Linear` init (U(+-1/sqrt(fan_in)) for weight and bias); `pytorch_dense_*`
-reproduces that.
-
-`torchvision_conv_kernel_init` is the init of an untrained torchvision ResNet (kaiming normal,
-fan_out, ReLU gain) for anyone training the backbone from scratch without the pix2pix scheme:
-`ResNet18(kernel_init=torchvision_conv_kernel_init)`.
+New layers get the initializers built into the modules (`mtcolor.models.initializers`: the
+pix2pix scheme of the paper's reference); with `pretrained`, the ResNet-18 backbone's params and
+batch_stats are replaced by `mtcolor.weights.load_resnet18`'s.
 """
 
 from __future__ import annotations
@@ -23,33 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-PIX2PIX_INIT_STD = 0.02
-
-# N(0, 0.02) for conv and transposed-conv kernels (pix2pix `init.normal_(w, 0.0, gain)`).
-pix2pix_kernel_init = nn.initializers.normal(stddev=PIX2PIX_INIT_STD)
-
-
-def pix2pix_scale_init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
-    """BatchNorm scale ~ N(1, 0.02) (pix2pix `init.normal_(bn.weight, 1.0, gain)`)."""
-    return 1.0 + PIX2PIX_INIT_STD * jax.random.normal(key, shape, dtype)
-
-
-# torchvision ResNet: kaiming_normal_(mode="fan_out", nonlinearity="relu") = N(0, 2/fan_out), untruncated.
-torchvision_conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-# PyTorch nn.Linear default: kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in)), i.e. variance 1/(3 fan_in).
-pytorch_dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def pytorch_dense_bias_init(fan_in: int):
-    """nn.Linear default bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); fan_in is not known to flax's
-    bias init signature, so the caller binds it."""
-    bound = 1.0 / float(fan_in) ** 0.5
-
-    def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
+from mtcolor.models.resnet import ResNet18
 
 
 def init_variables(
@@ -66,12 +30,11 @@ def init_variables(
     `mtcolor.weights.load_resnet18` replace the backbone's params and batch_stats: the whole tree when
     `model` is a `ResNet18`, else `variables[...]["backbone"]`.
     """
-    from mtcolor.models.resnet import ResNet18  # local: resnet.py imports this module
-
     params_rng, dropout_rng = jax.random.split(rng)
     dummy = jnp.zeros((1, image_size, image_size, in_channels), jnp.float32)
-    # Eager, not jitted: compiling a whole-model init costs more than the one forward pass it runs,
-    # and eager op compilations are cached across models of the same shapes.
+    # Not jitted here: it runs under whatever jit the caller chose. `mtcolor.train.state` jits the
+    # whole call when no weights file is read (op by op, a full model's init takes ~10 s on CPU);
+    # reading a weights file (below) is host work that cannot be traced.
     variables = model.init({"params": params_rng, "dropout": dropout_rng}, dummy, train=False)
     variables = {
         "params": _to_dict(variables["params"]),

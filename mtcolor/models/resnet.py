@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mtcolor.models.conv import conv_general_dilated
-from mtcolor.models.init import pix2pix_kernel_init, pix2pix_scale_init
+from mtcolor.models.initializers import pix2pix_kernel_init, pix2pix_scale_init
 
 Initializer = Callable[..., Any]
 
@@ -84,7 +84,7 @@ class ResNet18(nn.Module):
       dtype: computation dtype (params stay float32).
       kernel_init / scale_init: init of the convs and BN scales when NOT loading pretrained weights.
         Default: pix2pix N(0, 0.02) / N(1, 0.02), what the paper's reference applies to a
-        non-pretrained generator. `mtcolor.models.init.torchvision_conv_kernel_init` gives
+        non-pretrained generator. `mtcolor.models.initializers.torchvision_conv_kernel_init` gives
         torchvision's own from-scratch init.
     """
 

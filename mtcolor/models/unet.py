@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from mtcolor.models.decoder import ConvTranspose4x4Stride2
-from mtcolor.models.init import pix2pix_kernel_init, pix2pix_scale_init
+from mtcolor.models.initializers import pix2pix_kernel_init, pix2pix_scale_init
 from mtcolor.models.resnet import batch_norm
 
 Initializer = Callable[..., Any]

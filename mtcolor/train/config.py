@@ -10,12 +10,9 @@ import ml_collections
 
 
 def data_defaults() -> ml_collections.ConfigDict:
-    try:
-        from mtcolor.data import pipeline
-    except ImportError:  # only while the data package is incomplete
-        return ml_collections.ConfigDict(
-            {"source": "synthetic", "image_size": 256, "batch_size": 16}
-        )
+    # Imported here, not at the top: the pipeline imports grain (seconds).
+    from mtcolor.data import pipeline
+
     return pipeline.default_data_config()
 
 
