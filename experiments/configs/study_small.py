@@ -12,6 +12,8 @@ Every run is experiments/configs/demo.py with OVERRIDES, plus its variant's over
 IMAGENET_VAL_1300 = "../shared/data/imagenet-val-1300/images"
 
 OVERRIDES = {
+    # The paper's decoder for every variant but "unet" (demo.py itself trains the U-Net decoder).
+    "model.decoder": "plain",
     "image_size": 32,
     "batch_size": 16,
     "data.synthetic.train_size": 320,  # 20 steps per epoch
