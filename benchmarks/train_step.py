@@ -12,20 +12,32 @@ achieved (MFU when ``--peak_tflops`` is given), and peak memory: the device allo
 the backend reports it (GPU/TPU), else the process's peak RSS (CPU; monotone over the run, so rows
 go from the cheapest to the most expensive).
 
+``--reference torch`` times, in the same run, the same models and iteration in PyTorch eager
+(``benchmarks/torch_reference.py``; needs the ``bench`` extra): for each experiment, phase (both
+by default) and size it first asserts that both compute the same thing (float32, dropout 0:
+forward outputs and the losses of two iterations, ``torch_reference.check_equivalence``), then
+copies mtcolor's initial weights into torch and alternates blocks of ``--steps`` iterations of
+each, ``--rounds`` times, after a warm-up. torch runs on CUDA when available (else CPU, default
+threads), mtcolor on JAX's default backend; ``--dtypes bfloat16`` runs torch under
+``torch.autocast(bfloat16)``. The ratio is mtcolor's images/s over torch's.
+
     python benchmarks/train_step.py                          # 128 and 256 px, batch 16, phase 2
     python benchmarks/train_step.py --sizes 64 --steps 3 --phase 1 --out /tmp/train_step.json
     python benchmarks/train_step.py --sizes 64 --experiments multitask \
         --iterations one_forward two_forward                  # one vs two generator forwards
     python benchmarks/train_step.py --sizes 64 --experiments multitask \
         --dtypes float32 bfloat16                              # mixed precision side by side
+    python benchmarks/train_step.py --sizes 64 --steps 3 --reference torch   # vs PyTorch eager
 
-Prints a table and writes JSON (default benchmarks/results/train_step.json).
+Prints a table and writes JSON (default benchmarks/results/train_step.json, or
+train_step_torch.json with ``--reference torch``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import time
@@ -39,6 +51,7 @@ from mtcolor.train import loop, sharding, steps
 from mtcolor.train import state as state_lib
 
 EXPERIMENTS = ("classification", "colorization", "multitask")
+REFERENCES = ("torch",)
 
 
 def random_batch(batch_size: int, size: int, num_classes: int) -> dict:
@@ -54,7 +67,11 @@ def peak_memory() -> tuple[float, str]:
     stats = jax.local_devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         return stats["peak_bytes_in_use"] / 2**20, "device peak_bytes_in_use"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+    return process_peak_rss_mb(), "process peak RSS"
+
+
+def process_peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def step_flops(compiled) -> float:
@@ -76,53 +93,162 @@ def two_forward_iteration(fns, state, batch):
     return state, {**metrics, **model_metrics}
 
 
-def bench(experiment: str, size: int, batch_size: int, num_steps: int, phase: int,
-          peak_tflops: float | None, iteration: str = "one_forward",
-          dtype: str = "float32") -> dict:
+def make_config(experiment: str, size: int, batch_size: int, dtype: str = "float32"):
     config = config_lib.base_config(experiment)
     config.image_size, config.batch_size = size, batch_size
     config.model.dtype = dtype
-    mesh = sharding.make_mesh()
-    sharding.check_batch_divisible(batch_size, mesh)
-    state = state_lib.create_train_state(config, jax.random.key(0), backbone_frozen=phase == 1)
-    state = sharding.replicate(state, mesh)
-    batch = sharding.put_batch(random_batch(batch_size, size, config.model.num_classes), mesh)
-    fns = steps.jit_steps(mesh)
+    return config
 
-    # Compile explicitly so compile time and XLA's FLOP count are measured per step function.
-    rng = fns.iteration_rng(state)
-    start = time.perf_counter()
-    if iteration == "one_forward":
-        compiled = [fns.train_step.lower(state, batch).compile()]
-        run_iteration = loop.train_iteration
-    else:
-        compiled = [fns.generator_step.lower(state, batch, rng).compile()]
-        if state.discriminator is not None:
-            compiled.append(fns.discriminator_step.lower(state, batch, rng).compile())
-        run_iteration = two_forward_iteration
-    compile_s = time.perf_counter() - start
-    flops = sum(step_flops(c) for c in compiled)
 
-    state, metrics = run_iteration(fns, state, batch)  # warm-up (and jit cache fill)
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(num_steps):
-        state, metrics = run_iteration(fns, state, batch)
-    jax.block_until_ready((state, metrics))
-    seconds = (time.perf_counter() - start) / num_steps
-    loss = float(metrics.get("loss_g", metrics.get("loss")))
-    if not np.isfinite(loss):
-        raise FloatingPointError(f"{experiment} at {size} px: non-finite loss {loss}")
+class MtcolorRun:
+    """One experiment's jitted iteration on a fixed batch: built, compiled (timed, with XLA's FLOP
+    count) and warmed up at construction; ``run(n)`` times n more iterations."""
+
+    def __init__(self, experiment: str, size: int, batch_size: int, phase: int,
+                 iteration: str = "one_forward", dtype: str = "float32"):
+        self.experiment, self.size, self.batch_size = experiment, size, batch_size
+        config = make_config(experiment, size, batch_size, dtype)
+        mesh = sharding.make_mesh()
+        sharding.check_batch_divisible(batch_size, mesh)
+        state = state_lib.create_train_state(config, jax.random.key(0), backbone_frozen=phase == 1)
+        self.config = config
+        self.host_batch = random_batch(batch_size, size, config.model.num_classes)
+        # The initial weights, on the host, before the donated state is consumed (torch copies them).
+        # (np.array copies: on CPU device_get can alias the buffers that donation then reuses.)
+        self.initial_params = jax.tree.map(np.array, jax.device_get(state.params))
+        self.initial_batch_stats = jax.tree.map(np.array, jax.device_get(state.batch_stats))
+        self.tasks, self.optimizer = state.objective.tasks, state.optimizer
+        self.state = sharding.replicate(state, mesh)
+        self.batch = sharding.put_batch(self.host_batch, mesh)
+        self.fns = fns = steps.jit_steps(mesh)
+
+        # Compile explicitly so compile time and XLA's FLOP count are measured per step function.
+        rng = fns.iteration_rng(self.state)
+        start = time.perf_counter()
+        if iteration == "one_forward":
+            compiled = [fns.train_step.lower(self.state, self.batch).compile()]
+            self.run_iteration = loop.train_iteration
+        else:
+            compiled = [fns.generator_step.lower(self.state, self.batch, rng).compile()]
+            if self.state.discriminator is not None:
+                compiled.append(fns.discriminator_step.lower(self.state, self.batch, rng).compile())
+            self.run_iteration = two_forward_iteration
+        self.compile_s = time.perf_counter() - start
+        self.flops = sum(step_flops(c) for c in compiled)
+        self.run(1)  # warm-up (and jit cache fill)
+
+    def run(self, num_steps: int) -> float:
+        """Seconds for ``num_steps`` iterations (until the results are ready)."""
+        start = time.perf_counter()
+        for _ in range(num_steps):
+            self.state, self.metrics = self.run_iteration(self.fns, self.state, self.batch)
+        jax.block_until_ready((self.state, self.metrics))
+        seconds = time.perf_counter() - start
+        loss = float(self.metrics.get("loss_g", self.metrics.get("loss")))
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"{self.experiment} at {self.size} px: non-finite loss {loss}")
+        return seconds
+
+
+def bench(experiment: str, size: int, batch_size: int, num_steps: int, phase: int,
+          peak_tflops: float | None, iteration: str = "one_forward",
+          dtype: str = "float32") -> dict:
+    mt = MtcolorRun(experiment, size, batch_size, phase, iteration, dtype)
+    seconds = mt.run(num_steps) / num_steps
     memory_mb, memory_kind = peak_memory()
     row = {
         "experiment": experiment, "iteration": iteration, "dtype": dtype, "image_size": size, "batch_size": batch_size, "phase": phase,
-        "compile_s": compile_s, "step_s": seconds, "steps_per_s": 1 / seconds,
-        "images_per_s": batch_size / seconds, "iteration_gflop": flops / 1e9,
-        "achieved_tflops": flops / seconds / 1e12, "peak_memory_mb": memory_mb,
+        "compile_s": mt.compile_s, "step_s": seconds, "steps_per_s": 1 / seconds,
+        "images_per_s": batch_size / seconds, "iteration_gflop": mt.flops / 1e9,
+        "achieved_tflops": mt.flops / seconds / 1e12, "peak_memory_mb": memory_mb,
         "peak_memory_kind": memory_kind,
     }
     if peak_tflops:
         row["mfu"] = row["achieved_tflops"] / (peak_tflops * jax.device_count())
+    return row
+
+
+def torch_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def torch_peak_memory(device) -> tuple[float, str]:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated"
+    return process_peak_rss_mb(), "process peak RSS (shared with mtcolor)"
+
+
+def check_against_torch(experiment: str, size: int, batch_size: int, phase: int, device) -> dict:
+    """torch_reference.check_equivalence for one experiment (float32, dropout 0); raises on a
+    difference."""
+    import torch_reference
+
+    config = make_config(experiment, size, batch_size, "float32")
+    batch = random_batch(batch_size, size, config.model.num_classes)
+    return torch_reference.check_equivalence(config, phase, batch, device)
+
+
+def bench_against_torch(experiment: str, size: int, batch_size: int, num_steps: int, rounds: int,
+                        phase: int, peak_tflops: float | None, iteration: str, dtype: str,
+                        device) -> dict:
+    """mtcolor's jitted iteration and the torch eager one, same weights and batch, timed in
+    alternating blocks of ``num_steps`` iterations (``rounds`` blocks each, the one going first
+    alternating too) after a warm-up of each."""
+    import torch
+    import torch_reference
+
+    mt = MtcolorRun(experiment, size, batch_size, phase, iteration, dtype)
+    memory_mb, memory_kind = peak_memory()
+    spec = torch_reference.spec_from_tasks(mt.tasks, size, phase == 1, mt.optimizer)
+    autocast = torch.bfloat16 if dtype == "bfloat16" else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    ref = torch_reference.TorchExperiment(spec, device, autocast_dtype=autocast)
+    torch_reference.load_flax_variables(ref, mt.initial_params, mt.initial_batch_stats)
+    torch_batch = ref.batch(mt.host_batch)
+    ref.run(torch_batch, 1)  # warm-up
+    torch_flops = ref.iteration_flops(torch_batch)  # a second warm-up iteration, counted
+
+    mt_seconds, torch_seconds = [], []
+    for r in range(rounds):
+        if r % 2 == 0:
+            mt_seconds.append(mt.run(num_steps))
+            torch_seconds.append(ref.run(torch_batch, num_steps))
+        else:
+            torch_seconds.append(ref.run(torch_batch, num_steps))
+            mt_seconds.append(mt.run(num_steps))
+    if device.type != "cuda":
+        memory_mb, memory_kind = peak_memory()  # CPU: one process, one RSS for both
+    torch_memory_mb, torch_memory_kind = torch_peak_memory(device)
+    images = batch_size * num_steps * rounds
+    mt_ips, torch_ips = images / sum(mt_seconds), images / sum(torch_seconds)
+    step_s = sum(mt_seconds) / (num_steps * rounds)
+    row = {
+        "experiment": experiment, "iteration": iteration, "dtype": dtype, "image_size": size,
+        "batch_size": batch_size, "phase": phase, "steps_per_round": num_steps, "rounds": rounds,
+        "compile_s": mt.compile_s, "step_s": step_s, "steps_per_s": 1 / step_s,
+        "images_per_s": mt_ips, "iteration_gflop": mt.flops / 1e9,
+        "achieved_tflops": mt.flops / step_s / 1e12, "peak_memory_mb": memory_mb,
+        "peak_memory_kind": memory_kind,
+        "torch_step_s": sum(torch_seconds) / (num_steps * rounds), "torch_images_per_s": torch_ips,
+        "torch_gflop_flopcounter": torch_flops / 1e9, "torch_peak_memory_mb": torch_memory_mb,
+        "torch_peak_memory_kind": torch_memory_kind,
+        "ratio_mtcolor_over_torch": mt_ips / torch_ips,
+        "ratio_per_round": [t / m for m, t in zip(mt_seconds, torch_seconds)],
+        "mtcolor_block_s": mt_seconds, "torch_block_s": torch_seconds,
+        "torch_device": str(device), "torch_autocast": str(autocast) if autocast else None,
+    }
+    if peak_tflops:
+        row["mfu"] = row["achieved_tflops"] / (peak_tflops * jax.device_count())
+    del ref, mt
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # give the next row's JAX allocations the memory torch cached
     return row
 
 
@@ -131,9 +257,11 @@ def main():
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
     parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--phase", type=int, default=2, choices=[1, 2],
-                        help="1: backbone frozen; 2: everything trained (the slower phase)")
+    parser.add_argument("--steps", type=int, default=5,
+                        help="timed iterations (with --reference: per block, each of --rounds)")
+    parser.add_argument("--phase", nargs="+", type=int, default=None, choices=[1, 2],
+                        help="1: backbone frozen; 2: everything trained (the slower phase). "
+                             "Default: 2, or 1 and 2 with --reference")
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="the accelerator's peak TFLOP/s per device for the dtype used, to "
                              "report MFU (e.g. about 67 for an H100 SXM in float32, non-tensor-core)")
@@ -142,31 +270,97 @@ def main():
                              "two_forward: the D and G steps as two calls, two generator forwards")
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
                         help="config.model.dtype: each is timed in the same run")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step.json"))
+    parser.add_argument("--reference", choices=REFERENCES, default=None,
+                        help="torch: time benchmarks/torch_reference.py (PyTorch eager) side by "
+                             "side, after checking that it computes what mtcolor does")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="with --reference: alternating blocks of --steps iterations per side")
+    parser.add_argument("--torch_device", default="auto",
+                        help="with --reference torch: auto (cuda when available, else cpu), cpu, cuda")
+    parser.add_argument("--torch_threads", type=int, default=None,
+                        help="with --reference torch: torch.set_num_threads (default: torch's own)")
+    parser.add_argument("--skip_check", action="store_true",
+                        help="with --reference: time without the equivalence check (not advised)")
+    parser.add_argument("--out", default=None,
+                        help="JSON path (default benchmarks/results/train_step.json, "
+                             "train_step_torch.json with --reference)")
     args = parser.parse_args()
+    if args.phase is None:
+        args.phase = [1, 2] if args.reference else [2]
+    if args.out is None:
+        name = "train_step_torch.json" if args.reference else "train_step.json"
+        args.out = str(Path(__file__).parent / "results" / name)
+    if args.reference:
+        # JAX would otherwise take 75% of the GPU's memory at start-up and starve torch.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
     device = jax.devices()[0]
     machine = {"platform": device.platform, "device_kind": device.device_kind,
                "device_count": jax.device_count(), "host": platform.platform(),
                "processor": platform.processor() or platform.machine(), "jax": jax.__version__}
-    print(f"# {machine}")
-    print(f"{'experiment':<15}{'iteration':>12}{'dtype':>10}{'px':>5}{'batch':>6}{'phase':>6}{'compile s':>10}"
-          f"{'step s':>9}{'steps/s':>9}{'img/s':>8}{'GFLOP':>9}{'TFLOP/s':>9}{'peak MB':>9}")
-    rows = []
-    runs = [(size, experiment, iteration, dtype) for size in sorted(args.sizes)
-            for experiment in args.experiments for iteration in args.iterations
-            for dtype in args.dtypes]
-    for size, experiment, iteration, dtype in runs:
-        row = bench(experiment, size, args.batch_size, args.steps, args.phase, args.peak_tflops,
-                    iteration, dtype)
-        rows.append(row)
-        print(f"{experiment:<15}{iteration:>12}{dtype:>10}{size:>5}{args.batch_size:>6}{args.phase:>6}"
-              f"{row['compile_s']:>10.1f}{row['step_s']:>9.3f}{row['steps_per_s']:>9.2f}"
-              f"{row['images_per_s']:>8.1f}{row['iteration_gflop']:>9.1f}"
-              f"{row['achieved_tflops']:>9.3f}{row['peak_memory_mb']:>9.0f}", flush=True)
+    runs = [(size, experiment, phase, iteration, dtype) for size in sorted(args.sizes)
+            for experiment in args.experiments for phase in args.phase
+            for iteration in args.iterations for dtype in args.dtypes]
+    rows, checks = [], {}
+    if args.reference == "torch":
+        import torch
+
+        tdevice = torch_device(args.torch_device)
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
+        machine.update(torch=torch.__version__, torch_device=str(tdevice),
+                       torch_threads=torch.get_num_threads(),
+                       torch_cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+                       torch_matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+                       xla_python_client_preallocate=os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"))
+        if tdevice.type == "cuda":
+            machine["torch_device_name"] = torch.cuda.get_device_name(tdevice)
+        print(f"# {machine}")
+        for size, experiment, phase in dict.fromkeys((s, e, p) for s, e, p, _, _ in runs):
+            key = f"{experiment}/{size}px/phase{phase}"
+            if args.skip_check:
+                checks[key] = "skipped"
+                continue
+            start = time.perf_counter()
+            diffs = check_against_torch(experiment, size, args.batch_size, phase, tdevice)
+            checks[key] = diffs
+            worst = {part: max((v for k, v in diffs.items() if k.startswith(part)), default=0.0)
+                     for part in ("forward", "iteration 1", "iteration 2")}
+            print(f"# equal: {key}: max relative difference forward {worst['forward']:.2g}, "
+                  f"iteration 1 losses {worst['iteration 1']:.2g}, iteration 2 losses "
+                  f"{worst['iteration 2']:.2g} ({time.perf_counter() - start:.0f} s)", flush=True)
+        print(f"{'experiment':<15}{'iteration':>12}{'dtype':>10}{'px':>5}{'batch':>6}{'phase':>6}"
+              f"{'compile s':>10}{'mt img/s':>9}{'pt img/s':>9}{'mt/pt':>7}{' (rounds)':<19}"
+              f"{'XLA GFLOP':>10}{'pt GFLOP':>9}{'mt MB':>8}{'pt MB':>8}")
+        for size, experiment, phase, iteration, dtype in runs:
+            row = bench_against_torch(experiment, size, args.batch_size, args.steps, args.rounds,
+                                      phase, args.peak_tflops, iteration, dtype, tdevice)
+            rows.append(row)
+            spread = " ".join(f"{r:.2f}" for r in row["ratio_per_round"])
+            print(f"{experiment:<15}{iteration:>12}{dtype:>10}{size:>5}{args.batch_size:>6}{phase:>6}"
+                  f"{row['compile_s']:>10.1f}{row['images_per_s']:>9.1f}"
+                  f"{row['torch_images_per_s']:>9.1f}{row['ratio_mtcolor_over_torch']:>7.2f}"
+                  f"{' (' + spread + ')':<19}{row['iteration_gflop']:>10.1f}"
+                  f"{row['torch_gflop_flopcounter']:>9.1f}{row['peak_memory_mb']:>8.0f}"
+                  f"{row['torch_peak_memory_mb']:>8.0f}", flush=True)
+    else:
+        print(f"# {machine}")
+        print(f"{'experiment':<15}{'iteration':>12}{'dtype':>10}{'px':>5}{'batch':>6}{'phase':>6}{'compile s':>10}"
+              f"{'step s':>9}{'steps/s':>9}{'img/s':>8}{'GFLOP':>9}{'TFLOP/s':>9}{'peak MB':>9}")
+        for size, experiment, phase, iteration, dtype in runs:
+            row = bench(experiment, size, args.batch_size, args.steps, phase, args.peak_tflops,
+                        iteration, dtype)
+            rows.append(row)
+            print(f"{experiment:<15}{iteration:>12}{dtype:>10}{size:>5}{args.batch_size:>6}{phase:>6}"
+                  f"{row['compile_s']:>10.1f}{row['step_s']:>9.3f}{row['steps_per_s']:>9.2f}"
+                  f"{row['images_per_s']:>8.1f}{row['iteration_gflop']:>9.1f}"
+                  f"{row['achieved_tflops']:>9.3f}{row['peak_memory_mb']:>9.0f}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "args": vars(args), "results": rows}, indent=2))
+    result = {"machine": machine, "args": vars(args), "results": rows}
+    if args.reference:
+        result["equivalence_checks"] = checks
+    out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
 
 
