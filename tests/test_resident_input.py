@@ -11,6 +11,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 from skimage import color as skcolor
 from test_data_files import bad_files, colorful, write_tree
 
@@ -181,33 +182,6 @@ def test_resume_at_any_step_gives_the_uninterrupted_batches(tmp_path):
         fresh.set_state({"parent": {}})  # a grain iterator's state
 
 
-def test_global_batch_does_not_depend_on_the_device_count(tmp_path):
-    """Two simulated CPU devices (a subprocess: the count is fixed when JAX starts) give the same
-    global batches as one; process p of P takes the contiguous rows [p B/P, (p+1) B/P)."""
-    config = small_config(tmp_path)
-    ours = take(resident.make_train_iterator(config, seed=2), 4)
-    script = textwrap.dedent(f"""
-        import numpy as np
-        from mtcolor.data import pipeline, resident
-        c = pipeline.default_data_config()
-        c.image_size, c.batch_size = 32, 4
-        c.synthetic.train_size, c.synthetic.val_size = 10, 10
-        c.resident.cache_dir = {str(tmp_path / "cache")!r}
-        it = resident.make_train_iterator(c, seed=2)
-        batches = [next(it) for _ in range(4)]
-        assert len(batches[0]["L"].sharding.device_set) == 2
-        np.save({str(tmp_path / "two.npy")!r}, np.stack([np.asarray(b["L"]) for b in batches]))
-    """)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=ROOT, timeout=300)
-    np.testing.assert_array_equal(np.load(tmp_path / "two.npy"), np.stack([b["L"] for b in ours]))
-    batch = next(resident.make_train_iterator(config, seed=2))
-    halves = [resident.process_rows(batch, p, 2) for p in range(2)]
-    np.testing.assert_array_equal(halves[1]["L"], np.asarray(batch["L"])[2:])
-    assert halves[0]["bad_examples"] == batch["bad_examples"]
-
-
 # ----------------------------------------------------------------------------------------------
 # Bad files and the cache file
 
@@ -260,21 +234,21 @@ def test_bad_files_are_skipped_and_counted_as_the_grain_path_counts_them(tmp_pat
 def test_grayscale_filter_drops_gray_training_images_and_counts_them(tmp_path):
     root = tmp_path / "tree"
     write_tree(root, {"a": 6})
-    for i in range(2):
+    for i in range(2):  # grayscale photos stored as RGB
         gray = np.asarray(colorful(50 + i).convert("L").convert("RGB"))
-        from PIL import Image
-
         Image.fromarray(gray).save(root / "a" / f"gray{i}.JPEG")
     config = folder_config(tmp_path, root, grayscale_filter_threshold=3.0, batch_size=2)
-    assert resident.steps_per_epoch(config) == 3  # 6 colour images
-    tracker = pipeline.BadInputTracker()
-    batches = [tracker.observe(next(resident.make_train_iterator(config, seed=0)))]
-    assert tracker.totals() == {"near_grayscale": 2} and tracker.num_bad == 0
+    assert resident.steps_per_epoch(config) == 3  # the 6 colour images
     it = resident.make_train_iterator(config, seed=0)
-    ids = _fingerprints(take(it, 3))
-    assert len(set(ids)) == 6 and batches
-    gray_ids = set(_fingerprints(host(b) for b in resident.make_eval_iterator(config, "train")))
-    assert len(gray_ids) == 8  # evaluation keeps them
+    tracker = pipeline.BadInputTracker()
+    epoch = [host(tracker.observe(next(it))) for _ in range(3)]
+    assert tracker.totals() == {"near_grayscale": 2} and tracker.num_bad == 0  # a filter, not an error
+    assert "gray0.JPEG" in tracker.report()
+    assert len(set(_fingerprints(epoch))) == 6
+    chroma = [np.sqrt(np.square(110 * ab).sum(-1)).mean() for b in epoch for ab in b["ab"]]
+    assert min(chroma) > 3.0
+    evaluation = [host(b) for b in resident.make_eval_iterator(config, "train")]
+    assert sum(b["mask"].sum() for b in evaluation) == 8  # evaluation keeps them
 
 
 def test_cache_is_reused_without_decoding_and_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
@@ -369,3 +343,61 @@ def test_tiny_training_run_with_resident_input_finishes_and_resumes(tmp_path):
     with pytest.raises(checkpointing.InputPathChangedError, match="input_path=resident"):
         loop.train_and_evaluate(config, str(workdir))
     assert not (workdir / "checkpoints_damaged").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_each_hold_their_contiguous_rows_of_the_same_global_batches(tmp_path):
+    """Two CPU processes joined by jax.distributed (as tests/test_multihost.py, without a model):
+    process p's rows of every training batch are rows [p B/2, (p+1) B/2) of the one-process
+    batch, and evaluation yields each process its rows of the same padded batches."""
+    config = small_config(tmp_path)
+    train = take(resident.make_train_iterator(config, seed=5), 4)
+    evaluation = [host(b) for b in resident.make_eval_iterator(config, "val")]
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from mtcolor.data import pipeline, resident
+        from mtcolor.train import sharding
+        sharding.maybe_initialize_distributed()
+        import jax
+        c = pipeline.default_data_config()
+        c.image_size, c.batch_size = 32, 4
+        c.synthetic.train_size, c.synthetic.val_size = 10, 10
+        c.resident.cache_dir = {str(tmp_path / "cache")!r}
+        it = resident.make_train_iterator(c, seed=5)
+        rows = [resident.process_rows(next(it)) for _ in range(4)]
+        ev = list(resident.make_eval_iterator(c, "val"))
+        p = jax.process_index()
+        np.save({str(tmp_path)!r} + f"/train{{p}}.npy", np.stack([r["L"] for r in rows]))
+        np.save({str(tmp_path)!r} + f"/eval{{p}}.npy", np.stack([e["ab"] for e in ev]))
+        np.save({str(tmp_path)!r} + f"/mask{{p}}.npy", np.stack([e["mask"] for e in ev]))
+    """)
+    port = _free_port()
+    procs = []
+    for process_id in (0, 1):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                   JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(process_id),
+                   PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        procs.append(subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env,
+                                      stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    for p in range(2):
+        np.testing.assert_array_equal(
+            np.load(tmp_path / f"train{p}.npy"), np.stack([b["L"][2 * p : 2 * p + 2] for b in train]))
+        np.testing.assert_array_equal(
+            np.load(tmp_path / f"eval{p}.npy"), np.stack([b["ab"][2 * p : 2 * p + 2] for b in evaluation]))
+        np.testing.assert_array_equal(
+            np.load(tmp_path / f"mask{p}.npy"), np.stack([b["mask"][2 * p : 2 * p + 2] for b in evaluation]))
+    # One process computes the same slices from a global batch (non-array fields pass unchanged).
+    batch = next(resident.make_train_iterator(config, seed=5))
+    half = resident.process_rows(batch, 1, 2)
+    np.testing.assert_array_equal(half["L"], train[0]["L"][2:])
+    assert half["bad_examples"] == batch["bad_examples"]

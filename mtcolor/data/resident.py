@@ -276,7 +276,11 @@ def load_or_build_cache(data_config, split: str) -> tuple[CachedSplit, bool]:
         except Exception as error:  # noqa: BLE001 - a damaged cache is rebuilt, not fatal
             _log.warning("resident cache %s is unreadable (%s); rebuilding it", path, error)
     cached = _build(source, data_config, split, path, digest)
-    _write(cached, identity)
+    try:
+        _write(cached, identity)
+    except OSError as error:  # a read-only or full cache directory costs a decode next run
+        _log.warning("could not write the resident cache %s (%s); using it from memory", path, error)
+        return cached, True
     _remove_stale(path)
     return cached, True
 
