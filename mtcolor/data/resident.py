@@ -474,6 +474,10 @@ def device_split(data_config, split: str, mesh=None) -> DeviceSplit:
         skipped=cached.skipped,
         num_files=cached.num_files,
     )
+    # A source whose files changed has a new cache file: free the device copy of the old one.
+    source_prefix = os.path.basename(path).rsplit("-", 1)[0]
+    for old in [k for k in _device_splits if k[1] == mesh and os.path.basename(k[0]).rsplit("-", 1)[0] == source_prefix]:
+        del _device_splits[old]
     _device_splits[memo_key] = placed
     while len(_device_splits) > _DEVICE_SPLITS_KEPT:
         _device_splits.popitem(last=False)
