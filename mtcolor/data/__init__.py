@@ -6,6 +6,8 @@ Submodules (imported explicitly; none imports TensorFlow or JAX at import time):
   `num_examples`, `BadInputTracker`, `SKIP_REASONS`.
 - `mtcolor.data.decode`: Pillow decoding/resizing and the bad-input reasons.
 - sources: `mtcolor.data.synthetic`, `mtcolor.data.folder`, `mtcolor.data.tfds_source`.
+- `mtcolor.data.resident`: the device-resident data set (decoded once into a cache file, batches
+  made on device; `data.input_path`). It imports JAX: the device side, never run in grain workers.
 
 See docs/data.md.
 """

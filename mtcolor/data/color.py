@@ -252,3 +252,27 @@ def lab_norm_to_rgb_jax(L_norm, ab_norm):  # noqa: N803
 
     lab = jnp.concatenate([(L_norm + 1.0) * L_SCALE, ab_norm * AB_SCALE], axis=-1)
     return lab_to_rgb_jax(lab)
+
+
+def rgb_uint8_to_normalized_L_ab_jax(rgb):  # noqa: N802
+    """uint8 RGB (..., 3) -> (L/50 - 1 (..., 1), ab/110 (..., 2)) float32 with jnp, on device.
+
+    The same computation as `rgb_uint8_to_normalized_L_ab` (lookup-table linearization, skimage's
+    constants). The 3x3 products are written as multiply-adds rather than matmuls: an f32 matmul
+    may run at reduced precision on accelerators (TF32 / bf16 passes), elementwise f32 never does,
+    so the result matches the numpy path within 1e-4 on any backend.
+    """
+    import jax.numpy as jnp
+
+    linear = jnp.asarray(SRGB_UINT8_TO_LINEAR)[rgb.astype(jnp.int32)]
+    r, g, b = linear[..., 0], linear[..., 1], linear[..., 2]
+    m = _NORMALIZED_XYZ_FROM_RGB_F32.T  # rows: X/Xn, Y/Yn, Z/Zn
+    xyz = [r * m[i, 0] + g * m[i, 1] + b * m[i, 2] for i in range(3)]
+    fx, fy, fz = (
+        jnp.where(t > _LAB_EPSILON, jnp.cbrt(t), t * np.float32(_LAB_KAPPA_SLOPE) + np.float32(16.0 / 116.0))
+        for t in xyz
+    )
+    L_norm = fy * np.float32(116.0 / L_SCALE) + _NORMALIZED_LAB_OFFSET[0]  # noqa: N806
+    a_norm = (fx - fy) * np.float32(500.0 / AB_SCALE)
+    b_norm = (fy - fz) * np.float32(200.0 / AB_SCALE)
+    return L_norm[..., None], jnp.stack([a_norm, b_norm], axis=-1)

@@ -101,6 +101,18 @@ def default_data_config() -> ml_collections.ConfigDict:
     # A typed placeholder so that command-line overrides (--config.data.grayscale_filter_threshold=1)
     # work although the default is None.
     c.grayscale_filter_threshold = ml_collections.config_dict.placeholder(float)
+    # How training reads the data (docs/data.md, "Device-resident input"). "grain": this module's
+    # pipeline, decoding every step on the host. "resident" (mtcolor.data.resident): each split
+    # decoded once into a cache file, kept on the devices, batches (flip, Lab) made on device;
+    # labelled data only (not with data.unlabeled). "auto": resident when the uint8 images fit
+    # in resident.max_memory_fraction of a device's memory (CPU: host RAM) and data.unlabeled is
+    # off, else grain; a resumed run keeps the path its checkpoints were written with.
+    c.input_path = "grain"
+    c.resident = ml_collections.ConfigDict()
+    # Where the decoded caches live ("" : ~/.cache/mtcolor/resident); one .npz per split, named by
+    # the source and a digest of its files (paths, sizes, mtimes), the image size and decode options.
+    c.resident.cache_dir = ""
+    c.resident.max_memory_fraction = 0.25  # "auto"'s ceiling for the replicated uint8 images
 
     c.synthetic = ml_collections.ConfigDict()
     c.synthetic.train_size = 2000

@@ -1,7 +1,10 @@
 """orbax checkpoints of a run.
 
 workdir/checkpoints/<step>/      the whole TrainState ("state") plus the grain train-iterator
-                                 state ("data_iter"), kept by ``max_to_keep`` (most recent N).
+                                 state ("data_iter", one file per process) or, for iterators with
+                                 ``checkpoint_as_json`` (the device-resident input path), their
+                                 JSON position ("data_position", one for all processes), kept by
+                                 ``max_to_keep`` (most recent N).
 workdir/checkpoints_best/<step>/ the model's {"params", "batch_stats"} ("model") at the best
                                  validation value of ``best_metric``; a separate manager with
                                  max_to_keep=1 and orbax ``best_fn``/``best_mode`` (a save is only
@@ -25,6 +28,7 @@ import orbax.checkpoint as ocp
 STATE = "state"
 DATA_ITER = "data_iter"
 EXTRA = "extra"  # JSON: the data pipeline's bad-input counters
+DATA_POSITION = "data_position"  # JSON: a checkpoint_as_json iterator's state (mtcolor.data.resident)
 BEST_MODEL = "model"
 
 
@@ -58,11 +62,17 @@ def make_best_manager(workdir: str, *, metric: str, mode: str):
     return ocp.CheckpointManager(best_dir(workdir), options=options)
 
 
+def _saves_as_json(train_iter) -> bool:
+    return bool(getattr(train_iter, "checkpoint_as_json", False))
+
+
 def save(manager, step: int, state, train_iter=None, extra: dict | None = None) -> None:
     import grain
 
     items = {STATE: ocp.args.StandardSave(state)}
-    if train_iter is not None:
+    if _saves_as_json(train_iter):
+        items[DATA_POSITION] = ocp.args.JsonSave(train_iter.get_state())
+    elif train_iter is not None:
         items[DATA_ITER] = grain.checkpoint.CheckpointSave(train_iter)
     if extra is not None:
         items[EXTRA] = ocp.args.JsonSave(extra)
@@ -81,12 +91,16 @@ def restore(manager, step: int, abstract_state, train_iter=None):
 
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
     other_count_position = None
-    if train_iter is not None:
+    if _saves_as_json(train_iter):
+        items[DATA_POSITION] = ocp.args.JsonRestore()  # one global position for all processes
+    elif train_iter is not None:
         other_count_position = _position_of_another_process_count(manager, step)
         if other_count_position is None:
             items[DATA_ITER] = grain.checkpoint.CheckpointRestore(train_iter)
     restored = manager.restore(int(step), args=ocp.args.Composite(**items))
-    if other_count_position is not None:
+    if _saves_as_json(train_iter):
+        train_iter.set_state(restored[DATA_POSITION])
+    elif other_count_position is not None:
         train_iter.set_state(other_count_position)
     return restored[STATE]
 
@@ -139,6 +153,40 @@ def _position_file(process_index: int, process_count: int) -> str:
     return f"process_{process_index}-of-{process_count}.json"
 
 
+class InputPathChangedError(RuntimeError):
+    """A checkpoint's data position was written by the other input path (data.input_path)."""
+
+
+def _input_path_of(step_dir: str) -> str | None:
+    if os.path.isdir(os.path.join(step_dir, DATA_POSITION)):
+        return "resident"
+    if os.path.isdir(os.path.join(step_dir, DATA_ITER)):
+        return "grain"
+    return None
+
+
+def saved_input_path(workdir: str) -> str | None:
+    """"grain" or "resident": the input path that wrote the newest checkpoint of ``workdir``
+    (None: no checkpoint, or one without a data position)."""
+    directory = checkpoint_dir(workdir)
+    if not os.path.isdir(directory):
+        return None
+    steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
+    return _input_path_of(os.path.join(directory, str(max(steps)))) if steps else None
+
+
+def check_data_iterator_kind(manager, step: int, train_iter) -> None:
+    """Raises InputPathChangedError if checkpoint ``step`` holds the other input path's data
+    position (restoring it would fail and could be taken for damage)."""
+    saved = _input_path_of(os.path.join(manager.directory, str(step)))
+    wanted = "resident" if _saves_as_json(train_iter) else "grain"
+    if saved is not None and saved != wanted:
+        raise InputPathChangedError(
+            f"checkpoint {os.path.join(manager.directory, str(step))} was written by the {saved} "
+            f"input path and this run reads data through the {wanted} one: resume with "
+            f"--config.data.input_path={saved} (or auto, which follows the checkpoints)")
+
+
 class NoIntactCheckpointError(RuntimeError):
     """Every checkpoint of a run failed to restore; the message names each one and why."""
 
@@ -158,7 +206,8 @@ def restore_newest_intact(workdir: str, manager, abstract_state_at, train_iter=N
     damaged = []
     for step in sorted(manager.all_steps(), reverse=True):
         if train_iter is not None:
-            _position_of_another_process_count(manager, step)  # not damage: say what it is
+            check_data_iterator_kind(manager, step, train_iter)  # not damage: say what it is
+            _position_of_another_process_count(manager, step)
         try:
             state = restore(manager, step, abstract_state_at(step), train_iter)
             extra = restore_extra(manager, step)

@@ -54,6 +54,22 @@ def _model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k in BATCH_KEYS}
 
 
+def _data_module(config, workdir: str):
+    """mtcolor.data.pipeline (grain) or mtcolor.data.resident (device-resident), as
+    config.data.input_path says; "auto" follows the run's checkpoints when it resumes."""
+    from mtcolor.data import resident
+
+    path, why = resident.choose_input_path(
+        config.data, resumed=checkpointing.saved_input_path(workdir)
+    )
+    logging.info("input path: %s (%s)", path, why)
+    if path == "resident":
+        return resident
+    from mtcolor.data import pipeline
+
+    return pipeline
+
+
 def _make_tracker(pipeline, config):
     """The data pipeline's bad-input tracker (counts skipped files, enforces max_bad_fraction)."""
     tracker_type = getattr(pipeline, "BadInputTracker", None)
@@ -107,21 +123,19 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
         backbone or head layout). It must have a ``backbone`` submodule (frozen in phase 1),
         accept ``(L, train=..., backbone_train=...)`` and return ``{task name: output}``.
       data: optional object with the mtcolor.data.pipeline functions ``num_examples``,
-        ``make_train_iterator`` and ``make_eval_iterator`` (default: mtcolor.data.pipeline), for
-        another data set.
+        ``make_train_iterator`` and ``make_eval_iterator`` (default: mtcolor.data.pipeline or
+        mtcolor.data.resident, as config.data.input_path chooses), for another data set.
 
     Returns:
       The summary dict also written to workdir/summary.json.
     """
     own_data = data is not None
-    if data is None:
-        from mtcolor.data import pipeline as data
-    pipeline = data
 
     sharding.maybe_initialize_distributed(config)
     # Before anything is written or built; a user's own data pipeline reads its own data.
     validation.check_config(config, device_count=jax.device_count(), data_source=not own_data)
     workdir = os.path.abspath(workdir)
+    pipeline = data if own_data else _data_module(config, workdir)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     if is_main:

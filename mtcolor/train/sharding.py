@@ -66,10 +66,15 @@ def put_batch(batch: dict, mesh: Mesh, *, process_local: bool = True) -> dict:
     process_local=True: ``batch`` is this process's slice of the global batch (the train
     iterator is sharded by process). False: every process holds the same full batch (evaluation
     without process sharding); each takes the rows its devices need.
+    Values that are already global jax.Arrays with this sharding (the device-resident input
+    path's batches, mtcolor.data.resident) pass through untouched: no copy to the host and back.
     """
     sharding = batch_sharded(mesh)
     out = {}
     for name, value in batch.items():
+        if isinstance(value, jax.Array) and value.sharding.is_equivalent_to(sharding, value.ndim):
+            out[name] = value
+            continue
         value = np.asarray(value)
         if process_local:
             out[name] = jax.make_array_from_process_local_data(sharding, value)

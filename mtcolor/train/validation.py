@@ -142,6 +142,7 @@ def _check_top(c: _Checks) -> None:
 def _check_data(c: _Checks, device_count: int | None, source: bool) -> None:
     from mtcolor.data.decode import RESIZE_MODES
     from mtcolor.data.pipeline import UNLABELED_SOURCES
+    from mtcolor.data.resident import INPUT_PATHS
 
     if source:
         c.one_of("data.source", ("synthetic", "folder", "tfds"))
@@ -185,6 +186,12 @@ def _check_data(c: _Checks, device_count: int | None, source: bool) -> None:
         c.existing_file_if_set("data.folder.val_split_file")
     unlabeled = c.value("data.unlabeled.source")
     c.one_of("data.unlabeled.source", UNLABELED_SOURCES, optional=True)
+    c.one_of("data.input_path", INPUT_PATHS)
+    c.number("data.resident.max_memory_fraction", above=0, at_most=1)
+    if c.value("data.input_path") == "resident" and unlabeled not in (None, _MISSING):
+        c.problem("data.input_path", "resident",
+                  "reads labelled data only; with data.unlabeled.source set use 'grain' or "
+                  "'auto' (which then chooses grain)")
     if unlabeled not in (None, _MISSING):
         c.number("data.unlabeled.fraction", above=0, below=1)
         c.number("data.unlabeled.grayscale_threshold", at_least=0, optional=True)
