@@ -21,9 +21,11 @@ _NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "Validation images in Fig. 2
 flags.mark_flags_as_required(["workdirs", "out"])
 
 
-def argument_problems(workdirs, out, num_images) -> list[str]:
-    """The command line's problems, one line each, before anything is loaded."""
-    problems = [line for workdir in workdirs for line in run_directory_problems("workdirs", workdir)]
+def argument_problems(workdirs, out, num_images, figure_two=True) -> list[str]:
+    """The command line's problems, one line each, before anything is loaded (the checkpoints
+    are read for Fig. 2 only)."""
+    problems = [line for workdir in workdirs
+                for line in run_directory_problems("workdirs", workdir, checkpoints=figure_two)]
     if os.path.exists(out) and not os.path.isdir(out):
         problems.append(f"--out={out!r}: exists and is not a directory")
     if num_images < 1:
@@ -34,7 +36,8 @@ def argument_problems(workdirs, out, num_images) -> list[str]:
 def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     workdirs = list(_WORKDIRS.value) + list(argv[1:])  # also accept space-separated workdirs
-    exit_on_problems(argument_problems(workdirs, _OUT.value, _NUM_IMAGES.value), "the command line")
+    exit_on_problems(argument_problems(workdirs, _OUT.value, _NUM_IMAGES.value, _FIGURE_TWO.value),
+                     "the command line")
     report = make_report(workdirs, _OUT.value, figure_two=_FIGURE_TWO.value, num_images=_NUM_IMAGES.value)
     for problem in report.problems:
         logging.warning("%s", problem)

@@ -301,10 +301,12 @@ def check_config(config, *, device_count: int | None = None, data_source: bool =
         raise ConfigError(problems)
 
 
-def run_directory_problems(argument: str, path, *, step=None, step_argument: str = "checkpoint") -> list[str]:
+def run_directory_problems(argument: str, path, *, step=None, step_argument: str = "checkpoint",
+                           checkpoints: bool = True) -> list[str]:
     """Problems of a training run directory given as ``--<argument>`` (evaluate, report,
     colorize): it must exist and hold the run's config.json and checkpoints/ (and the checkpoint
-    ``--<step_argument>``, an int step or "best", when one is asked for)."""
+    ``--<step_argument>``, an int step or "best", when one is asked for); ``checkpoints`` False:
+    the run's logs alone are read (the report's table)."""
     path = os.fspath(path)
     problems = []
     if step not in (None, "best") and not str(step).isdigit():
@@ -312,7 +314,8 @@ def run_directory_problems(argument: str, path, *, step=None, step_argument: str
         step = None
     if not os.path.isdir(path):
         return [f"--{argument}={path!r}: no such run directory"] + problems
-    missing = [name for name in ("config.json", "checkpoints") if not os.path.exists(os.path.join(path, name))]
+    needed = ("config.json", "checkpoints") if checkpoints else ("config.json",)
+    missing = [name for name in needed if not os.path.exists(os.path.join(path, name))]
     if missing:
         return [f"--{argument}={path!r}: not a training run (no {' or '.join(missing)} in it)"] + problems
     if step == "best":
