@@ -20,12 +20,7 @@ def small_config(**overrides):
     c.batch_size = 4
     c.synthetic.train_size = 12
     c.synthetic.val_size = 10
-    for key, value in overrides.items():
-        target = c
-        *path, last = key.split(".")
-        for part in path:
-            target = target[part]
-        target[last] = value
+    c.update_from_flattened_dict(overrides)  # dotted keys, e.g. "synthetic.val_size"
     return c
 
 

@@ -56,12 +56,7 @@ def config_for(roots, *, fraction=0.5, batch_size=8, **overrides):
     c.unlabeled.source = "folder"
     c.unlabeled.folder.root = str(roots / "photos")
     c.unlabeled.fraction = fraction
-    for key, value in overrides.items():
-        target = c
-        *path, last = key.split(".")
-        for part in path:
-            target = target[part]
-        target[last] = value
+    c.update_from_flattened_dict(overrides)  # dotted keys, e.g. "synthetic.val_size"
     return c
 
 

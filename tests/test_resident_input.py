@@ -37,12 +37,7 @@ def small_config(tmp_path, **overrides):
     c.synthetic.val_size = 10
     c.read_threads = 1
     c.resident.cache_dir = str(tmp_path / "cache")
-    for key, value in overrides.items():
-        target = c
-        *path, last = key.split(".")
-        for part in path:
-            target = target[part]
-        target[last] = value
+    c.update_from_flattened_dict(overrides)  # dotted keys, e.g. "synthetic.val_size"
     return c
 
 
