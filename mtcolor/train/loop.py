@@ -4,10 +4,20 @@ experiments, resumable, data-parallel over every device.
 Schedule (paper III-D): ``frozen_epochs`` with the ResNet-18 frozen, then ``unfrozen_epochs``
 with it trained; validation ``evals_per_epoch`` (2) times per epoch on the whole val split.
 Re-running with the same workdir resumes from the latest checkpoint (state + data iterator).
+
+``train_and_evaluate`` reads top to bottom as the run goes, and the functions after it come in
+that order: ``restore_or_create_state`` and ``make_schedule`` (a ``Schedule``); the training
+loop, which runs ``train_iteration`` each step and, on the schedule's steps, logs the training
+metrics (``TrainMetrics``, which also stops the run on a non-finite loss), validates
+(``validate``: ``evaluate``, ``write_image_grids``, ``BestCheckpoint``), stops tasks early
+(``early_stop_tasks``) and saves (``save_checkpoint``); then ``write_summary`` and
+``print_run_report``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -137,28 +147,16 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
     workdir = os.path.abspath(workdir)
     pipeline = data if own_data else _data_module(config, workdir)
     os.makedirs(workdir, exist_ok=True)
-    is_main = jax.process_index() == 0
+    is_main = jax.process_index() == 0  # only process 0 writes files (and prints the report)
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(_json_ready(config), f, indent=2, sort_keys=True)
+        _write_json(
+            os.path.join(workdir, "config.json"), _json_ready(config), indent=2, sort_keys=True
+        )
 
     mesh = sharding.make_mesh()
     global_batch = int(config.data.batch_size)
     sharding.check_batch_divisible(global_batch, mesh)
-    if hasattr(pipeline, "steps_per_epoch"):
-        # An epoch is one pass over the labelled examples, whatever share of each batch
-        # unlabeled colorization data takes (data.unlabeled).
-        steps_per_epoch = max(1, int(pipeline.steps_per_epoch(config.data)))
-    else:
-        steps_per_epoch = max(1, int(pipeline.num_examples(config.data, "train")) // global_batch)
-    phase1 = state_lib.phase1_steps(config, steps_per_epoch)
-    total_steps = (
-        int(config.train.frozen_epochs) + int(config.train.unfrozen_epochs)
-    ) * steps_per_epoch
-    eval_every = max(1, steps_per_epoch // max(1, int(config.train.evals_per_epoch)))
-    ckpt_every = config.train.checkpoint_every_steps or eval_every
-    log_every = max(1, int(config.train.log_every_steps))
-
+    steps_per_epoch = _steps_per_epoch(config, pipeline, global_batch)
     train_iter = pipeline.make_train_iterator(
         config.data,
         seed=int(config.seed),
@@ -167,36 +165,123 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
     )
     manager = checkpointing.make_manager(workdir, max_to_keep=int(config.train.max_to_keep))
     objective = state_lib.objective_from_config(config, tasks=tasks)
-    best_name, best_mode = _best_metric(config, objective)
-    best_manager = checkpointing.make_best_manager(workdir, metric=best_name, mode=best_mode)
+    best = BestCheckpoint(workdir, *_best_metric(config, objective), is_main=is_main)
+    state, extra, manager, resumed_step = restore_or_create_state(
+        config, workdir, mesh, manager, train_iter, steps_per_epoch, model=model, tasks=tasks
+    )
+    schedule = make_schedule(config, steps_per_epoch, state)
 
+    from clu import periodic_actions  # imports TensorFlow
+
+    from mtcolor.train import writers
+
+    writer = writers.create_writer(workdir, is_main_process=is_main)
+    if resumed_step is None:
+        writer.write_hparams(_flat_hparams(_json_ready(config)))
+    report_progress = periodic_actions.ReportProgress(
+        num_train_steps=schedule.total_steps, writer=writer
+    )
+    fns = steps_lib.jit_steps(mesh)
+    tracker = _make_tracker(pipeline, config)
+    if tracker is not None and extra is not None:
+        tracker.set_state(extra)
+    train_metrics = TrainMetrics(
+        _train_metric_names(state), schedule, writer, tracker, manager, workdir
+    )
+    patience = config.train.get("early_stopping_patience")
+    validate_state = functools.partial(
+        validate,
+        config=config,
+        pipeline=pipeline,
+        mesh=mesh,
+        fns=fns,
+        schedule=schedule,
+        writer=writer,
+        best=best,
+        workdir=workdir,
+        is_main=is_main,
+    )
+    val: dict = {}  # the latest validation metrics
+
+    t0 = time.time()
+    step = schedule.start_step
+    if state.optimizer.backbone_frozen and step >= schedule.phase1_steps:
+        state = sharding.replicate(state_lib.unfreeze_backbone(state), mesh)
+    while step < schedule.stop_at:
+        batch = next(train_iter)
+        if tracker is not None:
+            tracker.observe(batch)
+            tracker.check()  # stops the run (TooManyBadInputsError) above data.max_bad_fraction
+        arrays = _model_inputs(batch)
+        state, step_metrics = train_iteration(fns, state, sharding.put_batch(arrays, mesh))
+        step += 1
+        train_metrics.add(step, step_metrics)
+        if state.optimizer.backbone_frozen and step >= schedule.phase1_steps:
+            # Phase 2 starts now, so a checkpoint taken at this step is already in phase 2 and
+            # restore rebuilds it from the step alone (state.backbone_frozen_at).
+            state = sharding.replicate(state_lib.unfreeze_backbone(state), mesh)
+            logging.info("step %d: backbone unfrozen (phase 2)", step)
+        report_progress(step)
+        if schedule.logs_at(step):
+            train_metrics.write(step)
+        if schedule.evaluates_at(step):
+            train_metrics.check()
+            val = validate_state(step, state)
+            if patience is not None:
+                state = early_stop_tasks(
+                    state, val, step, int(patience), train_metrics, schedule, writer, mesh
+                )
+                if not state_lib.active_tasks(state):
+                    logging.info("step %d: every task has stopped early; ending the run", step)
+                    save_checkpoint(step, state, manager, train_iter, tracker, train_metrics)
+                    break
+        if schedule.saves_at(step):
+            save_checkpoint(step, state, manager, train_iter, tracker, train_metrics)
+    train_metrics.check()
+    manager.wait_until_finished()
+    wall = time.time() - t0
+
+    if not val and step == schedule.total_steps:
+        val = validate_state(step, state)  # resumed at the end: validate the final state
+    final = {"train": train_metrics.last, "val": val}
+    summary = write_summary(
+        config, workdir, state, step, schedule, wall, final, best.record, is_main=is_main
+    )
+    writer.flush()
+    writer.close()
+    manager.close()
+    best.close()
+    if is_main:
+        print_run_report(workdir, state, step, val, tracker)
+    return summary
+
+
+def _write_json(path: str, tree, **dump_options) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(tree, f, **dump_options)
+
+
+def _steps_per_epoch(config, pipeline, global_batch: int) -> int:
+    if hasattr(pipeline, "steps_per_epoch"):
+        # An epoch is one pass over the labelled examples, whatever share of each batch
+        # unlabeled colorization data takes (data.unlabeled).
+        return max(1, int(pipeline.steps_per_epoch(config.data)))
+    return max(1, int(pipeline.num_examples(config.data, "train")) // global_batch)
+
+
+def restore_or_create_state(
+    config, workdir: str, mesh, manager, train_iter, steps_per_epoch: int, *, model, tasks
+):
+    """The state of the newest intact checkpoint in ``manager`` (``train_iter`` is moved to its
+    data position), or a fresh one, replicated over ``mesh``.
+
+    Returns (state, the checkpoint's extra JSON (the bad-input tracker's state) or None, the
+    manager to save with (checkpointing.restore_newest_intact may set damaged checkpoints
+    aside), the restored step or None for a fresh state).
+    """
+    phase1 = state_lib.phase1_steps(config, steps_per_epoch)
     rng = jax.random.PRNGKey(int(config.seed))
-    latest = manager.latest_step()
-    extra = None
-    if latest is not None:
-        # The structure only: pretrained weights are not read again, the checkpoint has them.
-        abstract_config = config.copy_and_resolve_references()
-        abstract_config.model.pretrained = None
-
-        def abstract_state_at(step):
-            abstract = jax.eval_shape(
-                lambda r: state_lib.create_train_state(
-                    abstract_config,
-                    r,
-                    backbone_frozen=state_lib.backbone_frozen_at(step, phase1),
-                    model=model,
-                    tasks=tasks,
-                    steps_per_epoch=steps_per_epoch,
-                ),
-                rng,
-            )
-            return checkpointing.abstract_like(abstract, sharding.replicated(mesh))
-
-        latest, state, extra, manager = checkpointing.restore_newest_intact(
-            workdir, manager, abstract_state_at, train_iter
-        )
-        logging.info("resumed from %s step %d", checkpointing.checkpoint_dir(workdir), latest)
-    else:
+    if manager.latest_step() is None:
         state = state_lib.create_train_state(
             config,
             rng,
@@ -205,238 +290,332 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
             tasks=tasks,
             steps_per_epoch=steps_per_epoch,
         )
-        state = sharding.replicate(state, mesh)
-    step = int(jax.device_get(state.step))
-    start_step = step
+        return sharding.replicate(state, mesh), None, manager, None
 
-    from clu import periodic_actions  # imports TensorFlow
+    # The structure only: pretrained weights are not read again, the checkpoint has them.
+    abstract_config = config.copy_and_resolve_references()
+    abstract_config.model.pretrained = None
 
-    from mtcolor.train import writers
+    def abstract_state_at(step):
+        abstract = jax.eval_shape(
+            lambda r: state_lib.create_train_state(
+                abstract_config,
+                r,
+                backbone_frozen=state_lib.backbone_frozen_at(step, phase1),
+                model=model,
+                tasks=tasks,
+                steps_per_epoch=steps_per_epoch,
+            ),
+            rng,
+        )
+        return checkpointing.abstract_like(abstract, sharding.replicated(mesh))
 
-    writer = writers.create_writer(workdir, is_main_process=is_main)
-    if latest is None:
-        writer.write_hparams(_flat_hparams(_json_ready(config)))
-    hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)]
-    fns = steps_lib.jit_steps(mesh)
-    names = metrics_lib.metric_names(state.objective)
-    eval_masks = metrics_lib.eval_masks(state.objective)
-    train_names = metrics_lib.metric_names(
-        state.objective, train=True, discriminator=discriminator_trains(state)
+    step, state, extra, manager = checkpointing.restore_newest_intact(
+        workdir, manager, abstract_state_at, train_iter
     )
-    images_dir = os.path.join(workdir, "images")
+    logging.info("resumed from %s step %d", checkpointing.checkpoint_dir(workdir), step)
+    return state, extra, manager, step
 
-    pending: list[tuple[int, dict]] = []  # (step after the update, device metrics)
-    window = metrics_lib.empty(train_names)
-    final = {"train": {}, "val": {}}
-    best = _read_best(workdir) or {"metric": best_name, "step": None, "val": {}}
-    best_value = best["val"].get(best_name) if best["metric"] == best_name else None
-    tracker = _make_tracker(pipeline, config)
-    if tracker is not None and extra is not None:
-        tracker.set_state(extra)
 
-    def check_pending():
-        """Fetch and NaN-check every step since the last check; fold them into the window."""
-        nonlocal window
-        if not pending:
-            return
-        host = jax.device_get([m for _, m in pending])
-        for (s, _), values in zip(pending, host):
-            bad = metrics_lib.first_non_finite(values)
-            if bad:
-                manager.wait_until_finished()
-                good = manager.latest_step()
-                writer.flush()
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {s} (the update from step {s - 1} to {s}): "
-                    + ", ".join(f"{n}={float(np.asarray(values[n]).mean())}" for n in bad)
-                    + f"; the last good checkpoint is step {good} in {checkpointing.checkpoint_dir(workdir)}"
-                    " (nothing after it was saved)"
-                )
-            window = window.merge(metrics_lib.from_step_outputs(train_names, values))
-        pending.clear()
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """This invocation's steps (one global batch each), counted from the start of the run."""
 
-    def write_train(s):
-        nonlocal window
-        check_pending()
-        values = metrics_lib.compute(window)
-        final["train"] = values
-        scalars = {f"train/{k}": v for k, v in values.items()}
-        if tracker is not None:
-            scalars.update(tracker.scalars())
-        scalars["epoch"] = s / steps_per_epoch
-        writer.write_scalars(s, scalars)
-        window = metrics_lib.empty(train_names)
+    steps_per_epoch: int
+    phase1_steps: int  # the backbone is frozen before this step, trained from it on
+    total_steps: int
+    eval_every: int
+    ckpt_every: int
+    log_every: int
+    start_step: int  # where this invocation starts (the restored checkpoint's step, or 0)
+    # The last step it trains: total_steps, or sooner by train.max_steps_per_run (early stopping
+    # may end it before).
+    stop_at: int
 
-    def evaluate(s):
-        nonlocal best_value
-        collection = metrics_lib.empty(names, eval_masks)
-        first = None
-        for batch in pipeline.make_eval_iterator(
-            config.data,
-            split="val",
-            shard_index=jax.process_index(),
-            shard_count=jax.process_count(),
-        ):
-            arrays = _model_inputs(batch)
-            if first is None:
-                first = arrays
-            dev = sharding.put_batch(arrays, mesh)
-            collection = collection.merge(
-                metrics_lib.from_step_outputs(names, fns.eval_step(state, dev), eval_masks)
-            )
-        values = metrics_lib.compute(collection)
-        final["val"] = values
-        scalars = {f"val/{k}": v for k, v in values.items()}
-        scalars["epoch"] = s / steps_per_epoch
-        writer.write_scalars(s, scalars)
-        if first is not None:
-            write_image_grids(s, first)
-        value = values.get(best_name)
-        if value is not None and np.isfinite(value):
-            improved = best_value is None or (
-                value > best_value if best_mode == "max" else value < best_value
-            )
-            if improved:
-                best_value = value
-                checkpointing.save_best(best_manager, s, state, {best_name: value})
-                best.update(step=s, val=dict(values))
-                if is_main:
-                    with open(os.path.join(workdir, "best.json"), "w", encoding="utf-8") as f:
-                        json.dump(best, f)
-        writer.flush()
+    def epoch(self, step: int) -> float:
+        return step / self.steps_per_epoch
 
-    def write_image_grids(s, batch):
-        """Each task's picture of the first validation examples (tasks without one skip)."""
-        n = min(int(config.train.num_image_examples), batch["L"].shape[0])
-        outputs = None
-        for task in state.objective.tasks:
-            if type(task).image_rows is tasks_lib.Task.image_rows:
-                continue
-            if outputs is None:
-                outputs = jax.device_get(
-                    fns.predict(state, sharding.put_batch({"L": batch["L"]}, mesh)["L"])
-                )
-            head = {k: v[:n] for k, v in batch.items()}
-            rows = task.image_rows(head, jax.tree.map(lambda x: x[:n], outputs[task.name]))
-            if rows is None:
-                continue
-            grid = images_lib.make_grid(rows)
-            # The paper's colorization grid keeps its file name (step_<N>.png).
-            suffix = "" if task.name == "colorization" else f"_{task.name}"
-            if is_main:
-                images_lib.save_png(grid, os.path.join(images_dir, f"step_{s}{suffix}.png"))
-            writer.write_images(s, {f"val/{task.name}": grid[None]})
+    def logs_at(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.stop_at
 
-    def save(s):
-        check_pending()  # never checkpoint a state produced by a non-finite loss
-        checkpointing.save(
-            manager,
-            s,
-            state,
-            train_iter,
-            extra=tracker.get_state() if tracker is not None else None,
-        )
+    def evaluates_at(self, step: int) -> bool:
+        return step % self.eval_every == 0 or step == self.total_steps
 
-    patience = config.train.get("early_stopping_patience")
+    def saves_at(self, step: int) -> bool:
+        return step % self.ckpt_every == 0 or step == self.stop_at
 
-    def early_stop_tasks(state, s):
-        nonlocal train_names, window
-        state, stopped = state_lib.early_stopping_update(state, final["val"], s, int(patience))
-        if train_names != metrics_lib.metric_names(
-            state.objective, train=True, discriminator=discriminator_trains(state)
-        ):
-            # The discriminator stopped with its task: the window logged so far had its metrics,
-            # the steps from here on have none (write the window unless step s just wrote it).
-            if s % log_every and s != stop_at:
-                write_train(s)
-            train_names = metrics_lib.metric_names(state.objective, train=True, discriminator=False)
-            window = metrics_lib.empty(train_names)
-        for task in stopped:
-            logging.info("step %d: %s stopped early (its best head restored)", s, task)
-            print(f"step {s}: task {task} stopped early; its head is back at its best weights")
-        active = state_lib.active_tasks(state)
-        writer.write_scalars(
-            s, {f"early_stopping/active_{t}": float(t in active) for t in state.objective.task_names}
-        )
-        return sharding.replicate(state, mesh)
 
-    t0 = time.time()
+def make_schedule(config, steps_per_epoch: int, state) -> Schedule:
+    """The schedule of an invocation that starts from ``state`` (fresh or restored)."""
+    start_step = int(jax.device_get(state.step))
+    total_steps = (
+        int(config.train.frozen_epochs) + int(config.train.unfrozen_epochs)
+    ) * steps_per_epoch
+    eval_every = max(1, steps_per_epoch // max(1, int(config.train.evals_per_epoch)))
     stop_at = total_steps
     if config.train.max_steps_per_run:
         stop_at = min(total_steps, start_step + int(config.train.max_steps_per_run))
+    patience = config.train.get("early_stopping_patience")
     if patience is not None and not state_lib.active_tasks(state):
-        stop_at = step  # resumed after every task had stopped early: nothing left to train
-    if state.optimizer.backbone_frozen and step >= phase1:
-        state = sharding.replicate(state_lib.unfreeze_backbone(state), mesh)
-    while step < stop_at:
-        batch = next(train_iter)
-        if tracker is not None:
-            tracker.observe(batch)
-            tracker.check()  # stops the run (TooManyBadInputsError) above data.max_bad_fraction
-        arrays = _model_inputs(batch)
-        state, step_metrics = train_iteration(fns, state, sharding.put_batch(arrays, mesh))
-        step += 1
-        pending.append((step, step_metrics))
-        if state.optimizer.backbone_frozen and step >= phase1:
-            # Phase 2 starts now, so a checkpoint taken at this step is already in phase 2 and
-            # restore rebuilds it from the step alone (state.backbone_frozen_at).
-            state = sharding.replicate(state_lib.unfreeze_backbone(state), mesh)
-            logging.info("step %d: backbone unfrozen (phase 2)", step)
-        for hook in hooks:
-            hook(step)
-        if step % log_every == 0 or step == stop_at:
-            write_train(step)
-        if step % eval_every == 0 or step == total_steps:
-            check_pending()
-            evaluate(step)
-            if patience is not None:
-                state = early_stop_tasks(state, step)
-                if not state_lib.active_tasks(state):
-                    logging.info("step %d: every task has stopped early; ending the run", step)
-                    save(step)
-                    stop_at = step
-                    break
-        if step % ckpt_every == 0 or step == stop_at:
-            save(step)
-    check_pending()
-    manager.wait_until_finished()
-    wall = time.time() - t0
+        stop_at = start_step  # resumed after every task had stopped early: nothing left to train
+    return Schedule(
+        steps_per_epoch=steps_per_epoch,
+        phase1_steps=state_lib.phase1_steps(config, steps_per_epoch),
+        total_steps=total_steps,
+        eval_every=eval_every,
+        ckpt_every=config.train.checkpoint_every_steps or eval_every,
+        log_every=max(1, int(config.train.log_every_steps)),
+        start_step=start_step,
+        stop_at=stop_at,
+    )
 
-    if not final["val"] and step == total_steps:
-        evaluate(step)
+
+def _train_metric_names(state) -> tuple[str, ...]:
+    return metrics_lib.metric_names(
+        state.objective, train=True, discriminator=discriminator_trains(state)
+    )
+
+
+class TrainMetrics:
+    """The training metrics since the last ``write``, logged as ``train/<name>`` scalars.
+
+    Each step's metrics stay on the devices (``add``) until ``check`` fetches them: fetching
+    every step would make the host wait for the devices. ``check`` raises NonFiniteLossError at
+    the first NaN or infinite loss; it runs before every write, validation and checkpoint.
+    """
+
+    def __init__(self, names, schedule: Schedule, writer, tracker, manager, workdir: str):
+        self.names = names
+        self.last: dict = {}  # the latest window written (the summary's final train metrics)
+        self._schedule = schedule
+        self._writer = writer
+        self._tracker = tracker
+        self._manager = manager  # the message of a non-finite loss names its latest checkpoint
+        self._workdir = workdir
+        self._pending: list[tuple[int, dict]] = []  # (step after the update, device metrics)
+        self._window = metrics_lib.empty(names)
+
+    def add(self, step: int, step_metrics: dict) -> None:
+        self._pending.append((step, step_metrics))
+
+    def check(self) -> None:
+        """Fetch and NaN-check every step since the last check; fold them into the window."""
+        if not self._pending:
+            return
+        host = jax.device_get([m for _, m in self._pending])
+        for (step, _), values in zip(self._pending, host):
+            bad = metrics_lib.first_non_finite(values)
+            if bad:
+                self._raise_non_finite(step, values, bad)
+            self._window = self._window.merge(metrics_lib.from_step_outputs(self.names, values))
+        self._pending.clear()
+
+    def _raise_non_finite(self, step: int, values: dict, bad: list[str]):
+        self._manager.wait_until_finished()
+        good = self._manager.latest_step()
+        self._writer.flush()
+        terms = ", ".join(f"{n}={float(np.asarray(values[n]).mean())}" for n in bad)
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} (the update from step {step - 1} to {step}): "
+            + terms
+            + f"; the last good checkpoint is step {good} in "
+            f"{checkpointing.checkpoint_dir(self._workdir)} (nothing after it was saved)"
+        )
+
+    def write(self, step: int) -> None:
+        """Log the window's averages (with the bad-input tracker's scalars) and empty it."""
+        self.check()
+        values = metrics_lib.compute(self._window)
+        self.last = values
+        scalars = {f"train/{k}": v for k, v in values.items()}
+        if self._tracker is not None:
+            scalars.update(self._tracker.scalars())
+        scalars["epoch"] = self._schedule.epoch(step)
+        self._writer.write_scalars(step, scalars)
+        self._window = metrics_lib.empty(self.names)
+
+    def restart(self, names) -> None:
+        """An empty window of other metrics (the discriminator stopped training)."""
+        self.names = names
+        self._window = metrics_lib.empty(names)
+
+
+def validate(
+    step: int, state, *, config, pipeline, mesh, fns, schedule, writer, best, workdir, is_main
+) -> dict:
+    """Evaluates ``state`` on the val split, logs ``val/<name>`` scalars and the image grids,
+    keeps the best checkpoint. Returns the validation metrics."""
+    values, first_batch = evaluate(state, config=config, pipeline=pipeline, mesh=mesh, fns=fns)
+    scalars = {f"val/{k}": v for k, v in values.items()}
+    scalars["epoch"] = schedule.epoch(step)
+    writer.write_scalars(step, scalars)
+    if first_batch is not None:
+        write_image_grids(
+            step,
+            state,
+            first_batch,
+            config=config,
+            mesh=mesh,
+            fns=fns,
+            writer=writer,
+            images_dir=os.path.join(workdir, "images"),
+            is_main=is_main,
+        )
+    best.update(step, state, values)
+    writer.flush()
+    return values
+
+
+def evaluate(state, *, config, pipeline, mesh, fns) -> tuple[dict, dict | None]:
+    """The metrics of ``state`` over the whole val split, each task's averaged over the examples
+    that have the task. Returns (metrics, the first batch's model inputs or None if empty)."""
+    names = metrics_lib.metric_names(state.objective)
+    masks = metrics_lib.eval_masks(state.objective)
+    collection = metrics_lib.empty(names, masks)
+    first = None
+    for batch in pipeline.make_eval_iterator(
+        config.data,
+        split="val",
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+    ):
+        arrays = _model_inputs(batch)
+        if first is None:
+            first = arrays
+        dev = sharding.put_batch(arrays, mesh)
+        collection = collection.merge(
+            metrics_lib.from_step_outputs(names, fns.eval_step(state, dev), masks)
+        )
+    return metrics_lib.compute(collection), first
+
+
+def write_image_grids(step: int, state, batch, *, config, mesh, fns, writer, images_dir, is_main):
+    """Each task's picture of the first validation examples (tasks without one skip)."""
+    n = min(int(config.train.num_image_examples), batch["L"].shape[0])
+    outputs = None
+    for task in state.objective.tasks:
+        if type(task).image_rows is tasks_lib.Task.image_rows:
+            continue
+        if outputs is None:
+            outputs = jax.device_get(
+                fns.predict(state, sharding.put_batch({"L": batch["L"]}, mesh)["L"])
+            )
+        head = {k: v[:n] for k, v in batch.items()}
+        rows = task.image_rows(head, jax.tree.map(lambda x: x[:n], outputs[task.name]))
+        if rows is None:
+            continue
+        grid = images_lib.make_grid(rows)
+        # The paper's colorization grid keeps its file name (step_<N>.png).
+        suffix = "" if task.name == "colorization" else f"_{task.name}"
+        if is_main:
+            images_lib.save_png(grid, os.path.join(images_dir, f"step_{step}{suffix}.png"))
+        writer.write_images(step, {f"val/{task.name}": grid[None]})
+
+
+class BestCheckpoint:
+    """The best validation so far by one metric: its model in checkpoints_best/ and ``record``
+    ({"metric", "step", "val": all its validation metrics}) in best.json, read back on resume."""
+
+    def __init__(self, workdir: str, metric: str, mode: str, *, is_main: bool):
+        self.metric, self.mode = metric, mode
+        self._workdir, self._is_main = workdir, is_main
+        self._manager = checkpointing.make_best_manager(workdir, metric=metric, mode=mode)
+        self.record = _read_best(workdir) or {"metric": metric, "step": None, "val": {}}
+        # An earlier invocation's best by another metric is no value to beat.
+        same_metric = self.record["metric"] == metric
+        self._value = self.record["val"].get(metric) if same_metric else None
+
+    def update(self, step: int, state, values: dict) -> None:
+        """Saves ``state`` as the best if ``values`` beat the best so far (NaN never does)."""
+        value = values.get(self.metric)
+        if value is None or not np.isfinite(value):
+            return
+        if self._value is not None:
+            better = value > self._value if self.mode == "max" else value < self._value
+            if not better:
+                return
+        self._value = value
+        checkpointing.save_best(self._manager, step, state, {self.metric: value})
+        self.record.update(step=step, val=dict(values))
+        if self._is_main:
+            _write_json(os.path.join(self._workdir, "best.json"), self.record)
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def save_checkpoint(step: int, state, manager, train_iter, tracker, train_metrics) -> None:
+    """Checkpoints the state, the data position and the bad-input tracker's counts."""
+    train_metrics.check()  # never checkpoint a state produced by a non-finite loss
+    checkpointing.save(
+        manager,
+        step,
+        state,
+        train_iter,
+        extra=tracker.get_state() if tracker is not None else None,
+    )
+
+
+def early_stop_tasks(
+    state, val: dict, step: int, patience: int, train_metrics, schedule, writer, mesh
+):
+    """Task-specific early stopping after a validation (train.early_stopping_patience): stops
+    the tasks whose validation loss has not improved for ``patience`` validations, their heads
+    back at their best weights. Returns the new state, replicated over ``mesh``."""
+    state, stopped = state_lib.early_stopping_update(state, val, step, patience)
+    names = _train_metric_names(state)
+    if names != train_metrics.names:
+        # The discriminator stopped with its task: the window logged so far had its metrics,
+        # the steps from here on have none (write the window unless this step just wrote it).
+        if not schedule.logs_at(step):
+            train_metrics.write(step)
+        train_metrics.restart(names)
+    for task in stopped:
+        logging.info("step %d: %s stopped early (its best head restored)", step, task)
+        print(f"step {step}: task {task} stopped early; its head is back at its best weights")
+    active = state_lib.active_tasks(state)
+    writer.write_scalars(
+        step,
+        {f"early_stopping/active_{t}": float(t in active) for t in state.objective.task_names},
+    )
+    return sharding.replicate(state, mesh)
+
+
+def write_summary(
+    config, workdir: str, state, step: int, schedule, wall: float, final, best, *, is_main
+) -> dict:
+    """The run's summary (returned by train_and_evaluate), written to summary.json."""
     summary = {
         "experiment": config.experiment,
         "steps": step,
-        "epochs": step / steps_per_epoch,
+        "epochs": schedule.epoch(step),
         "wall_time_s": wall,
-        "steps_this_run": step - start_step,
-        "finished": step >= total_steps or not state_lib.active_tasks(state),
+        "steps_this_run": step - schedule.start_step,
+        "finished": step >= schedule.total_steps or not state_lib.active_tasks(state),
         "early_stopping": _early_stopping_summary(state),
         "final": final,
         "best": best,
         "config": _json_ready(config),
     }
     if is_main:
-        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2, sort_keys=True, default=float)
-    writer.flush()
-    writer.close()
-    manager.close()
-    best_manager.close()
-    if is_main:
-        if tracker is not None:
-            print(tracker.report())
-        headline = result_headline(state.objective.tasks, final["val"])
-        if headline:
-            print(f"Result (validation, step {step}): {headline}")
-        print(
-            f"TensorBoard logs: {os.path.join(workdir, 'tensorboard')}  "
-            f"(tensorboard --logdir {os.path.join(workdir, 'tensorboard')})"
+        _write_json(
+            os.path.join(workdir, "summary.json"), summary, indent=2, sort_keys=True, default=float
         )
-        print(f"Image grids:      {images_dir}/step_<N>.png")
-        print(f"Scalars:          {os.path.join(workdir, 'scalars.jsonl')}")
-        print(f"Summary:          {os.path.join(workdir, 'summary.json')}")
     return summary
+
+
+def print_run_report(workdir: str, state, step: int, val: dict, tracker) -> None:
+    """The end-of-run lines: bad inputs, the result beside its baselines, where outputs are."""
+    if tracker is not None:
+        print(tracker.report())
+    headline = result_headline(state.objective.tasks, val)
+    if headline:
+        print(f"Result (validation, step {step}): {headline}")
+    tensorboard = os.path.join(workdir, "tensorboard")
+    print(f"TensorBoard logs: {tensorboard}  (tensorboard --logdir {tensorboard})")
+    print(f"Image grids:      {os.path.join(workdir, 'images')}/step_<N>.png")
+    print(f"Scalars:          {os.path.join(workdir, 'scalars.jsonl')}")
+    print(f"Summary:          {os.path.join(workdir, 'summary.json')}")
 
 
 def result_headline(tasks, val: dict) -> str:
