@@ -57,16 +57,16 @@ def baseline(paths: list[str], size: int) -> float:
 
 
 def ours_single_thread(paths: list[str], size: int) -> float:
-    from mtcolor.data import decode, pipeline
+    from mtcolor.data import decode, transforms
 
-    to_rgb = pipeline.DecodeAndResize(
+    to_rgb = transforms.DecodeAndResize(
         size=size,
         resize_mode="stretch",
         min_image_side=decode.DEFAULT_MIN_IMAGE_SIDE,
         max_image_pixels=decode.DEFAULT_MAX_IMAGE_PIXELS,
         jpeg_draft=True,
     )
-    to_lab = pipeline.ToNormalizedLab()
+    to_lab = transforms.ToNormalizedLab()
     start = time.perf_counter()
     for path in paths:
         record = to_lab.map(to_rgb.map({"path": path, "label": 0, "key": path}))

@@ -54,3 +54,18 @@ def tiny_multitask_run(tmp_path_factory, worker_id):
         if (workdir / "summary.json").exists():
             return workdir, json.loads((workdir / "summary.json").read_text())
         return workdir, loop.train_and_evaluate(tiny.get_config(), str(workdir))
+
+
+@pytest.fixture()
+def tree_with_bad_files(tmp_path):
+    """A class tree of 12 good images, one file per bad-input reason, a directory named like an
+    image (unreadable) and a text file (not an image extension: not listed)."""
+    from test_data_files import bad_files, write_tree
+
+    root = tmp_path / "train"
+    write_tree(root, {"n01": 6, "n02": 6})
+    for reason, data in bad_files().items():
+        (root / "n02" / f"bad_{reason}.JPEG").write_bytes(data)
+    os.mkdir(root / "n01" / "unreadable.JPEG")  # a directory where a file is expected
+    (root / "n01" / "notes.txt").write_text("not listed: not an image extension")
+    return root

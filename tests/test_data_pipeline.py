@@ -1,6 +1,5 @@
 """The grain pipeline: batches, determinism, resume, flips, sharding, workers, bad files, filters."""
 
-import os
 
 import grain
 import numpy as np
@@ -10,7 +9,7 @@ from PIL import Image
 from skimage import color as skcolor
 from test_data_files import bad_files, colorful, write_tree
 
-from mtcolor.data import pipeline
+from mtcolor.data import pipeline, transforms
 from mtcolor.data.synthetic import SyntheticSource
 
 
@@ -212,17 +211,6 @@ def test_workers_give_the_same_batches_as_in_process():
         it.close()
 
 
-@pytest.fixture()
-def tree_with_bad_files(tmp_path):
-    root = tmp_path / "train"
-    write_tree(root, {"n01": 6, "n02": 6})
-    for reason, data in bad_files().items():
-        (root / "n02" / f"bad_{reason}.JPEG").write_bytes(data)
-    os.mkdir(root / "n01" / "unreadable.JPEG")  # a directory where a file is expected
-    (root / "n01" / "notes.txt").write_text("not listed: not an image extension")
-    return root
-
-
 def test_bad_files_are_skipped_and_counted_through_a_worker(tree_with_bad_files):
     config = small_config(source="folder", worker_count=1, max_bad_fraction=None)
     config.folder.train_root = str(tree_with_bad_files)
@@ -282,7 +270,7 @@ def test_mean_chroma_against_hand_computed_values():
     ab = np.zeros((4, 4, 2), np.float32)
     ab[..., 0] = 3 / 110
     ab[..., 1] = 4 / 110
-    assert abs(pipeline.mean_chroma(ab) - 5.0) < 1e-5
+    assert abs(transforms.mean_chroma(ab) - 5.0) < 1e-5
 
 
 def test_num_examples_and_config_errors(tmp_path):

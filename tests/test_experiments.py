@@ -131,7 +131,7 @@ class _NaNAtStep:
         self._pipeline, self._step = pipeline, step
         self.num_examples = pipeline.num_examples
         self.make_eval_iterator = pipeline.make_eval_iterator
-        self.BadInputTracker = pipeline.BadInputTracker
+        self.make_bad_input_tracker = pipeline.make_bad_input_tracker
 
     def make_train_iterator(self, *args, **kwargs):
         base = self._pipeline.make_train_iterator(*args, **kwargs)

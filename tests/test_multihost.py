@@ -141,24 +141,17 @@ def test_the_run_loads_evaluates_colorizes_and_reports_in_one_process(two_proces
     assert (tmp_path / "report" / "table1.csv").exists()
 
 
-def test_a_two_process_checkpoint_resumes_in_one_process(two_process_run, tmp_path):
-    workdir, _ = two_process_run
+@pytest.mark.parametrize("saved_by, resumed_on", [(2, 1), (1, 2)])
+def test_a_checkpoint_resumes_on_another_process_count(saved_by, resumed_on, request, tmp_path):
+    workdir, _ = request.getfixturevalue({1: "one_process_run", 2: "two_process_run"}[saved_by])
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy)
-    _run_processes(copy, 1, "--config.train.unfrozen_epochs=2")
+    _run_processes(copy, resumed_on, "--config.train.unfrozen_epochs=2")
     summary = json.loads((copy / "summary.json").read_text())
     assert summary["steps"] == 9 and summary["steps_this_run"] == 3 and summary["finished"]
     assert not (copy / "checkpoints_damaged").exists()  # not mistaken for damage
-    position = json.loads((copy / "checkpoints" / "9" / "data_iter" / "process_0-of-1.json").read_text())
-    assert position["taken"] == [9 * 4] and position["process_count"] == 1
-
-
-def test_a_one_process_checkpoint_resumes_on_two_processes(one_process_run, tmp_path):
-    one, _ = one_process_run
-    copy = tmp_path / "run"
-    shutil.copytree(one, copy)
-    _run_processes(copy, 2, "--config.train.unfrozen_epochs=2")
-    summary = json.loads((copy / "summary.json").read_text())
-    assert summary["steps"] == 9 and summary["steps_this_run"] == 3 and summary["finished"]
-    position = json.loads((copy / "checkpoints" / "9" / "data_iter" / "process_1-of-2.json").read_text())
-    assert position["taken"] == [9 * 2] and position["batches_emitted"] == 9
+    # The last process's position: its rows of the 9 global batches of 4.
+    name = f"process_{resumed_on - 1}-of-{resumed_on}.json"
+    position = json.loads((copy / "checkpoints" / "9" / "data_iter" / name).read_text())
+    assert position["taken"] == [9 * 4 // resumed_on] and position["batches_emitted"] == 9
+    assert position["process_count"] == resumed_on

@@ -15,7 +15,7 @@ from PIL import Image
 from skimage import color as skcolor
 from test_data_files import bad_files, colorful, write_tree
 
-from mtcolor.data import pipeline, resident
+from mtcolor.data import decoded_cache, input_paths, pipeline, resident, transforms
 from mtcolor.data.synthetic import SyntheticSource
 from mtcolor.train import sharding
 
@@ -181,19 +181,9 @@ def test_resume_at_any_step_gives_the_uninterrupted_batches(tmp_path):
 # Bad files and the cache file
 
 
-@pytest.fixture()
-def tree_with_bad_files(tmp_path):
-    root = tmp_path / "train"
-    write_tree(root, {"n01": 6, "n02": 6})
-    for reason, data in bad_files().items():
-        (root / "n02" / f"bad_{reason}.JPEG").write_bytes(data)
-    os.mkdir(root / "n01" / "unreadable.JPEG")  # a directory where a file is expected
-    return root
-
-
 def test_bad_files_are_skipped_and_counted_as_the_grain_path_counts_them(tmp_path, tree_with_bad_files):
     config = folder_config(tmp_path, tree_with_bad_files, max_bad_fraction=None)
-    cached, built = resident.load_or_build_cache(config, "train")
+    cached, built = decoded_cache.load_or_build_cache(config, "train")
     assert built and len(cached.rgb) == 12 and cached.num_files == 19
     grain_tracker = pipeline.BadInputTracker()
     for batch in pipeline.make_eval_iterator(config, "train", shard_index=0, shard_count=1):
@@ -222,7 +212,7 @@ def test_bad_files_are_skipped_and_counted_as_the_grain_path_counts_them(tmp_pat
     strict = folder_config(tmp_path / "strict", tree_with_bad_files, max_bad_fraction=0.1,
                            bad_check_min_examples=5)
     with pytest.raises(pipeline.TooManyBadInputsError, match=r"bad_\w+\.JPEG|unreadable\.JPEG"):
-        resident.load_or_build_cache(strict, "train")
+        decoded_cache.load_or_build_cache(strict, "train")
     assert not (tmp_path / "strict" / "cache").exists()  # nothing written
 
 
@@ -250,7 +240,7 @@ def test_cache_is_reused_without_decoding_and_rebuilt_when_a_file_changes(tmp_pa
     root = tmp_path / "tree"
     paths = write_tree(root, {"n01": 3, "n02": 3})
     config = folder_config(tmp_path, root)
-    first, built = resident.load_or_build_cache(config, "train")
+    first, built = decoded_cache.load_or_build_cache(config, "train")
     assert built and os.path.dirname(first.path) == str(tmp_path / "cache")
     mtime = os.stat(first.path).st_mtime_ns
 
@@ -258,20 +248,20 @@ def test_cache_is_reused_without_decoding_and_rebuilt_when_a_file_changes(tmp_pa
         raise AssertionError("decoded although the cache exists")
 
     with monkeypatch.context() as patch:
-        patch.setattr(pipeline.DecodeAndResize, "map", no_decoding)
-        second, built = resident.load_or_build_cache(config, "train")
+        patch.setattr(transforms.DecodeAndResize, "map", no_decoding)
+        second, built = decoded_cache.load_or_build_cache(config, "train")
     assert not built and second.path == first.path and os.stat(first.path).st_mtime_ns == mtime
     np.testing.assert_array_equal(second.rgb, first.rgb)
 
     colorful(999).save(paths[0], "JPEG")  # new content (and size / mtime)
     os.utime(paths[0], ns=(mtime + 10**9, mtime + 10**9))
-    third, built = resident.load_or_build_cache(config, "train")
+    third, built = decoded_cache.load_or_build_cache(config, "train")
     assert built and third.path != first.path
     assert not np.array_equal(third.rgb[0], first.rgb[0]) and np.array_equal(third.rgb[1:], first.rgb[1:])
     assert not os.path.exists(first.path)  # the stale cache of this source is gone
     assert not [n for n in os.listdir(tmp_path / "cache") if n.endswith(".tmp")]
     # Another image size is another cache (both kept).
-    resized, built = resident.load_or_build_cache(folder_config(tmp_path, root, image_size=64), "train")
+    resized, built = decoded_cache.load_or_build_cache(folder_config(tmp_path, root, image_size=64), "train")
     assert built and resized.rgb.shape[1:] == (64, 64, 3) and os.path.exists(third.path)
 
 
@@ -293,15 +283,15 @@ def test_config_switch_checks_and_auto_choice(tmp_path):
     assert problem.startswith("--config.data.input_path='resident': reads labelled data only")
 
     data = small_config(tmp_path, input_path="auto")
-    assert resident.choose_input_path(data)[0] == "resident"  # 20 images of 3 KB
+    assert input_paths.choose_input_path(data)[0] == "resident"  # 20 images of 3 KB
     data.resident.max_memory_fraction = 1e-12
-    assert resident.choose_input_path(data)[0] == "grain"
-    assert resident.choose_input_path(data, resumed="resident")[0] == "resident"  # follows the run
+    assert input_paths.choose_input_path(data)[0] == "grain"
+    assert input_paths.choose_input_path(data, resumed="resident")[0] == "resident"  # follows the run
     data.resident.max_memory_fraction = 0.25
     data.unlabeled.source = "synthetic"
-    path, why = resident.choose_input_path(data)
+    path, why = input_paths.choose_input_path(data)
     assert path == "grain" and "unlabeled" in why
-    assert resident.estimated_bytes(small_config(tmp_path)) == 20 * 32 * 32 * 3
+    assert input_paths.estimated_bytes(small_config(tmp_path)) == 20 * 32 * 32 * 3
     with pytest.raises(ValueError, match="resident"):
         resident.make_train_iterator(data, seed=0)
 

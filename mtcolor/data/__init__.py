@@ -2,12 +2,19 @@
 
 Submodules (imported explicitly; none imports TensorFlow or JAX at import time):
 - `mtcolor.data.color`: sRGB <-> Lab (numpy and jax), the paper's Lab normalization.
-- `mtcolor.data.pipeline`: `default_data_config()`, `make_train_iterator`, `make_eval_iterator`,
-  `num_examples`, `BadInputTracker`, `SKIP_REASONS`.
+- `mtcolor.data.config`: `default_data_config()`, every data option.
+- `mtcolor.data.pipeline`: the grain input path, `make_train_iterator`, `make_eval_iterator`
+  (re-exports the names below that users need: `default_data_config`, `BadInputTracker`, ...).
+  Its parts: `sources` (which source a config names, the labelled/unlabeled batch split),
+  `transforms` (per-element decode + resize, flip, Lab), `batching` (skip, count, batch; the rows
+  a process reads), `bad_inputs` (skipped-file accounting, `BadInputTracker`).
 - `mtcolor.data.decode`: Pillow decoding/resizing and the bad-input reasons.
-- sources: `mtcolor.data.synthetic`, `mtcolor.data.folder`, `mtcolor.data.tfds_source`.
-- `mtcolor.data.resident`: the device-resident data set (decoded once into a cache file, batches
-  made on device; `data.input_path`). It imports JAX: the device side, never run in grain workers.
+- source types: `mtcolor.data.synthetic`, `mtcolor.data.folder`, `mtcolor.data.tfds_source`.
+- `mtcolor.data.resident`: the device-resident input path (decoded once into a cache file by
+  `mtcolor.data.decoded_cache`, batches made on device). It imports JAX: the device side, never
+  run in grain workers.
+- `mtcolor.data.input_paths`: `data.input_path`'s choice and `InputPipeline`, the interface the
+  training loop reads any input path through.
 
 See docs/data.md.
 """

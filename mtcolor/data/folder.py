@@ -79,13 +79,11 @@ class FolderSource:
         split_file: str | None = None,
         extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
     ):
-        root = os.path.expanduser(str(root))
-        if not root or not os.path.isdir(root):
-            raise FileNotFoundError(
-                f"dataset directory {root!r} does not exist (expected an ImageNet-style tree "
-                f"root/<wnid or class name>/*.JPEG; set data.folder.train_root / val_root)"
-            )
-        self.root = root
+        root = self.root = _existing_directory(
+            root,
+            "dataset directory {!r} does not exist (expected an ImageNet-style tree root/<wnid or "
+            "class name>/*.JPEG; set data.folder.train_root / val_root)",
+        )
         extensions = tuple(e.lower() for e in extensions)
         if split_file:
             entries = _read_split_file(split_file)
@@ -170,13 +168,11 @@ class ImageFilesSource:
         split_file: str | None = None,
         extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
     ):
-        root = os.path.expanduser(str(root))
-        if not root or not os.path.isdir(root):
-            raise FileNotFoundError(
-                f"image directory {root!r} does not exist (expected a folder of images, at any "
-                f"depth; set data.unlabeled.folder.root)"
-            )
-        self.root = root
+        root = self.root = _existing_directory(
+            root,
+            "image directory {!r} does not exist (expected a folder of images, at any depth; set "
+            "data.unlabeled.folder.root)",
+        )
         extensions = tuple(e.lower() for e in extensions)
         if split_file:
             paths = [os.path.join(root, rel) for rel, _ in _read_split_file(split_file)]
@@ -214,3 +210,11 @@ def _list_images(root: str, extensions: tuple[str, ...]) -> list[str]:
             if not name.startswith(".") and name.lower().endswith(extensions):
                 found.append(os.path.join(folder, name))
     return sorted(found, key=lambda p: os.path.relpath(p, root).split(os.sep))
+
+
+def _existing_directory(root, message: str) -> str:
+    """`root` with "~" expanded; FileNotFoundError(message.format(root)) if it is not a directory."""
+    root = os.path.expanduser(str(root))
+    if not root or not os.path.isdir(root):
+        raise FileNotFoundError(message.format(root))
+    return root

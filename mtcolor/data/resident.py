@@ -3,21 +3,12 @@ once, and every batch made on device by jitted code.
 
 For data sets that fit in memory (the paper's 6,500 images are 1.3 GB as uint8 at 256 px) this
 replaces the grain pipeline's per-step host work (decode, resize, flip, Lab, batching, host->device
-copy) with one gather per step. It is a drop-in data module for `mtcolor.train.loop`: the same
-functions as `mtcolor.data.pipeline` (`num_examples`, `steps_per_epoch`, `make_train_iterator`,
-`make_eval_iterator`, `BadInputTracker`), chosen by `data.input_path` (`choose_input_path`).
+copy) with one gather per step. It has the same functions as `mtcolor.data.pipeline` (`num_examples`, `steps_per_epoch`,
+`make_train_iterator`, `make_eval_iterator`, `make_bad_input_tracker`); `data.input_path` chooses
+between them (`mtcolor.data.input_paths`).
 
-1. Cache (`load_or_build_cache`): a split is decoded and resized ONCE, with the grain path's own
-   `DecodeAndResize` run through grain (threads / workers as `read_threads` / `worker_count`), into
-   `<cache_dir>/<split>-<kind>-<size>px-<source>-<digest>.npz`: uint8 RGB (N, S, S, 3), int32
-   labels, each image's mean chroma (for the grayscale filter, applied at load time so the cache
-   does not depend on it), its key, and the skipped files with their reasons. The digest covers
-   everything the pixels depend on: the source (kind; folder root with every file's relative path,
-   label, size and mtime; tfds name, version, split and classes; synthetic parameters), the image
-   size, the decode options and the code of `decode.py` (and `synthetic.py`), so a changed file or
-   option builds a new cache and the stale one of the same source is deleted. Written to a
-   temporary file and renamed: a killed build leaves nothing half-written. Bad files are skipped
-   and counted as the grain path does (same reasons, `max_bad_fraction` enforced while building).
+1. Cache (`mtcolor.data.decoded_cache`): a split is decoded and resized ONCE, by the grain path's
+   own transform, into a uint8 file keyed by the source's content and the decode options.
 2. Device: the cache is put on the mesh of `mtcolor.train.sharding.make_mesh()` REPLICATED (every
    device holds the whole uint8 set: a batch is then a local gather on each device, with no
    communication; a set that does not fit in one device's memory belongs on the grain path).
@@ -50,360 +41,30 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import hashlib
-import json
 import logging
 import math
 import os
-import re
-import tempfile
-import time
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtcolor.data import color, pipeline
-from mtcolor.data import decode as decode_lib
-from mtcolor.data.pipeline import (
+from mtcolor.data import color, decoded_cache, input_paths
+from mtcolor.data.bad_inputs import (
     BAD_REASONS,
+    EXAMPLES_PER_REASON,
     NEAR_GRAYSCALE,
     SKIP_REASONS,
     BadInputTracker,
     TooManyBadInputsError,
+    example_line,
+    tracker_for,
 )
+from mtcolor.data.config import SPLITS
 
 _log = logging.getLogger(__name__)
 
-INPUT_PATHS = ("grain", "auto", "resident")
-DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "mtcolor", "resident")
-DEFAULT_MAX_MEMORY_FRACTION = 0.25
-# Bumped whenever the file layout or the meaning of a field changes: old caches are then rebuilt.
-FORMAT_VERSION = 1
-_EXAMPLES_PER_REASON = 2  # "reason: key" lines one batch carries per reason (as the grain path)
 _DEVICE_SPLITS_KEPT = 4  # device-resident splits memoized (train and val of up to two configs)
-
-
-# ----------------------------------------------------------------------------------------------
-# Choosing the input path.
-
-
-def supports(data_config) -> tuple[bool, str]:
-    """(whether the resident path can read this data config, why not)."""
-    unlabeled = data_config.get("unlabeled")
-    if unlabeled is not None and unlabeled.get("source") is not None:
-        return False, "data.unlabeled mixes in a second stream, which only the grain path reads"
-    return True, ""
-
-
-def estimated_bytes(data_config) -> int:
-    """Bytes of the uint8 train and val caches (files listed, before bad files are skipped)."""
-    size = int(data_config.image_size)
-    files = sum(pipeline.num_examples(data_config, split) for split in pipeline.SPLITS)
-    return files * size * size * 3
-
-
-def memory_budget() -> tuple[int | None, int, str]:
-    """(bytes of one device's memory or None if unknown, copies of the set that memory holds,
-    what the memory is). Accelerators: their own memory, one copy each. CPU: host RAM, which
-    holds one replica per local CPU device."""
-    device = jax.local_devices()[0]
-    if device.platform != "cpu":
-        stats = device.memory_stats() or {}
-        limit = stats.get("bytes_limit")
-        return (int(limit) if limit else None), 1, f"{device.platform} device memory"
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return int(ram), jax.local_device_count(), "host RAM"
-
-
-def choose_input_path(data_config, *, resumed: str | None = None) -> tuple[str, str]:
-    """("grain" or "resident", why) for `data.input_path`.
-
-    "grain" / "resident": as asked. "auto": the path a resumed run's checkpoints were written with
-    (`resumed`), else grain when data.unlabeled is set or the caches (train + val, uint8, times
-    the replicas that share one memory) exceed `data.resident.max_memory_fraction` of a device's
-    memory (on CPU: of host RAM), else resident. Every process takes process 0's decision.
-    """
-    wanted = data_config.get("input_path", "grain")
-    if wanted not in INPUT_PATHS:
-        raise ValueError(f"data.input_path must be one of {INPUT_PATHS}, got {wanted!r}")
-    if wanted != "auto":
-        return wanted, "data.input_path"
-    if resumed in ("grain", "resident"):
-        return resumed, "auto: the path this run's checkpoints were written with"
-    ok, why_not = supports(data_config)
-    if not ok:
-        choice, why = "grain", f"auto: {why_not}"
-    else:
-        need = estimated_bytes(data_config)
-        memory, copies, what = memory_budget()
-        fraction = float(_resident_options(data_config)["max_memory_fraction"])
-        if memory is None:
-            choice, why = "grain", "auto: the device's memory size is unknown"
-        else:
-            fits = need * copies <= fraction * memory
-            choice = "resident" if fits else "grain"
-            why = (
-                f"auto: {need * copies / 2**30:.2f} GiB of uint8 images "
-                f"{'within' if fits else 'above'} {fraction:g} of {memory / 2**30:.1f} GiB {what}"
-            )
-    if jax.process_count() > 1:  # host RAM may differ between hosts: one decision for all
-        from jax.experimental import multihost_utils
-
-        code = multihost_utils.broadcast_one_to_all(np.int32(INPUT_PATHS.index(choice)))
-        choice = INPUT_PATHS[int(code)]
-    return choice, why
-
-
-def _resident_options(data_config) -> dict:
-    options = data_config.get("resident")
-    options = dict(options) if options is not None else {}
-    return {
-        "cache_dir": options.get("cache_dir") or DEFAULT_CACHE_DIR,
-        "max_memory_fraction": options.get("max_memory_fraction", DEFAULT_MAX_MEMORY_FRACTION),
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# The cache file.
-
-
-@dataclasses.dataclass(frozen=True)
-class CachedSplit:
-    """One split as decoded: the usable images in file order and the files that were skipped."""
-
-    path: str  # the cache file
-    digest: str  # of the source identity (part of the file name)
-    rgb: np.ndarray  # (N, S, S, 3) uint8
-    label: np.ndarray  # (N,) int32
-    chroma: np.ndarray  # (N,) float32: mean sqrt(a^2 + b^2), CIELAB units (pipeline.mean_chroma)
-    key: np.ndarray  # (N,) str: the source's key of each image (file path, tfds record, ...)
-    skipped: tuple[tuple[str, str, str], ...]  # (reason, key, detail) of each skipped file
-    num_files: int  # files/records in the split, skipped ones included
-
-
-def _file_digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
-
-
-def source_identity(source, data_config, split: str) -> dict:
-    """What the cached pixels and labels of `split` depend on (JSON-ready); its hash names the
-    cache file. Folder sources list every file with its size and mtime, so editing, adding or
-    removing a file changes it."""
-    from mtcolor.data import synthetic
-    from mtcolor.data.folder import FolderSource
-    from mtcolor.data.synthetic import SyntheticSource
-    from mtcolor.data.tfds_source import TfdsSource
-
-    identity = {
-        "format": FORMAT_VERSION,
-        "split": split,
-        "image_size": int(data_config.image_size),
-        "resize_mode": data_config.resize_mode,
-        "min_image_side": int(data_config.min_image_side),
-        "max_image_pixels": int(data_config.max_image_pixels),
-        "jpeg_draft": bool(data_config.jpeg_draft),
-        "decode_code": _file_digest(decode_lib.__file__),
-    }
-    if isinstance(source, SyntheticSource):
-        identity["source"] = {
-            "kind": "synthetic",
-            "split": source.split,
-            "size": source.size,
-            "num_examples": source.num_examples,
-            "num_classes": source.num_classes,
-            "seed": source.seed,
-            "generator_code": _file_digest(synthetic.__file__),
-        }
-    elif isinstance(source, FolderSource):
-        root = os.path.abspath(source.root)
-        files = []
-        for path, label in zip(source.paths, source.labels):
-            try:
-                st = os.stat(path)
-                stat = [st.st_size, st.st_mtime_ns]
-            except OSError:  # unreadable now: counted when decoded; a later fix changes the key
-                stat = [None, None]
-            files.append([os.path.relpath(path, root), int(label)] + stat)
-        identity["source"] = {"kind": "folder", "root": root, "files": files}
-    elif isinstance(source, TfdsSource):
-        identity["source"] = {
-            "kind": "tfds",
-            "name": source.name,
-            "version": source.version,
-            "split": source.split,
-            "data_dir": os.path.abspath(os.path.expanduser(source.data_dir)) if source.data_dir else None,
-            "image_key": source.image_key,
-            "label_key": source.label_key,
-            "classes": list(source.class_names),
-            "num_examples": len(source),
-        }
-    else:
-        raise TypeError(f"the resident input path cannot cache a {type(source).__name__}")
-    return identity
-
-
-def _source_name(identity: dict) -> str:
-    """The stable part of a cache file name: which source, whatever its current content."""
-    source = identity["source"]
-    where = {"synthetic": ("seed", "num_examples"), "folder": ("root",), "tfds": ("name", "split")}
-    text = json.dumps([source["kind"]] + [source[k] for k in where[source["kind"]]])
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def cache_path(data_config, split: str, *, source=None) -> tuple[str, dict]:
-    """(the cache file of `split`, its source identity); the file may not exist yet."""
-    source = pipeline.make_source(data_config, split) if source is None else source
-    identity = source_identity(source, data_config, split)
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
-    directory = os.path.expanduser(str(_resident_options(data_config)["cache_dir"]))
-    kind = identity["source"]["kind"]
-    prefix = f"{split}-{kind}-{identity['image_size']}px-{_source_name(identity)}"
-    return os.path.join(directory, f"{prefix}-{digest}.npz"), identity
-
-
-def load_or_build_cache(data_config, split: str) -> tuple[CachedSplit, bool]:
-    """(the cached split, whether it was built now). Builds the cache file if it does not exist
-    or cannot be read; raises TooManyBadInputsError as the grain path would."""
-    source = pipeline.make_source(data_config, split)
-    path, identity = cache_path(data_config, split, source=source)
-    digest = os.path.basename(path).rsplit("-", 1)[1][: -len(".npz")]
-    if os.path.exists(path):
-        try:
-            return _read(path, digest), False
-        except Exception as error:  # noqa: BLE001 - a damaged cache is rebuilt, not fatal
-            _log.warning("resident cache %s is unreadable (%s); rebuilding it", path, error)
-    cached = _build(source, data_config, split, path, digest)
-    try:
-        _write(cached, identity)
-    except OSError as error:  # a read-only or full cache directory costs a decode next run
-        _log.warning("could not write the resident cache %s (%s); using it from memory", path, error)
-        return cached, True
-    _remove_stale(path)
-    return cached, True
-
-
-def _read(path: str, digest: str) -> CachedSplit:
-    with np.load(path, allow_pickle=False) as npz:
-        meta = json.loads(str(npz["meta"]))
-        if meta.get("format") != FORMAT_VERSION or meta.get("digest") != digest:
-            raise ValueError(f"format {meta.get('format')} / digest {meta.get('digest')} mismatch")
-        cached = CachedSplit(
-            path=path,
-            digest=digest,
-            rgb=npz["rgb"],
-            label=npz["label"],
-            chroma=npz["chroma"],
-            key=npz["key"],
-            skipped=tuple(tuple(s) for s in meta["skipped"]),
-            num_files=int(meta["num_files"]),
-        )
-    if not len(cached.rgb) == len(cached.label) == len(cached.chroma) == len(cached.key):
-        raise ValueError("arrays of different lengths")
-    return cached
-
-
-def _build(source, data_config, split: str, path: str, digest: str) -> CachedSplit:
-    """Decodes every file once with the grain path's DecodeAndResize, in file order."""
-    size = int(data_config.image_size)
-    start = time.perf_counter()
-    ds = grain.MapDataset.source(source).map(
-        pipeline.DecodeAndResize(
-            size=size,
-            resize_mode=data_config.resize_mode,
-            min_image_side=data_config.min_image_side,
-            max_image_pixels=data_config.max_image_pixels,
-            jpeg_draft=data_config.jpeg_draft,
-        )
-    )
-    iterator = iter(pipeline._to_iter_dataset(ds, data_config, workers=data_config.worker_count))
-    tracker = BadInputTracker(
-        data_config.max_bad_fraction, min_examples=data_config.bad_check_min_examples
-    )
-    num_files = len(source)
-    rgb = np.empty((num_files, size, size, 3), np.uint8)
-    labels, chroma, keys, skipped = [], [], [], []
-    try:
-        for record in iterator:
-            if "reason" in record:
-                detail = record.get("detail") or ""
-                skipped.append((record["reason"], str(record["key"]), detail))
-                tracker.add_skipped(record["reason"], _example_line(*skipped[-1]))
-                continue
-            rgb[len(labels)] = record["rgb"]
-            labels.append(int(record["label"]))
-            keys.append(str(record["key"]))
-            _, ab = color.rgb_uint8_to_normalized_L_ab(np.ascontiguousarray(record["rgb"]))
-            chroma.append(pipeline.mean_chroma(ab))
-            tracker.num_good += 1  # the grain path checks the ceiling on skips only
-    finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
-    _log.info(
-        "resident cache of %s: %d of %d files decoded in %.1f s (%s)",
-        split, len(labels), num_files, time.perf_counter() - start, tracker.report(),
-    )
-    return CachedSplit(
-        path=path,
-        digest=digest,
-        rgb=rgb[: len(labels)],
-        label=np.asarray(labels, np.int32),
-        chroma=np.asarray(chroma, np.float32),
-        key=np.asarray(keys, dtype=str) if keys else np.zeros((0,), "<U1"),
-        skipped=tuple(skipped),
-        num_files=num_files,
-    )
-
-
-def _write(cached: CachedSplit, identity: dict) -> None:
-    """Temporary file in the cache directory, then an atomic rename."""
-    directory = os.path.dirname(cached.path)
-    os.makedirs(directory, exist_ok=True)
-    meta = {
-        "format": FORMAT_VERSION,
-        "digest": cached.digest,
-        "num_files": cached.num_files,
-        "skipped": [list(s) for s in cached.skipped],
-        "source": {k: v for k, v in identity["source"].items() if k != "files"},
-    }
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(cached.path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                rgb=cached.rgb,
-                label=cached.label,
-                chroma=cached.chroma,
-                key=cached.key,
-                meta=np.asarray(json.dumps(meta)),
-            )
-        os.replace(tmp, cached.path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _remove_stale(path: str) -> None:
-    """Deletes the older caches of the same split and source (another content digest)."""
-    directory, name = os.path.split(path)
-    prefix = name.rsplit("-", 1)[0] + "-"
-    pattern = re.compile(re.escape(prefix) + r"[0-9a-f]+\.npz$")
-    for other in os.listdir(directory):
-        if other != name and pattern.match(other):
-            try:
-                os.remove(os.path.join(directory, other))
-                _log.info("removed stale resident cache %s", other)
-            except OSError:
-                pass
-
-
-def _example_line(reason: str, key: str, detail: str) -> str:
-    """The grain path's "reason: key (detail)" line."""
-    return f"{reason}: {key}" + (f" ({detail})" if detail else "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -451,17 +112,17 @@ def device_split(data_config, split: str, mesh=None) -> DeviceSplit:
     from mtcolor.train import sharding
 
     mesh = sharding.make_mesh() if mesh is None else mesh
-    path, _ = cache_path(data_config, split)
+    path, _ = decoded_cache.cache_path(data_config, split)
     memo_key = (path, mesh)
     if memo_key in _device_splits:
         _device_splits.move_to_end(memo_key)
         return _device_splits[memo_key]
-    cached, _ = load_or_build_cache(data_config, split)
+    cached, _ = decoded_cache.load_or_build_cache(data_config, split)
     if cached.num_files and not len(cached.label):
         reasons = collections.Counter(s[0] for s in cached.skipped)
         raise TooManyBadInputsError(
             f"the {split} split has no usable image: all {cached.num_files} files were skipped "
-            f"({dict(reasons)}; e.g. {[_example_line(*s) for s in cached.skipped[:3]]})"
+            f"({dict(reasons)}; e.g. {[example_line(*s) for s in cached.skipped[:3]]})"
         )
     placed = DeviceSplit(
         mesh=mesh,
@@ -596,11 +257,11 @@ def process_rows(batch: dict, shard_index: int | None = None, shard_count: int |
 
 
 # ----------------------------------------------------------------------------------------------
-# The data-module functions (the interface of mtcolor.data.pipeline, for mtcolor.train.loop).
+# The input-path functions (as mtcolor.data.pipeline's; mtcolor.data.input_paths.InputPipeline).
 
 
 def _check_supported(data_config) -> None:
-    ok, why_not = supports(data_config)
+    ok, why_not = input_paths.resident_supports(data_config)
     if not ok:
         raise ValueError(f"data.input_path 'resident': {why_not}; use 'grain' or 'auto'")
 
@@ -659,20 +320,18 @@ class ResidentTrainIterator:
         lines = []
         for reason, key, detail in split.skipped:
             counts[SKIP_REASONS.index(reason)] += 1
-            lines.append((reason, _example_line(reason, key, detail)))
+            lines.append((reason, example_line(reason, key, detail)))
         if threshold is not None:
             for i in np.flatnonzero(split.chroma < threshold):
                 counts[SKIP_REASONS.index(NEAR_GRAYSCALE)] += 1
-                lines.append((NEAR_GRAYSCALE, _example_line(
+                lines.append((NEAR_GRAYSCALE, example_line(
                     NEAR_GRAYSCALE, str(split.key[i]), f"mean chroma {split.chroma[i]:.2f}")))
         self._epoch_bad_counts = counts
         self._epoch_bad_examples = tuple(
-            line for reason in SKIP_REASONS for line in [x for r, x in lines if r == reason][:_EXAMPLES_PER_REASON]
+            line for reason in SKIP_REASONS for line in [x for r, x in lines if r == reason][:EXAMPLES_PER_REASON]
         )
         # The grain iterator enforces the ceiling itself too ("even if nobody else looks").
-        self._tracker = BadInputTracker(
-            data_config.max_bad_fraction, min_examples=data_config.bad_check_min_examples
-        )
+        self._tracker = tracker_for(data_config)
         self.epoch = 0
         self.index = 0
 
@@ -727,6 +386,11 @@ class ResidentTrainIterator:
         pass
 
 
+def make_bad_input_tracker(data_config) -> BadInputTracker:
+    """The tracker a training loop keeps to log skipped files and enforce data.max_bad_fraction."""
+    return tracker_for(data_config)
+
+
 def make_train_iterator(data_config, *, seed: int, shard_index: int | None = None, shard_count: int | None = None):
     """Endless iterator of GLOBAL training batches, jax.Arrays sharded over the mesh's batch axis
     (see the module docstring); shard_index/shard_count, if given, must be this process's."""
@@ -743,8 +407,8 @@ def make_eval_iterator(data_config, split: str = "val", *, shard_index: int | No
     (`process_rows`), as the grain evaluation iterator yields them, so code that reads the batch
     on the host (the validation image grid) works unchanged; `sharding.put_batch` reassembles them.
     """
-    if split not in pipeline.SPLITS:
-        raise ValueError(f"evaluation split must be one of {pipeline.SPLITS}, got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"evaluation split must be one of {SPLITS}, got {split!r}")
     _check_supported(data_config)
     _check_shard(shard_index, shard_count)
     placed = device_split(data_config, split)
@@ -756,7 +420,7 @@ def make_eval_iterator(data_config, split: str = "val", *, shard_index: int | No
     examples = tuple(
         line
         for reason in BAD_REASONS
-        for line in [_example_line(*s) for s in placed.skipped if s[0] == reason][:_EXAMPLES_PER_REASON]
+        for line in [example_line(*s) for s in placed.skipped if s[0] == reason][:EXAMPLES_PER_REASON]
     )
     return _eval_batches(placed, fn, batch_size, counts, examples)
 
@@ -771,29 +435,18 @@ def _eval_batches(placed: DeviceSplit, fn, batch_size: int, counts: np.ndarray, 
         batch["bad_examples"] = examples if k == 0 else ()
         yield batch
 
+
 __all__ = [
-    "DEFAULT_CACHE_DIR",
-    "DEFAULT_MAX_MEMORY_FRACTION",
-    "INPUT_PATHS",
-    "BadInputTracker",
-    "CachedSplit",
     "DeviceSplit",
     "ResidentTrainIterator",
-    "TooManyBadInputsError",
-    "cache_path",
-    "choose_input_path",
     "clear",
     "device_split",
     "epoch_permutation",
-    "estimated_bytes",
     "flip_draws",
-    "load_or_build_cache",
+    "make_bad_input_tracker",
     "make_eval_iterator",
     "make_train_iterator",
-    "memory_budget",
     "num_examples",
     "process_rows",
-    "source_identity",
     "steps_per_epoch",
-    "supports",
 ]

@@ -112,15 +112,31 @@ class ColorDecoder(nn.Module):
     def __call__(self, features: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = jnp.asarray(features, self.dtype)
         for index, width in enumerate(self.features):
-            x = ConvTranspose4x4Stride2(
-                width, dtype=self.dtype, kernel_init=self.kernel_init, name=f"up{index}_convT"
-            )(x)
-            x = batch_norm(train, self.dtype, self.scale_init, f"up{index}_bn")(x)
-            if index < self.dropout_blocks and self.dropout_rate > 0:
-                # pix2pix order: ConvT -> BN -> Dropout -> ReLU.
-                x = nn.Dropout(self.dropout_rate, deterministic=not train, name=f"up{index}_dropout")(x)
-            x = nn.relu(x)
+            x = self.upsampling_block(x, index, width, train)
+        return self.to_ab(x)
+
+    # The two pieces the U-Net decoder (mtcolor.models.unet) shares. Called from a compact
+    # __call__, so the layers they make are this module's own (parameters "up{i}_convT", ...).
+
+    def upsampling_block(self, x: jnp.ndarray, index: int, width: int, train: bool) -> jnp.ndarray:
+        """Block `index`: ConvTranspose 4x4/2 -> BN -> [Dropout in the first blocks] -> ReLU."""
+        x = ConvTranspose4x4Stride2(
+            width, dtype=self.dtype, kernel_init=self.kernel_init, name=f"up{index}_convT"
+        )(x)
+        x = batch_norm(train, self.dtype, self.scale_init, f"up{index}_bn")(x)
+        if index < self.dropout_blocks and self.dropout_rate > 0:
+            # pix2pix order: ConvT -> BN -> Dropout -> ReLU.
+            x = nn.Dropout(self.dropout_rate, deterministic=not train, name=f"up{index}_dropout")(x)
+        return nn.relu(x)
+
+    def to_ab(self, x: jnp.ndarray) -> jnp.ndarray:
+        """3x3 conv with bias to the two ab channels, then tanh; at least float32."""
         x = nn.Conv(
-            2, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, kernel_init=self.kernel_init, name="to_ab"
+            2,
+            (3, 3),
+            padding=((1, 1), (1, 1)),
+            dtype=self.dtype,
+            kernel_init=self.kernel_init,
+            name="to_ab",
         )(x)
         return at_least_float32(jnp.tanh(x))

@@ -9,23 +9,19 @@ the next block reads ``[x, skip]`` along channels.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 from flax import linen as nn
 
-from mtcolor.models.decoder import ConvTranspose4x4Stride2
-from mtcolor.models.initializers import pix2pix_kernel_init, pix2pix_scale_init
-from mtcolor.models.resnet import batch_norm
-
-Initializer = Callable[..., Any]
+from mtcolor.models.decoder import ColorDecoder
 
 # Names of the skips, in the order `ResNet18(return_stages=True)` returns them (its fifth map,
 # layer4 at /32, is the bottleneck `features` itself and is not a skip).
 SKIP_STAGE_NAMES = ("stem", "layer1", "layer2", "layer3")
 
 
-class UNetDecoder(nn.Module):
+class UNetDecoder(ColorDecoder):
     """ColorDecoder with U-Net skips: (features, stages) -> ab (N, 32h, 32w, 2), float32.
 
     ``features, stages = ResNet18(..., return_stages=True)(L)``; ``stages`` is
@@ -54,15 +50,8 @@ class UNetDecoder(nn.Module):
     Parameter count: 3,606,146 (see tests/test_unet_decoder.py), vs ColorDecoder's 2,852,482.
     """
 
-    features: Sequence[int] = (256, 128, 64, 64, 32)
-    dropout_rate: float = 0.5
-    dropout_blocks: int = 3
-    dtype: Any = jnp.float32
-    kernel_init: Initializer = pix2pix_kernel_init
-    scale_init: Initializer = pix2pix_scale_init
-
     @nn.compact
-    def __call__(
+    def __call__(  # type: ignore[override]  # the U-Net also reads the encoder's stages
         self, features: jnp.ndarray, stages: Sequence[jnp.ndarray], train: bool = False
     ) -> jnp.ndarray:
         if len(stages) not in (len(SKIP_STAGE_NAMES), len(SKIP_STAGE_NAMES) + 1):
@@ -80,16 +69,7 @@ class UNetDecoder(nn.Module):
 
         x = jnp.asarray(features, self.dtype)
         for index, width in enumerate(self.features):
-            x = ConvTranspose4x4Stride2(
-                width, dtype=self.dtype, kernel_init=self.kernel_init, name=f"up{index}_convT"
-            )(x)
-            x = batch_norm(train, self.dtype, self.scale_init, f"up{index}_bn")(x)
-            if index < self.dropout_blocks and self.dropout_rate > 0:
-                # pix2pix order: ConvT -> BN -> Dropout -> ReLU.
-                x = nn.Dropout(
-                    self.dropout_rate, deterministic=not train, name=f"up{index}_dropout"
-                )(x)
-            x = nn.relu(x)
+            x = self.upsampling_block(x, index, width, train)
             if index < len(skips):
                 name, skip = skips[index]
                 if skip.shape[:3] != x.shape[:3]:
@@ -98,12 +78,4 @@ class UNetDecoder(nn.Module):
                         f"skip {skip.shape} (batch and spatial size must agree)"
                     )
                 x = jnp.concatenate([x, jnp.asarray(skip, self.dtype)], axis=-1)
-        x = nn.Conv(
-            2,
-            (3, 3),
-            padding=((1, 1), (1, 1)),
-            dtype=self.dtype,
-            kernel_init=self.kernel_init,
-            name="to_ab",
-        )(x)
-        return jnp.tanh(x).astype(jnp.float32)
+        return self.to_ab(x)

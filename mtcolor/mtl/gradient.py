@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from mtcolor.mtl import _solvers
+from mtcolor.mtl.method_options import check_method_options
 
 GRADIENT_METHODS = ("sum", "mean", "pcgrad", "cagrad", "mgda", "imtl_g", "nash_mtl")
 
@@ -292,15 +293,7 @@ def gradient_from_config(name: str, **options: Any) -> GradientCombination:
         "mgda": ("normalization", "num_iters"),
         "nash_mtl": ("max_norm", "update_weights_every", "num_iters"),
     }
-    if name not in allowed:
-        raise ValueError(
-            f"unknown gradient combination {name!r}; expected one of {GRADIENT_METHODS}"
-        )
-    unknown = sorted(set(options) - set(allowed[name]))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for gradient combination {name!r}; allowed: {allowed[name]}"
-        )
+    check_method_options("gradient combination", name, options, allowed)
     match name:
         case "sum":
             return sum_combination()

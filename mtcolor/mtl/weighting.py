@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtcolor.mtl.method_options import check_method_options
+
 WEIGHTING_METHODS = ("fixed", "uncertainty", "dwa", "gradnorm", "famo")
 
 
@@ -370,13 +372,7 @@ def weighting_from_config(
     dwa: temperature=2.0; gradnorm: alpha=1.5, lr=0.025, min_weight=1e-3;
     famo: lr=0.025, gamma=1e-3, min_losses=None (zeros), eps=1e-8.
     Unknown names or options raise ValueError."""
-    if name not in _OPTIONS:
-        raise ValueError(f"unknown loss weighting {name!r}; expected one of {WEIGHTING_METHODS}")
-    unknown = sorted(set(options) - set(_OPTIONS[name]))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for loss weighting {name!r}; allowed: {_OPTIONS[name]}"
-        )
+    check_method_options("loss weighting", name, options, _OPTIONS)
     match name:
         case "fixed":
             return fixed(num_tasks, base_weights)

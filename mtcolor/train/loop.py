@@ -67,13 +67,15 @@ def _model_inputs(batch: dict) -> dict:
 def _data_module(config, workdir: str):
     """mtcolor.data.pipeline (grain) or mtcolor.data.resident (device-resident), as
     config.data.input_path says; "auto" follows the run's checkpoints when it resumes."""
-    from mtcolor.data import resident
+    from mtcolor.data import input_paths
 
-    path, why = resident.choose_input_path(
+    path, why = input_paths.choose_input_path(
         config.data, resumed=checkpointing.saved_input_path(workdir)
     )
     logging.info("input path: %s (%s)", path, why)
     if path == "resident":
+        from mtcolor.data import resident
+
         return resident
     from mtcolor.data import pipeline
 

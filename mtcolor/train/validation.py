@@ -142,7 +142,7 @@ def _check_top(c: _Checks) -> None:
 def _check_data(c: _Checks, device_count: int | None, source: bool) -> None:
     from mtcolor.data.decode import RESIZE_MODES
     from mtcolor.data.pipeline import UNLABELED_SOURCES
-    from mtcolor.data.resident import INPUT_PATHS
+    from mtcolor.data.input_paths import INPUT_PATHS
 
     if source:
         c.one_of("data.source", ("synthetic", "folder", "tfds"))
