@@ -64,33 +64,19 @@ def _model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k in BATCH_KEYS}
 
 
-def _data_module(config, workdir: str):
-    """mtcolor.data.pipeline (grain) or mtcolor.data.resident (device-resident), as
-    config.data.input_path says; "auto" follows the run's checkpoints when it resumes."""
+def make_input_pipeline(config, workdir: str, data=None):
+    """The `InputPipeline` the run reads through: a user's ``data=`` object, else the path
+    config.data.input_path chooses (grain or device-resident; "auto" keeps the path a resumed
+    run's checkpoints were written with)."""
     from mtcolor.data import input_paths
 
-    path, why = input_paths.choose_input_path(
+    if data is not None:
+        return input_paths.from_data_object(data)
+    pipeline, why = input_paths.for_run(
         config.data, resumed=checkpointing.saved_input_path(workdir)
     )
-    logging.info("input path: %s (%s)", path, why)
-    if path == "resident":
-        from mtcolor.data import resident
-
-        return resident
-    from mtcolor.data import pipeline
-
+    logging.info("input path: %s (%s)", pipeline.name, why)
     return pipeline
-
-
-def _make_tracker(pipeline, config):
-    """The data pipeline's bad-input tracker (counts skipped files, enforces max_bad_fraction)."""
-    tracker_type = getattr(pipeline, "BadInputTracker", None)
-    if tracker_type is None:
-        return None
-    return tracker_type(
-        config.data.get("max_bad_fraction"),
-        min_examples=int(config.data.get("bad_check_min_examples", 200)),
-    )
 
 
 def discriminator_trains(state) -> bool:
@@ -135,19 +121,19 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
         backbone or head layout). It must have a ``backbone`` submodule (frozen in phase 1),
         accept ``(L, train=..., backbone_train=...)`` and return ``{task name: output}``.
       data: optional object with the mtcolor.data.pipeline functions ``num_examples``,
-        ``make_train_iterator`` and ``make_eval_iterator`` (default: mtcolor.data.pipeline or
-        mtcolor.data.resident, as config.data.input_path chooses), for another data set.
+        ``make_train_iterator`` and ``make_eval_iterator`` (optional: ``steps_per_epoch`` and
+        ``make_bad_input_tracker``; `mtcolor.data.input_paths.from_data_object`), for another
+        data set (default: the grain or device-resident path, as config.data.input_path
+        chooses).
 
     Returns:
       The summary dict also written to workdir/summary.json.
     """
-    own_data = data is not None
-
     sharding.maybe_initialize_distributed(config)
     # Before anything is written or built; a user's own data pipeline reads its own data.
-    validation.check_config(config, device_count=jax.device_count(), data_source=not own_data)
+    validation.check_config(config, device_count=jax.device_count(), data_source=data is None)
     workdir = os.path.abspath(workdir)
-    pipeline = data if own_data else _data_module(config, workdir)
+    pipeline = make_input_pipeline(config, workdir, data)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0  # only process 0 writes files (and prints the report)
     if is_main:
@@ -156,9 +142,10 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
         )
 
     mesh = sharding.make_mesh()
-    global_batch = int(config.data.batch_size)
-    sharding.check_batch_divisible(global_batch, mesh)
-    steps_per_epoch = _steps_per_epoch(config, pipeline, global_batch)
+    sharding.check_batch_divisible(int(config.data.batch_size), mesh)
+    # An epoch is one pass over the labelled examples, whatever share of each batch unlabeled
+    # colorization data takes (data.unlabeled).
+    steps_per_epoch = max(1, int(pipeline.steps_per_epoch(config.data)))
     train_iter = pipeline.make_train_iterator(
         config.data,
         seed=int(config.seed),
@@ -184,7 +171,7 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
         num_train_steps=schedule.total_steps, writer=writer
     )
     fns = steps_lib.jit_steps(mesh)
-    tracker = _make_tracker(pipeline, config)
+    tracker = pipeline.make_bad_input_tracker(config.data)
     if tracker is not None and extra is not None:
         tracker.set_state(extra)
     train_metrics = TrainMetrics(
@@ -261,14 +248,6 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
 def _write_json(path: str, tree, **dump_options) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(tree, f, **dump_options)
-
-
-def _steps_per_epoch(config, pipeline, global_batch: int) -> int:
-    if hasattr(pipeline, "steps_per_epoch"):
-        # An epoch is one pass over the labelled examples, whatever share of each batch
-        # unlabeled colorization data takes (data.unlabeled).
-        return max(1, int(pipeline.steps_per_epoch(config.data)))
-    return max(1, int(pipeline.num_examples(config.data, "train")) // global_batch)
 
 
 def restore_or_create_state(
