@@ -26,8 +26,14 @@ from mtcolor.models import decoder
 
 
 def flax_conv_transpose(x, kernel):
-    layer = nn.ConvTranspose(kernel.shape[2], (4, 4), strides=(2, 2), padding=decoder.UPSAMPLE_PADDING,
-                             transpose_kernel=True, use_bias=False)
+    layer = nn.ConvTranspose(
+        kernel.shape[2],
+        (4, 4),
+        strides=(2, 2),
+        padding=decoder.UPSAMPLE_PADDING,
+        transpose_kernel=True,
+        use_bias=False,
+    )
     return layer.apply({"params": {"kernel": kernel}}, x)
 
 
@@ -45,7 +51,9 @@ def main():
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "decoder_upsample.json"))
+    parser.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "decoder_upsample.json")
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     widths = (512,) + tuple(decoder.ColorDecoder.features)
@@ -56,19 +64,43 @@ def main():
         hw = args.size // 2 ** (5 - block)
         x = jnp.asarray(rng.normal(size=(args.batch, hw, hw, c_in)), jnp.float32)
         kernel = jnp.asarray(rng.normal(size=(4, 4, c_out, c_in)) * 0.02, jnp.float32)
-        diff = float(jnp.abs(flax_conv_transpose(x, kernel) - decoder.conv_transpose_4x4_stride2(x, kernel)).max())
+        diff = float(
+            jnp.abs(
+                flax_conv_transpose(x, kernel) - decoder.conv_transpose_4x4_stride2(x, kernel)
+            ).max()
+        )
         base = time_grad(flax_conv_transpose, x, kernel, args.repeats)
         fast = time_grad(decoder.conv_transpose_4x4_stride2, x, kernel, args.repeats)
-        rows.append({"block": block, "input": [args.batch, hw, hw, c_in], "out_channels": c_out,
-                     "conv_transpose_s": base, "stride1_s": fast, "speedup": base / fast, "max_abs_diff": diff})
+        rows.append(
+            {
+                "block": block,
+                "input": [args.batch, hw, hw, c_in],
+                "out_channels": c_out,
+                "conv_transpose_s": base,
+                "stride1_s": fast,
+                "speedup": base / fast,
+                "max_abs_diff": diff,
+            }
+        )
         print(f"{str((hw, hw, c_in)):>16}{c_out:>8}{base:>17.3f}{fast:>12.3f}{base / fast:>9.1f}x")
     total_base = sum(r["conv_transpose_s"] for r in rows)
     total_fast = sum(r["stride1_s"] for r in rows)
-    print(f"{'all blocks':>24}{total_base:>17.3f}{total_fast:>12.3f}{total_base / total_fast:>9.1f}x")
+    print(
+        f"{'all blocks':>24}{total_base:>17.3f}{total_fast:>12.3f}{total_base / total_fast:>9.1f}x"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": jax.devices()[0].device_kind, "args": vars(args), "results": rows,
-                               "total_speedup": total_base / total_fast}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "device": jax.devices()[0].device_kind,
+                "args": vars(args),
+                "results": rows,
+                "total_speedup": total_base / total_fast,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -50,9 +50,10 @@ DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "imagenet-val-1300")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mtcolor import sharding  # noqa: E402
 from mtcolor.data import pipeline, resident  # noqa: E402
 from mtcolor.train import config as config_lib  # noqa: E402
-from mtcolor.train import loop, sharding, steps  # noqa: E402
+from mtcolor.train import loop, steps  # noqa: E402
 from mtcolor.train import state as state_lib  # noqa: E402
 
 
@@ -103,7 +104,9 @@ class Trainer:
         self.fns = steps.jit_steps(self.mesh)
         self.initial = sharding.replicate(
             state_lib.create_train_state(
-                config, jax.random.key(setting.seed), backbone_frozen=setting.phase == 1,
+                config,
+                jax.random.key(setting.seed),
+                backbone_frozen=setting.phase == 1,
                 steps_per_epoch=setting.steps_per_epoch,
             ),
             self.mesh,
@@ -117,8 +120,11 @@ class Trainer:
         }
         start = time.perf_counter()
         # Train steps donate the state: compile on a copy.
-        state, metrics = loop.train_iteration(self.fns, jax.tree.map(lambda x: x.copy(), self.initial),
-                                              sharding.put_batch(dummy, self.mesh))
+        state, metrics = loop.train_iteration(
+            self.fns,
+            jax.tree.map(lambda x: x.copy(), self.initial),
+            sharding.put_batch(dummy, self.mesh),
+        )
         jax.block_until_ready((state, metrics))
         self.compile_s = time.perf_counter() - start
 
@@ -126,7 +132,9 @@ class Trainer:
         return jax.tree.map(lambda x: x.copy(), self.initial)
 
     def step(self, state, batch):
-        arrays = sharding.put_batch({k: v for k, v in batch.items() if k in loop.BATCH_KEYS}, self.mesh)
+        arrays = sharding.put_batch(
+            {k: v for k, v in batch.items() if k in loop.BATCH_KEYS}, self.mesh
+        )
         return loop.train_iteration(self.fns, state, arrays)
 
 
@@ -170,7 +178,9 @@ def _grain(setting, trainer):
     config = data_config(setting, "grain")
     return run_epochs(
         setting,
-        lambda: pipeline.make_train_iterator(config.data, seed=setting.seed, shard_index=0, shard_count=1),
+        lambda: pipeline.make_train_iterator(
+            config.data, seed=setting.seed, shard_index=0, shard_count=1
+        ),
         trainer,
     )
 
@@ -179,7 +189,9 @@ def _resident_built(setting, trainer):
     shutil.rmtree(setting.cache_dir, ignore_errors=True)
     resident.clear()
     config = data_config(setting, "resident")
-    return run_epochs(setting, lambda: resident.make_train_iterator(config.data, seed=setting.seed), trainer)
+    return run_epochs(
+        setting, lambda: resident.make_train_iterator(config.data, seed=setting.seed), trainer
+    )
 
 
 def _resident_reused(setting, trainer):
@@ -191,7 +203,10 @@ def _resident_reused(setting, trainer):
 
 
 RUNNERS = {
-    "resident": [Runner("resident (cache built)", _resident_built), Runner("resident (cache reused)", _resident_reused)],
+    "resident": [
+        Runner("resident (cache built)", _resident_built),
+        Runner("resident (cache reused)", _resident_reused),
+    ],
     "grain": [Runner("grain", _grain)],
 }
 # Reference implementations timed side by side (--reference NAME); none in this package.
@@ -199,21 +214,43 @@ REFERENCES: dict[str, list[Runner]] = {}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     parser.add_argument("--data", default=DEFAULT_DATA, help="folder with images/ and labels.csv")
     parser.add_argument("--sizes", nargs="+", type=int, default=[128])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--steps-per-epoch", type=int, default=None,
-                        help="default: a whole epoch (images // batch); fewer for a smoke run")
+    parser.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=None,
+        help="default: a whole epoch (images // batch); fewer for a smoke run",
+    )
     parser.add_argument("--paths", nargs="+", default=["resident", "grain"], choices=list(RUNNERS))
-    parser.add_argument("--reference", nargs="*", default=[], choices=sorted(REFERENCES),
-                        help="reference implementations to time alongside (none registered here)")
-    parser.add_argument("--modes", nargs="+", default=["train"], choices=["train", "data"],
-                        help="train: data + training iterations; data: the input path alone")
-    parser.add_argument("--phase", type=int, default=1, choices=[1, 2],
-                        help="1: backbone frozen (the paper's first 30 of 45 epochs); 2: all trained")
+    parser.add_argument(
+        "--reference",
+        nargs="*",
+        default=[],
+        choices=sorted(REFERENCES),
+        help="reference implementations to time alongside (none registered here)",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["train"],
+        choices=["train", "data"],
+        help="train: data + training iterations; data: the input path alone",
+    )
+    parser.add_argument(
+        "--phase",
+        type=int,
+        default=1,
+        choices=[1, 2],
+        help="1: backbone frozen (the paper's first 30 of 45 epochs); 2: all trained",
+    )
     parser.add_argument("--read-threads", type=int, default=2)
     parser.add_argument("--worker-count", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
@@ -229,35 +266,64 @@ def main() -> None:
         num_images = sum(1 for _ in f) - 1
     cache_root = tempfile.mkdtemp(prefix="mtcolor_epoch_bench_")
     device = jax.devices()[0]
-    machine = {"platform": device.platform, "device_kind": device.device_kind,
-               "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
-               "host": platform.platform(), "jax": jax.__version__}
-    print(f"# {num_images} photos from {args.data}, batch {args.batch_size}, phase {args.phase}; {machine}")
+    machine = {
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "host": platform.platform(),
+        "jax": jax.__version__,
+    }
+    print(
+        f"# {num_images} photos from {args.data}, batch {args.batch_size}, "
+        f"phase {args.phase}; {machine}"
+    )
     rows = []
 
     def write():  # after every row, so an interrupted run keeps what it measured
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
-            json.dump({"machine": machine, "images": num_images, "args": vars(args), "rows": rows}, f, indent=2)
+            json.dump(
+                {"machine": machine, "images": num_images, "args": vars(args), "rows": rows},
+                f,
+                indent=2,
+            )
 
-    header = f"{'size':>5} {'run':<26}{'train':>6}{'start s':>9}{'epoch 1 s':>11}{'later s':>10}{'img/s later':>12}"
+    header = (
+        f"{'size':>5} {'run':<26}{'train':>6}{'start s':>9}"
+        f"{'epoch 1 s':>11}{'later s':>10}{'img/s later':>12}"
+    )
     try:
         for size in args.sizes:
             steps_per_epoch = args.steps_per_epoch or num_images // args.batch_size
             setting = Setting(
-                images_dir=images_dir, labels_csv=labels_csv, image_size=size,
-                batch_size=args.batch_size, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
-                partial=steps_per_epoch < num_images // args.batch_size, phase=args.phase,
-                seed=args.seed, read_threads=args.read_threads, worker_count=args.worker_count,
+                images_dir=images_dir,
+                labels_csv=labels_csv,
+                image_size=size,
+                batch_size=args.batch_size,
+                epochs=args.epochs,
+                steps_per_epoch=steps_per_epoch,
+                partial=steps_per_epoch < num_images // args.batch_size,
+                phase=args.phase,
+                seed=args.seed,
+                read_threads=args.read_threads,
+                worker_count=args.worker_count,
                 cache_dir=os.path.join(cache_root, str(size)),
             )
             trainer = None
             if "train" in args.modes:
-                num_classes = len(pipeline.make_source(data_config(setting, "grain").data, "train").class_names)
+                num_classes = len(
+                    pipeline.make_source(data_config(setting, "grain").data, "train").class_names
+                )
                 trainer = Trainer(setting, num_classes)
-            compiled = f"; model compiled in {trainer.compile_s:.1f} s (not counted)" if trainer else ""
-            print(f"# {size} px: {steps_per_epoch} steps per epoch"
-                  f"{' (PARTIAL epochs)' if setting.partial else ''}{compiled}", flush=True)
+            compiled = (
+                f"; model compiled in {trainer.compile_s:.1f} s (not counted)" if trainer else ""
+            )
+            print(
+                f"# {size} px: {steps_per_epoch} steps per epoch"
+                f"{' (PARTIAL epochs)' if setting.partial else ''}{compiled}",
+                flush=True,
+            )
             print(header, flush=True)
             runners = [r for path in args.paths for r in RUNNERS[path]]
             runners += [r for name in args.reference for r in REFERENCES[name]]
@@ -267,20 +333,37 @@ def main() -> None:
                     epochs = result["epoch_s"]
                     first = result["startup_s"] + epochs[0] if epochs else None
                     later = float(np.mean(epochs[1:])) if len(epochs) > 1 else None
-                    row = {"image_size": size, "run": runner.name, "train": train,
-                           "steps_per_epoch": steps_per_epoch, "partial_epochs": setting.partial,
-                           "batch_size": args.batch_size, "phase": args.phase, **result,
-                           "first_epoch_with_startup_s": first, "later_epoch_mean_s": later,
-                           "later_images_per_s": steps_per_epoch * args.batch_size / later if later else None}
+                    row = {
+                        "image_size": size,
+                        "run": runner.name,
+                        "train": train,
+                        "steps_per_epoch": steps_per_epoch,
+                        "partial_epochs": setting.partial,
+                        "batch_size": args.batch_size,
+                        "phase": args.phase,
+                        **result,
+                        "first_epoch_with_startup_s": first,
+                        "later_epoch_mean_s": later,
+                        "later_images_per_s": steps_per_epoch * args.batch_size / later
+                        if later
+                        else None,
+                    }
                     rows.append(row)
                     write()
 
                     def fmt(value, width, digits=1):
-                        return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+                        return (
+                            f"{value:>{width}.{digits}f}"
+                            if value is not None
+                            else f"{'-':>{width}}"
+                        )
 
-                    print(f"{size:>5} {runner.name:<26}{'yes' if train else 'no':>6}"
-                          f"{fmt(result['startup_s'], 9, 2)}{fmt(first, 11)}{fmt(later, 10)}"
-                          f"{fmt(row['later_images_per_s'], 12)}", flush=True)
+                    print(
+                        f"{size:>5} {runner.name:<26}{'yes' if train else 'no':>6}"
+                        f"{fmt(result['startup_s'], 9, 2)}{fmt(first, 11)}{fmt(later, 10)}"
+                        f"{fmt(row['later_images_per_s'], 12)}",
+                        flush=True,
+                    )
             if trainer is not None:
                 rows.append({"image_size": size, "model_compile_s": trainer.compile_s})
     finally:

@@ -6,10 +6,12 @@ Runs, in one process and one session so the numbers are comparable:
 - mtcolor, one thread: the pipeline's per-element transforms (DecodeAndResize + ToNormalizedLab)
   called in a plain loop;
 - the full grain pipeline (`make_eval_iterator`, batches of 16) with worker_count 0 (1 and 2 read
-  threads), 1 and 2, timed from iterator creation (worker start-up included) and after the first batch.
+  threads), 1 and 2, timed from iterator creation (worker start-up included) and after the first
+  batch.
 
 Images: ../shared/data/imagenet-val-1300/images (real ImageNet JPEGs) when present, else a folder of
-generated 500x375 JPEGs. Prints a table and writes JSON (default benchmarks/results/input_pipeline.json).
+generated 500x375 JPEGs. Prints a table and writes JSON (default
+benchmarks/results/input_pipeline.json).
 
     python benchmarks/input_pipeline.py [--images DIR] [--num-images N] [--out PATH]
 """
@@ -74,7 +76,9 @@ def ours_single_thread(paths: list[str], size: int) -> float:
     return time.perf_counter() - start
 
 
-def pipeline_run(split_file: str, root: str, size: int, workers: int, threads: int, batch: int) -> tuple[float, float, int]:
+def pipeline_run(
+    split_file: str, root: str, size: int, workers: int, threads: int, batch: int
+) -> tuple[float, float, int]:
     from mtcolor.data import pipeline
 
     config = pipeline.default_data_config()
@@ -104,18 +108,24 @@ def pipeline_run(split_file: str, root: str, size: int, workers: int, threads: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", default=DEFAULT_IMAGES, help="folder of JPEGs (flat)")
     parser.add_argument("--num-images", type=int, default=1300)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "input_pipeline.json"))
+    parser.add_argument(
+        "--out", default=os.path.join(REPO, "benchmarks", "results", "input_pipeline.json")
+    )
     args = parser.parse_args()
     flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
 
     tmp = tempfile.mkdtemp(prefix="mtcolor_bench_")
     if os.path.isdir(args.images):
-        names = sorted(n for n in os.listdir(args.images) if n.lower().endswith((".jpeg", ".jpg")))[: args.num_images]
+        names = sorted(n for n in os.listdir(args.images) if n.lower().endswith((".jpeg", ".jpg")))[
+            : args.num_images
+        ]
         root = os.path.abspath(args.images)
         paths = [os.path.join(root, n) for n in names]
         kind = f"real JPEGs from {os.path.relpath(root, REPO)}"
@@ -134,11 +144,29 @@ def main() -> None:
     n = len(paths)
     rows = []
     t = baseline(paths, args.size)
-    rows.append({"name": "baseline: PIL + skimage.rgb2lab per image (tutorial)", "workers": 0, "threads": 1, "seconds": t, "images_per_s": n / t})
+    rows.append(
+        {
+            "name": "baseline: PIL + skimage.rgb2lab per image (tutorial)",
+            "workers": 0,
+            "threads": 1,
+            "seconds": t,
+            "images_per_s": n / t,
+        }
+    )
     t = ours_single_thread(paths, args.size)
-    rows.append({"name": "mtcolor transforms, plain loop", "workers": 0, "threads": 1, "seconds": t, "images_per_s": n / t})
+    rows.append(
+        {
+            "name": "mtcolor transforms, plain loop",
+            "workers": 0,
+            "threads": 1,
+            "seconds": t,
+            "images_per_s": n / t,
+        }
+    )
     for workers, threads in ((0, 1), (0, 2), (1, 1), (2, 1)):
-        total, steady, count = pipeline_run(split_file, root, args.size, workers, threads, args.batch_size)
+        total, steady, count = pipeline_run(
+            split_file, root, args.size, workers, threads, args.batch_size
+        )
         assert count == n, (count, n)
         rows.append(
             {
@@ -160,15 +188,25 @@ def main() -> None:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
-    print(f"{n} {kind} (first sizes {sizes[:3]}), output {args.size}x{args.size}, {machine['cpu_count']} CPUs")
+    print(
+        f"{n} {kind} (first sizes {sizes[:3]}), output {args.size}x{args.size}, "
+        f"{machine['cpu_count']} CPUs"
+    )
     print(f"{'run':62s} {'s':>7s} {'img/s':>8s} {'steady':>8s} {'x base':>7s}")
     for row in rows:
         steady = row.get("steady_images_per_s")
         steady_text = f"{steady:8.1f}" if steady is not None else f"{'':8s}"
-        print(f"{row['name']:62s} {row['seconds']:7.2f} {row['images_per_s']:8.1f} {steady_text} {row['speedup_vs_baseline']:7.2f}")
+        print(
+            f"{row['name']:62s} {row['seconds']:7.2f} {row['images_per_s']:8.1f} {steady_text} "
+            f"{row['speedup_vs_baseline']:7.2f}"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"images": n, "source": kind, "size": args.size, "machine": machine, "rows": rows}, f, indent=2)
+        json.dump(
+            {"images": n, "source": kind, "size": args.size, "machine": machine, "rows": rows},
+            f,
+            indent=2,
+        )
     print(f"wrote {args.out}")
 
 

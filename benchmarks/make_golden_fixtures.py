@@ -1,4 +1,5 @@
-"""Write tests/fixtures/resnet18_golden.npz: reference outputs of PyTorch modules for the flax models.
+"""Write tests/fixtures/resnet18_golden.npz: reference outputs of PyTorch modules for the flax
+models.
 
 Run once from the repository root, in an environment with torch and torchvision (CPU is enough):
     python benchmarks/make_golden_fixtures.py
@@ -13,8 +14,8 @@ without torch:
   * one ConvTranspose2d(8, 4, kernel 4, stride 2, padding 1) on an odd-sized input, which pins
     the PyTorch-padding -> flax-padding mapping of the decoder;
   * a PyTorch transcription of mtcolor's ColorDecoder (eval mode), the whole head end to end.
-Weights are NOT stored: the test regenerates them with `seeded_state_dict` (pure numpy, imported from
-this file), keyed by the PyTorch parameter name, so only inputs and outputs take space.
+Weights are NOT stored: the test regenerates them with `seeded_state_dict` (pure numpy, imported
+from this file), keyed by the PyTorch parameter name, so only inputs and outputs take space.
 References are computed in float64 and stored as float32.
 """
 
@@ -26,11 +27,15 @@ import zlib
 import numpy as np
 
 SEED = 0
-FIXTURE = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "resnet18_golden.npz"
+FIXTURE = (
+    pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "resnet18_golden.npz"
+)
 DECODER_WIDTHS = (256, 128, 64, 64, 32)  # must equal mtcolor.models.ColorDecoder.features
 
 
-def seeded_state_dict(scope: str, shapes: dict[str, tuple[int, ...]], seed: int = SEED) -> dict[str, np.ndarray]:
+def seeded_state_dict(
+    scope: str, shapes: dict[str, tuple[int, ...]], seed: int = SEED
+) -> dict[str, np.ndarray]:
     """Deterministic float64 values for every parameter/buffer of model `scope`, keyed by its
     PyTorch state-dict name (num_batches_tracked excluded). Each value is drawn from its own
     generator seeded by (seed, crc32(scope/key)), so order does not matter.
@@ -39,7 +44,8 @@ def seeded_state_dict(scope: str, shapes: dict[str, tuple[int, ...]], seed: int 
       conv / linear weights N(0, 2/fan_in) with fan_in the number of inputs that meet in one
       output (for a stride-2 4x4 transposed conv, in_channels * 4);
       the decoder's final conv N(0, 0.1/fan_in), so the tanh is not saturated;
-      BN weight U(0.5, 1.5), running_var U(0.5, 1.5) (positive), biases and running_mean N(0, 0.1^2).
+      BN weight U(0.5, 1.5), running_var U(0.5, 1.5) (positive), biases and running_mean
+      N(0, 0.1^2).
     """
     values = {}
     for key, shape in shapes.items():
@@ -60,7 +66,11 @@ def seeded_state_dict(scope: str, shapes: dict[str, tuple[int, ...]], seed: int 
 
 
 def seeded_input(name: str, shape: tuple[int, ...], seed: int = SEED) -> np.ndarray:
-    return np.random.default_rng([seed, zlib.crc32(name.encode())]).normal(size=shape).astype(np.float32)
+    return (
+        np.random.default_rng([seed, zlib.crc32(name.encode())])
+        .normal(size=shape)
+        .astype(np.float32)
+    )
 
 
 def _nhwc(t) -> np.ndarray:
@@ -77,7 +87,9 @@ def _fill(module, scope: str, out: dict[str, np.ndarray]) -> None:
         for key, tensor in state.items():
             tensor.copy_(torch.from_numpy(values[key]))
     out[f"{scope}_keys"] = np.array(list(state))
-    out[f"{scope}_shapes"] = np.array([list(v.shape) + [-1] * (4 - v.dim()) for v in state.values()])
+    out[f"{scope}_shapes"] = np.array(
+        [list(v.shape) + [-1] * (4 - v.dim()) for v in state.values()]
+    )
 
 
 def stored_shapes(fixture, scope: str) -> dict[str, tuple[int, ...]]:
@@ -98,13 +110,22 @@ def _nlayer_discriminator(torch):
     for n in range(1, n_layers):
         nf_mult_prev, nf_mult = nf_mult, min(2**n, 8)
         sequence += [
-            nn.Conv2d(ndf * nf_mult_prev, ndf * nf_mult, kernel_size=kw, stride=2, padding=padw, bias=use_bias),
+            nn.Conv2d(
+                ndf * nf_mult_prev,
+                ndf * nf_mult,
+                kernel_size=kw,
+                stride=2,
+                padding=padw,
+                bias=use_bias,
+            ),
             nn.BatchNorm2d(ndf * nf_mult),
             nn.LeakyReLU(0.2, True),
         ]
     nf_mult_prev, nf_mult = nf_mult, min(2**n_layers, 8)
     sequence += [
-        nn.Conv2d(ndf * nf_mult_prev, ndf * nf_mult, kernel_size=kw, stride=1, padding=padw, bias=use_bias),
+        nn.Conv2d(
+            ndf * nf_mult_prev, ndf * nf_mult, kernel_size=kw, stride=1, padding=padw, bias=use_bias
+        ),
         nn.BatchNorm2d(ndf * nf_mult),
         nn.LeakyReLU(0.2, True),
     ]
@@ -218,11 +239,21 @@ def main() -> None:
     FIXTURE.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(FIXTURE, **out)
     total = sum(v.nbytes for v in out.values())
-    print(f"wrote {FIXTURE} ({FIXTURE.stat().st_size / 1024:.0f} KiB on disk, {total / 1024:.0f} KiB raw)")
-    for name in ("resnet18_eval_features", "resnet18_train_features", "patchgan_eval", "decoder_eval"):
+    print(
+        f"wrote {FIXTURE} ({FIXTURE.stat().st_size / 1024:.0f} KiB on disk, "
+        f"{total / 1024:.0f} KiB raw)"
+    )
+    for name in (
+        "resnet18_eval_features",
+        "resnet18_train_features",
+        "patchgan_eval",
+        "decoder_eval",
+    ):
         v = out[name]
-        print(f"  {name}: shape {v.shape} max|v| {np.abs(v).max():.3g} std {v.std():.3g} "
-              f"fraction>0 {(v > 0).mean():.2f}")
+        print(
+            f"  {name}: shape {v.shape} max|v| {np.abs(v).max():.3g} std {v.std():.3g} "
+            f"fraction>0 {(v > 0).mean():.2f}"
+        )
 
 
 if __name__ == "__main__":

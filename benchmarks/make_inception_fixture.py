@@ -1,6 +1,8 @@
-"""Golden outputs of pytorch-fid's FID Inception-v3 for tests/test_eval_inception.py (run once, with torch).
+"""Golden outputs of pytorch-fid's FID Inception-v3 for tests/test_eval_inception.py (run once,
+with torch).
 
-    python benchmarks/make_inception_fixture.py   # from the repository root, in an environment with torch
+    # from the repository root, in an environment with torch
+    python benchmarks/make_inception_fixture.py
 
 Builds pytorch-fid's architecture exactly as `pytorch_fid.inception.fid_inception_v3()` does
 (torchvision Inception3 with num_classes=1008, no aux head, the FIDInceptionA/C/E_1/E_2 blocks),
@@ -15,7 +17,8 @@ Writes tests/fixtures/inception_golden.npz:
   images                     (2, 40, 56, 3) float32 RGB in [0, 1], NHWC (torch gets NCHW)
   features                   (2, 2048) float32 pool3 features from pytorch-fid
   features_downsampled       (1, 2048) pool3 features of `large_image()` (400x360, not stored: the
-                             test draws it again), which pytorch-fid shrinks to 299 without antialias
+                             test draws it again), which pytorch-fid shrinks to 299 without
+                             antialias
   param_count                trainable parameters without fc (also printed per block)
   legacy_pth                 bytes of a small torch.save(..., _use_new_zipfile_serialization=False)
                              file (the pre-1.6 format the 2019 FID weights file may be in): strided
@@ -67,7 +70,9 @@ def large_image() -> np.ndarray:
 
 
 def weights_checksum(state) -> float:
-    return float(sum(np.abs(v.astype(np.float64)).sum() for v in state.values() if v.dtype == np.float32))
+    return float(
+        sum(np.abs(v.astype(np.float64)).sum() for v in state.values() if v.dtype == np.float32)
+    )
 
 
 def legacy_example_tensors(torch):
@@ -83,8 +88,8 @@ def legacy_example_tensors(torch):
 
 
 def main():
-    import torch
     import pytorch_fid.inception as pfi
+    import torch
 
     torch.manual_seed(0)
 
@@ -136,11 +141,22 @@ def main():
     legacy = {f"legacy_expected__{k}": t.numpy().copy() for k, t in legacy_tensors.items()}
 
     np.savez_compressed(
-        OUT, legacy_pth=np.frombuffer(buffer.getvalue(), np.uint8), **legacy, keys=np.array(keys), shapes_flat=np.array([s for shape in shapes for s in shape], np.int64),
-        ndims=np.array([len(s) for s in shapes], np.int64), weights_checksum=weights_checksum(drawn),
-        images=images, features=features, features_downsampled=features_downsampled, param_count=np.int64(param_count))
-    print(f"wrote {OUT} ({OUT.stat().st_size} bytes); features mean {features.mean():.4f}, "
-          f"std {features.std():.4f}, max {features.max():.4f}")
+        OUT,
+        legacy_pth=np.frombuffer(buffer.getvalue(), np.uint8),
+        **legacy,
+        keys=np.array(keys),
+        shapes_flat=np.array([s for shape in shapes for s in shape], np.int64),
+        ndims=np.array([len(s) for s in shapes], np.int64),
+        weights_checksum=weights_checksum(drawn),
+        images=images,
+        features=features,
+        features_downsampled=features_downsampled,
+        param_count=np.int64(param_count),
+    )
+    print(
+        f"wrote {OUT} ({OUT.stat().st_size} bytes); features mean {features.mean():.4f}, "
+        f"std {features.std():.4f}, max {features.max():.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ What it stores (keys listed in `meta_keys`; package versions in `versions`):
     exact float64 solutions computed here (MGDA by active-set enumeration, CAGrad by SLSQP at
     ftol 1e-15 from several starts, Nash by Newton on K a = 1/a, K = J J^T);
   * LibMTL 1.1.5 gradient methods (PCGrad with its recorded random.shuffle orders, CAGrad
-    calpha=0.4 rescale=1 (T = 3 only: LibMTL hardcodes 3 tasks there), MGDA none / l2, IMTL at its first step) driven on a tiny model (a shared
-    Linear(5, 6) + tanh, one Linear(6, 1) head per task, MSE losses, SGD 0.1) for 3 steps: the
-    per-task gradients of the shared parameters and LibMTL's combined gradient;
+    calpha=0.4 rescale=1 (T = 3 only: LibMTL hardcodes 3 tasks there), MGDA none / l2, IMTL at
+    its first step) driven on a tiny model (a shared Linear(5, 6) + tanh, one Linear(6, 1) head
+    per task, MSE losses, SGD 0.1) for 3 steps: the per-task gradients of the shared parameters
+    and LibMTL's combined gradient;
   * LibMTL weightings on the same model: UW (model and log-variances under one Adam 1e-3), DWA
     (4 epochs of 3 steps, the buffer of epoch-mean losses as LibMTL's trainer fills it), GradNorm
     (one step after a first epoch: L_grad, G_per_loss, loss_scale.grad);
@@ -28,10 +29,9 @@ from __future__ import annotations
 import itertools
 import pathlib
 import random
-from importlib.metadata import version
-
 import sys
 import types
+from importlib.metadata import version
 
 import numpy as np
 import scipy.optimize
@@ -45,13 +45,13 @@ _shim.load_state_dict_from_url = torch.hub.load_state_dict_from_url
 sys.modules["torchvision.models.utils"] = _shim
 import torch.nn.functional as F
 import torchjd.aggregation as tja
-from LibMTL.weighting import CAGrad as LCAGrad
 from LibMTL.weighting import DWA as LDWA
 from LibMTL.weighting import IMTL as LIMTL
 from LibMTL.weighting import MGDA as LMGDA
-from LibMTL.weighting import PCGrad as LPCGrad
 from LibMTL.weighting import UW as LUW
+from LibMTL.weighting import CAGrad as LCAGrad
 from LibMTL.weighting import GradNorm as LGradNorm
+from LibMTL.weighting import PCGrad as LPCGrad
 
 FIXTURE = (
     pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "mtl_reference.npz"
@@ -273,7 +273,7 @@ for t in (2, 3):
     uw = host(LUW, model, t)
     opt = torch.optim.Adam(list(model.parameters()) + [uw.loss_scale], lr=1e-3)
     losses_log, weights_log, scale_log = [], [], []
-    for step in range(8):
+    for _step in range(8):
         opt.zero_grad()
         losses = model.losses()
         weights_log.append(uw.backward(losses))

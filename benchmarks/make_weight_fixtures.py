@@ -21,8 +21,8 @@ Outputs in tests/fixtures/:
 """
 
 import os
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -112,7 +112,9 @@ def main():
         expected = np.load(OUT / "torch_small_expected.npz")
         got = expected_numpy(tensors)
         assert sorted(got) == sorted(expected.files)
-        assert all(np.array_equal(got[k], expected[k]) and got[k].dtype == expected[k].dtype for k in got)
+        assert all(
+            np.array_equal(got[k], expected[k]) and got[k].dtype == expected[k].dtype for k in got
+        )
         write_legacy(tensors)
         print(f"torch_legacy.pth: {(OUT / 'torch_legacy.pth').stat().st_size} bytes")
         return

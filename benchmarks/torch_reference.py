@@ -16,7 +16,7 @@ updated D. What this file mirrors, each from the mtcolor module named:
   * ClassHead (mtcolor.models.heads): flatten -> Linear(512 h w, 1000) -> ReLU -> Linear(1000, 5).
     mtcolor flattens NHWC, torch NCHW: the copy permutes fc1's input columns (no runtime cost).
   * PatchDiscriminator (mtcolor.models.patchgan): pix2pix 70x70 PatchGAN, n_layers=3, BatchNorm.
-  * Losses (mtcolor.train.losses): GAN loss of ``Adversary.gan_mode`` ("vanilla" = BCE with logits,
+  * Losses (mtcolor.tasks.losses): GAN loss of ``Adversary.gan_mode`` ("vanilla" = BCE with logits,
     mtcolor's default; "l1"; "lsgan"), L1 x ``l1_weight`` (100), cross-entropy; each task's loss
     times its weight (classification x10 in the multi-task model).
   * Optimizers (mtcolor.train.optim): Adam(2e-4, betas (0.5, 0.999), eps 1e-8) for G and D.
@@ -57,7 +57,8 @@ LEAKY_SLOPE = 0.2
 
 def resnet18_body(in_channels: int = 1) -> nn.Sequential:
     """fastai ``create_body(resnet18, n_in=1, cut=-2)``: torchvision's ResNet-18 without avgpool
-    and fc, conv1 on ``in_channels``. Children: 0 conv1, 1 bn1, 2 relu, 3 maxpool, 4..7 layer1..4."""
+    and fc, conv1 on ``in_channels``. Children: 0 conv1, 1 bn1, 2 relu, 3 maxpool, 4..7
+    layer1..4."""
     net = torchvision.models.resnet18(weights=None)
     net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return nn.Sequential(*list(net.children())[:-2])
@@ -66,13 +67,20 @@ def resnet18_body(in_channels: int = 1) -> nn.Sequential:
 class ColorDecoder(nn.Module):
     """(N, 512, h, w) -> (N, 2, 32h, 32w) in [-1, 1]."""
 
-    def __init__(self, in_channels: int = BOTTLENECK_CHANNELS, widths=DECODER_WIDTHS,
-                 dropout_rate: float = 0.5, dropout_blocks: int = 3):
+    def __init__(
+        self,
+        in_channels: int = BOTTLENECK_CHANNELS,
+        widths=DECODER_WIDTHS,
+        dropout_rate: float = 0.5,
+        dropout_blocks: int = 3,
+    ):
         super().__init__()
         blocks = []
         for index, width in enumerate(widths):
-            layers = [nn.ConvTranspose2d(in_channels, width, 4, stride=2, padding=1, bias=False),
-                      nn.BatchNorm2d(width)]
+            layers = [
+                nn.ConvTranspose2d(in_channels, width, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+            ]
             if index < dropout_blocks and dropout_rate > 0:
                 layers.append(nn.Dropout(dropout_rate))
             layers.append(nn.ReLU(True))
@@ -85,8 +93,9 @@ class ColorDecoder(nn.Module):
         return torch.tanh(self.to_ab(self.blocks(x)))
 
 
-def class_head(in_features: int, hidden: int = 1000, num_classes: int = 5,
-               pooling: str = "flatten") -> nn.Sequential:
+def class_head(
+    in_features: int, hidden: int = 1000, num_classes: int = 5, pooling: str = "flatten"
+) -> nn.Sequential:
     """FC(hidden) -> ReLU -> FC(num_classes) logits on the flattened (or average-pooled) map."""
     if pooling == "flatten":
         first = [nn.Flatten()]
@@ -95,20 +104,29 @@ def class_head(in_features: int, hidden: int = 1000, num_classes: int = 5,
         in_features = BOTTLENECK_CHANNELS
     else:
         raise ValueError(f"pooling must be 'flatten' or 'avg', got {pooling!r}")
-    return nn.Sequential(*first, nn.Linear(in_features, hidden), nn.ReLU(True),
-                         nn.Linear(hidden, num_classes))
+    return nn.Sequential(
+        *first, nn.Linear(in_features, hidden), nn.ReLU(True), nn.Linear(hidden, num_classes)
+    )
 
 
 def patch_discriminator(in_channels: int = 3, ndf: int = 64) -> nn.Sequential:
     """pix2pix ``NLayerDiscriminator(input_nc, ndf=64, n_layers=3, norm_layer=BatchNorm2d)``."""
+
     def lrelu():
         return nn.LeakyReLU(LEAKY_SLOPE, True)
 
     return nn.Sequential(
-        nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), lrelu(),
-        nn.Conv2d(ndf, ndf * 2, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(ndf * 2), lrelu(),
-        nn.Conv2d(ndf * 2, ndf * 4, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(ndf * 4), lrelu(),
-        nn.Conv2d(ndf * 4, ndf * 8, 4, stride=1, padding=1, bias=False), nn.BatchNorm2d(ndf * 8), lrelu(),
+        nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1),
+        lrelu(),
+        nn.Conv2d(ndf, ndf * 2, 4, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(ndf * 2),
+        lrelu(),
+        nn.Conv2d(ndf * 2, ndf * 4, 4, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(ndf * 4),
+        lrelu(),
+        nn.Conv2d(ndf * 4, ndf * 8, 4, stride=1, padding=1, bias=False),
+        nn.BatchNorm2d(ndf * 8),
+        lrelu(),
         nn.Conv2d(ndf * 8, 1, 4, stride=1, padding=1),
     )
 
@@ -145,7 +163,7 @@ class Generator(nn.Module):
 
 class GANLoss(nn.Module):
     """The tutorial's GANLoss: the loss of patch logits against an all-real / all-fake label map.
-    Modes as ``mtcolor.train.losses.gan_per_example``."""
+    Modes as ``mtcolor.tasks.losses.gan_per_example``."""
 
     def __init__(self, gan_mode: str = "vanilla", real_label: float = 1.0, fake_label: float = 0.0):
         super().__init__()
@@ -215,37 +233,55 @@ class Spec:
 
 def spec_from_tasks(tasks, image_size: int, backbone_frozen: bool, optimizer=None) -> Spec:
     """The Spec of an mtcolor task tuple (``mtcolor.tasks.experiment_tasks``) and OptimizerSpec."""
-    kwargs: dict[str, Any] = {"image_size": int(image_size), "backbone_frozen": bool(backbone_frozen),
-                              "colorization": False, "classification": False}
+    kwargs: dict[str, Any] = {
+        "image_size": int(image_size),
+        "backbone_frozen": bool(backbone_frozen),
+        "colorization": False,
+        "classification": False,
+    }
     for task in tasks:
         if task.name == "colorization":
             if getattr(task, "decoder", "plain") != "plain":
                 raise NotImplementedError("the torch reference has the paper's plain decoder only")
             adversary = task.adversary
-            kwargs.update(colorization=True, dropout_rate=float(task.dropout_rate),
-                          l1_weight=float(task.l1_weight), colorization_weight=float(task.weight))
+            kwargs.update(
+                colorization=True,
+                dropout_rate=float(task.dropout_rate),
+                l1_weight=float(task.l1_weight),
+                colorization_weight=float(task.weight),
+            )
             if adversary is None:
                 raise NotImplementedError("the torch reference expects the PatchGAN adversary")
             kwargs.update(gan_mode=adversary.gan_mode, gan_weight=float(adversary.weight))
         elif task.name == "classification":
-            kwargs.update(classification=True, num_classes=int(task.num_classes),
-                          pooling=task.pooling, hidden=int(task.hidden),
-                          classification_weight=float(task.weight))
+            kwargs.update(
+                classification=True,
+                num_classes=int(task.num_classes),
+                pooling=task.pooling,
+                hidden=int(task.hidden),
+                classification_weight=float(task.weight),
+            )
         else:
             raise NotImplementedError(f"no torch reference for task {task.name!r}")
     if optimizer is not None:
         if getattr(optimizer, "update_frozen_bn_stats", False):
             raise NotImplementedError("the torch reference mirrors update_frozen_bn_stats=False")
-        kwargs.update(learning_rate=float(optimizer.learning_rate),
-                      betas=(float(optimizer.b1), float(optimizer.b2)))
+        kwargs.update(
+            learning_rate=float(optimizer.learning_rate),
+            betas=(float(optimizer.b1), float(optimizer.b2)),
+        )
     return Spec(**kwargs)
 
 
 class TorchExperiment:
     """G (and D), their Adam optimizers and losses; ``train_iteration`` is one training step."""
 
-    def __init__(self, spec: Spec, device: str | torch.device = "cpu",
-                 autocast_dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        spec: Spec,
+        device: str | torch.device = "cpu",
+        autocast_dtype: torch.dtype | None = None,
+    ):
         self.spec = spec
         self.device = torch.device(device)
         self.autocast_dtype = autocast_dtype
@@ -255,10 +291,15 @@ class TorchExperiment:
         decoder = ColorDecoder(dropout_rate=spec.dropout_rate) if spec.colorization else None
         head = None
         if spec.classification:
-            head = class_head(BOTTLENECK_CHANNELS * bottleneck * bottleneck, spec.hidden,
-                              spec.num_classes, spec.pooling)
+            head = class_head(
+                BOTTLENECK_CHANNELS * bottleneck * bottleneck,
+                spec.hidden,
+                spec.num_classes,
+                spec.pooling,
+            )
         self.G = Generator(decoder, head, spec.backbone_frozen).to(self.device)
         self.D = patch_discriminator(3).to(self.device) if spec.colorization else None
+
         def adam(params):
             return torch.optim.Adam(params, lr=spec.learning_rate, betas=spec.betas)
 
@@ -279,9 +320,15 @@ class TorchExperiment:
 
     def batch(self, batch: dict) -> dict:
         """mtcolor's NHWC numpy batch -> NCHW tensors on the device."""
-        out = {"L": torch.from_numpy(np.ascontiguousarray(np.asarray(batch["L"]).transpose(0, 3, 1, 2))),
-               "ab": torch.from_numpy(np.ascontiguousarray(np.asarray(batch["ab"]).transpose(0, 3, 1, 2))),
-               "label": torch.from_numpy(np.asarray(batch["label"]).astype(np.int64))}
+        out = {
+            "L": torch.from_numpy(
+                np.ascontiguousarray(np.asarray(batch["L"]).transpose(0, 3, 1, 2))
+            ),
+            "ab": torch.from_numpy(
+                np.ascontiguousarray(np.asarray(batch["ab"]).transpose(0, 3, 1, 2))
+            ),
+            "label": torch.from_numpy(np.asarray(batch["label"]).astype(np.int64)),
+        }
         return {k: v.to(self.device) for k, v in out.items()}
 
     def train_iteration(self, batch: dict) -> dict:
@@ -305,8 +352,11 @@ class TorchExperiment:
             loss_d = 0.5 * (loss_d_fake + loss_d_real)
             loss_d.backward()
             self.opt_D.step()
-            metrics.update(loss_d=loss_d.detach(), loss_d_real=loss_d_real.detach(),
-                           loss_d_fake=loss_d_fake.detach())
+            metrics.update(
+                loss_d=loss_d.detach(),
+                loss_d_real=loss_d_real.detach(),
+                loss_d_fake=loss_d_fake.detach(),
+            )
         # G step: its losses on the same outputs, through the updated D (train mode).
         self.opt_G.zero_grad()
         loss_g = 0.0
@@ -378,8 +428,12 @@ def _conv_transpose(kernel) -> np.ndarray:
 
 
 def _bn(prefix: str, params: dict, stats: dict) -> dict:
-    return {f"{prefix}.weight": _np(params["scale"]), f"{prefix}.bias": _np(params["bias"]),
-            f"{prefix}.running_mean": _np(stats["mean"]), f"{prefix}.running_var": _np(stats["var"])}
+    return {
+        f"{prefix}.weight": _np(params["scale"]),
+        f"{prefix}.bias": _np(params["bias"]),
+        f"{prefix}.running_mean": _np(stats["mean"]),
+        f"{prefix}.running_var": _np(stats["var"]),
+    }
 
 
 def backbone_state(params: dict, stats: dict) -> dict:
@@ -419,9 +473,12 @@ def head_state(params: dict, pooling: str, bottleneck: int) -> dict:
         c = fc1.shape[0] // (h * w)
         fc1 = fc1.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1)
     offset = 1 if pooling == "flatten" else 2  # index of the first Linear in class_head
-    return {f"{offset}.weight": fc1.T, f"{offset}.bias": _np(params["fc1"]["bias"]),
-            f"{offset + 2}.weight": _np(params["fc2"]["kernel"]).T,
-            f"{offset + 2}.bias": _np(params["fc2"]["bias"])}
+    return {
+        f"{offset}.weight": fc1.T,
+        f"{offset}.bias": _np(params["fc1"]["bias"]),
+        f"{offset + 2}.weight": _np(params["fc2"]["kernel"]).T,
+        f"{offset + 2}.bias": _np(params["fc2"]["bias"]),
+    }
 
 
 def discriminator_state(params: dict, stats: dict) -> dict:
@@ -443,7 +500,8 @@ def _load(module: nn.Module, values: dict, where: str) -> None:
     if missing or unexpected or shapes:
         raise ValueError(
             f"mtcolor variables do not fit the torch {where}: missing {missing}, unexpected "
-            f"{unexpected}, shapes {[(k, tuple(state[k].shape), values[k].shape) for k in shapes]}")
+            f"{unexpected}, shapes {[(k, tuple(state[k].shape), values[k].shape) for k in shapes]}"
+        )
     with torch.no_grad():
         for key, tensor in state.items():
             tensor.copy_(torch.from_numpy(np.ascontiguousarray(values[key])))
@@ -454,17 +512,31 @@ def load_flax_variables(experiment: TorchExperiment, params: dict, batch_stats: 
     ...}, host or device arrays) into the experiment's G and D."""
     spec = experiment.spec
     model_p, model_s = params["model"], batch_stats["model"]
-    values = {f"backbone.{k}": v for k, v in backbone_state(model_p["backbone"], model_s["backbone"]).items()}
+    values = {
+        f"backbone.{k}": v
+        for k, v in backbone_state(model_p["backbone"], model_s["backbone"]).items()
+    }
     if spec.colorization:
-        values.update({f"decoder.{k}": v
-                       for k, v in decoder_state(model_p["decoder"], model_s["decoder"]).items()})
+        values.update(
+            {
+                f"decoder.{k}": v
+                for k, v in decoder_state(model_p["decoder"], model_s["decoder"]).items()
+            }
+        )
     if spec.classification:
-        values.update({f"head.{k}": v for k, v in
-                       head_state(model_p["head"], spec.pooling, spec.image_size // 32).items()})
+        values.update(
+            {
+                f"head.{k}": v
+                for k, v in head_state(model_p["head"], spec.pooling, spec.image_size // 32).items()
+            }
+        )
     _load(experiment.G, values, "generator")
     if experiment.D is not None:
-        _load(experiment.D, discriminator_state(params["discriminator"], batch_stats["discriminator"]),
-              "discriminator")
+        _load(
+            experiment.D,
+            discriminator_state(params["discriminator"], batch_stats["discriminator"]),
+            "discriminator",
+        )
 
 
 # ---- equivalence with mtcolor ------------------------------------------------------------------
@@ -516,13 +588,23 @@ def calibrated_batch_stats(state, batch: dict, seed: int = 0) -> dict:
 
     def updated_stats(state, L, real):
         variables = {"params": state.params["model"], "batch_stats": state.batch_stats["model"]}
-        _, mutated = state.model.apply(variables, L, train=True, backbone_train=True,
-                                       rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
+        _, mutated = state.model.apply(
+            variables,
+            L,
+            train=True,
+            backbone_train=True,
+            rngs={"dropout": jax.random.key(0)},
+            mutable=["batch_stats"],
+        )
         out = {"model": mutated["batch_stats"]}
         if state.discriminator is not None:
-            variables = {"params": state.params["discriminator"],
-                         "batch_stats": state.batch_stats["discriminator"]}
-            _, mutated = state.discriminator.apply(variables, real, train=True, mutable=["batch_stats"])
+            variables = {
+                "params": state.params["discriminator"],
+                "batch_stats": state.batch_stats["discriminator"],
+            }
+            _, mutated = state.discriminator.apply(
+                variables, real, train=True, mutable=["batch_stats"]
+            )
             out["discriminator"] = mutated["batch_stats"]
         return out
 
@@ -536,7 +618,9 @@ def calibrated_batch_stats(state, batch: dict, seed: int = 0) -> dict:
         rng = _path_rng(seed, path)
         if path[-1] == "mean":
             var = _get(batch_stats, path[:-1] + ("var",))
-            return (value + 0.1 * np.sqrt(np.maximum(var, 0)) * rng.normal(size=value.shape)).astype(np.float32)
+            return (
+                value + 0.1 * np.sqrt(np.maximum(var, 0)) * rng.normal(size=value.shape)
+            ).astype(np.float32)
         return (np.maximum(value, 1e-3) * rng.uniform(0.7, 1.4, value.shape)).astype(np.float32)
 
     return _map_with_path(perturb, batch_stats)
@@ -580,15 +664,21 @@ def _full_float32():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def check_equivalence(config, phase: int, batch: dict, device: str | torch.device = "cpu",
-                      forward_tol: float = 1e-4, loss_tol: float = 1e-4,
-                      second_loss_tol: float = 1e-3) -> dict:
+def check_equivalence(
+    config,
+    phase: int,
+    batch: dict,
+    device: str | torch.device = "cpu",
+    forward_tol: float = 1e-4,
+    loss_tol: float = 1e-4,
+    second_loss_tol: float = 1e-3,
+) -> dict:
     """Assert that mtcolor and this reference compute the same thing, float32, dropout 0.
 
     Builds ``config``'s experiment in mtcolor with the colorization dropout set to 0 (the only
     randomness; the parameter tree is unchanged), gives it seeded weights (``seeded_params``) and
-    running statistics near the batch's (``calibrated_batch_stats``), copies them into torch, then compares (relative max-abs differences,
-    max |a - b| / max |b|):
+    running statistics near the batch's (``calibrated_batch_stats``), copies them into torch, then
+    compares (relative max-abs differences, max |a - b| / max |b|):
       * eval-mode outputs of G (every head) and D (on concat(L, ab));
       * train-mode outputs of G (phase 1: backbone BN on running statistics) and D;
       * the loss terms of two training iterations (``steps.train_step`` vs ``train_iteration``):
@@ -608,10 +698,13 @@ def check_equivalence(config, phase: int, batch: dict, device: str | torch.devic
 
     if config.model.get("dtype", "float32") != "float32":
         raise ValueError("check_equivalence compares float32 computations")
-    tasks = tuple(dataclasses.replace(t, dropout_rate=0.0) if hasattr(t, "dropout_rate") else t
-                  for t in tasks_lib.tasks_from_config(config))
-    state = state_lib.create_train_state(config, jax.random.key(0), backbone_frozen=phase == 1,
-                                         tasks=tasks)
+    tasks = tuple(
+        dataclasses.replace(t, dropout_rate=0.0) if hasattr(t, "dropout_rate") else t
+        for t in tasks_lib.tasks_from_config(config)
+    )
+    state = state_lib.create_train_state(
+        config, jax.random.key(0), backbone_frozen=phase == 1, tasks=tasks
+    )
     params = seeded_params(_plain(jax.device_get(state.params)))
     state = state.replace(params=jax.tree.map(jnp.asarray, params))
     stats = calibrated_batch_stats(state, batch)
@@ -624,22 +717,35 @@ def check_equivalence(config, phase: int, batch: dict, device: str | torch.devic
     diffs: dict[str, float] = {}
 
     with _full_float32():
+
         def forwards(state, batch):
             real = jnp.concatenate([batch["L"], batch["ab"]], axis=-1)
             out = {f"eval/{k}": v for k, v in steps.predict(state, batch["L"]).items()}
-            train_out, _ = steps._apply_model(state, state.params["model"], state.batch_stats["model"],
-                                              batch["L"], train=True, rng=jax.random.key(1))
+            train_out, _ = steps._apply_model(
+                state,
+                state.params["model"],
+                state.batch_stats["model"],
+                batch["L"],
+                train=True,
+                rng=jax.random.key(1),
+            )
             out.update({f"train/{k}": v for k, v in train_out.items()})
             if state.discriminator is not None:
                 for mode in ("eval", "train"):
                     out[f"{mode}/discriminator"] = steps._apply_discriminator(
-                        state, state.params["discriminator"], state.batch_stats["discriminator"],
-                        real, train=mode == "train")[0]
+                        state,
+                        state.params["discriminator"],
+                        state.batch_stats["discriminator"],
+                        real,
+                        train=mode == "train",
+                    )[0]
             return out
 
         expected = jax.device_get(jax.jit(forwards)(state, jb))
         # Train-mode torch forwards update running statistics: restore them afterwards.
-        saved = copy.deepcopy((torch_exp.G.state_dict(), torch_exp.D.state_dict() if torch_exp.D else None))
+        saved = copy.deepcopy(
+            (torch_exp.G.state_dict(), torch_exp.D.state_dict() if torch_exp.D else None)
+        )
         got = {}
         with torch.no_grad():
             real = torch.cat([tb["L"], tb["ab"]], 1)
@@ -668,8 +774,11 @@ def check_equivalence(config, phase: int, batch: dict, device: str | torch.devic
 
     failures = []
     for key, value in diffs.items():
-        tol = forward_tol if key.startswith("forward") else (
-            loss_tol if key.startswith("iteration 1") else second_loss_tol)
+        tol = (
+            forward_tol
+            if key.startswith("forward")
+            else (loss_tol if key.startswith("iteration 1") else second_loss_tol)
+        )
         if not value < tol:  # NaN fails too
             failures.append(f"{key}: relative difference {value:.3g} >= {tol:g}")
     if phase == 1:
@@ -679,5 +788,6 @@ def check_equivalence(config, phase: int, batch: dict, device: str | torch.devic
     if failures:
         raise AssertionError(
             f"torch reference differs from mtcolor ({config.experiment}, {config.image_size} px, "
-            f"phase {phase}):\n  " + "\n  ".join(failures))
+            f"phase {phase}):\n  " + "\n  ".join(failures)
+        )
     return diffs

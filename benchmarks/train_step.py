@@ -46,8 +46,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from mtcolor import sharding
 from mtcolor.train import config as config_lib
-from mtcolor.train import loop, sharding, steps
+from mtcolor.train import loop, steps
 from mtcolor.train import state as state_lib
 
 EXPERIMENTS = ("classification", "colorization", "multitask")
@@ -104,8 +105,15 @@ class MtcolorRun:
     """One experiment's jitted iteration on a fixed batch: built, compiled (timed, with XLA's FLOP
     count) and warmed up at construction; ``run(n)`` times n more iterations."""
 
-    def __init__(self, experiment: str, size: int, batch_size: int, phase: int,
-                 iteration: str = "one_forward", dtype: str = "float32"):
+    def __init__(
+        self,
+        experiment: str,
+        size: int,
+        batch_size: int,
+        phase: int,
+        iteration: str = "one_forward",
+        dtype: str = "float32",
+    ):
         self.experiment, self.size, self.batch_size = experiment, size, batch_size
         config = make_config(experiment, size, batch_size, dtype)
         mesh = sharding.make_mesh()
@@ -113,7 +121,8 @@ class MtcolorRun:
         state = state_lib.create_train_state(config, jax.random.key(0), backbone_frozen=phase == 1)
         self.config = config
         self.host_batch = random_batch(batch_size, size, config.model.num_classes)
-        # The initial weights, on the host, before the donated state is consumed (torch copies them).
+        # The initial weights, on the host, before the donated state is consumed (torch copies
+        # them).
         # (np.array copies: on CPU device_get can alias the buffers that donation then reuses.)
         self.initial_params = jax.tree.map(np.array, jax.device_get(state.params))
         self.initial_batch_stats = jax.tree.map(np.array, jax.device_get(state.batch_stats))
@@ -150,17 +159,33 @@ class MtcolorRun:
         return seconds
 
 
-def bench(experiment: str, size: int, batch_size: int, num_steps: int, phase: int,
-          peak_tflops: float | None, iteration: str = "one_forward",
-          dtype: str = "float32") -> dict:
+def bench(
+    experiment: str,
+    size: int,
+    batch_size: int,
+    num_steps: int,
+    phase: int,
+    peak_tflops: float | None,
+    iteration: str = "one_forward",
+    dtype: str = "float32",
+) -> dict:
     mt = MtcolorRun(experiment, size, batch_size, phase, iteration, dtype)
     seconds = mt.run(num_steps) / num_steps
     memory_mb, memory_kind = peak_memory()
     row = {
-        "experiment": experiment, "iteration": iteration, "dtype": dtype, "image_size": size, "batch_size": batch_size, "phase": phase,
-        "compile_s": mt.compile_s, "step_s": seconds, "steps_per_s": 1 / seconds,
-        "images_per_s": batch_size / seconds, "iteration_gflop": mt.flops / 1e9,
-        "achieved_tflops": mt.flops / seconds / 1e12, "peak_memory_mb": memory_mb,
+        "experiment": experiment,
+        "iteration": iteration,
+        "dtype": dtype,
+        "image_size": size,
+        "batch_size": batch_size,
+        "phase": phase,
+        "compile_s": mt.compile_s,
+        "step_s": seconds,
+        "steps_per_s": 1 / seconds,
+        "images_per_s": batch_size / seconds,
+        "iteration_gflop": mt.flops / 1e9,
+        "achieved_tflops": mt.flops / seconds / 1e12,
+        "peak_memory_mb": memory_mb,
         "peak_memory_kind": memory_kind,
     }
     if peak_tflops:
@@ -194,9 +219,18 @@ def check_against_torch(experiment: str, size: int, batch_size: int, phase: int,
     return torch_reference.check_equivalence(config, phase, batch, device)
 
 
-def bench_against_torch(experiment: str, size: int, batch_size: int, num_steps: int, rounds: int,
-                        phase: int, peak_tflops: float | None, iteration: str, dtype: str,
-                        device) -> dict:
+def bench_against_torch(
+    experiment: str,
+    size: int,
+    batch_size: int,
+    num_steps: int,
+    rounds: int,
+    phase: int,
+    peak_tflops: float | None,
+    iteration: str,
+    dtype: str,
+    device,
+) -> dict:
     """mtcolor's jitted iteration and the torch eager one, same weights and batch, timed in
     alternating blocks of ``num_steps`` iterations (``rounds`` blocks each, the one going first
     alternating too) after a warm-up of each."""
@@ -230,19 +264,33 @@ def bench_against_torch(experiment: str, size: int, batch_size: int, num_steps: 
     mt_ips, torch_ips = images / sum(mt_seconds), images / sum(torch_seconds)
     step_s = sum(mt_seconds) / (num_steps * rounds)
     row = {
-        "experiment": experiment, "iteration": iteration, "dtype": dtype, "image_size": size,
-        "batch_size": batch_size, "phase": phase, "steps_per_round": num_steps, "rounds": rounds,
-        "compile_s": mt.compile_s, "step_s": step_s, "steps_per_s": 1 / step_s,
-        "images_per_s": mt_ips, "iteration_gflop": mt.flops / 1e9,
-        "achieved_tflops": mt.flops / step_s / 1e12, "peak_memory_mb": memory_mb,
+        "experiment": experiment,
+        "iteration": iteration,
+        "dtype": dtype,
+        "image_size": size,
+        "batch_size": batch_size,
+        "phase": phase,
+        "steps_per_round": num_steps,
+        "rounds": rounds,
+        "compile_s": mt.compile_s,
+        "step_s": step_s,
+        "steps_per_s": 1 / step_s,
+        "images_per_s": mt_ips,
+        "iteration_gflop": mt.flops / 1e9,
+        "achieved_tflops": mt.flops / step_s / 1e12,
+        "peak_memory_mb": memory_mb,
         "peak_memory_kind": memory_kind,
-        "torch_step_s": sum(torch_seconds) / (num_steps * rounds), "torch_images_per_s": torch_ips,
-        "torch_gflop_flopcounter": torch_flops / 1e9, "torch_peak_memory_mb": torch_memory_mb,
+        "torch_step_s": sum(torch_seconds) / (num_steps * rounds),
+        "torch_images_per_s": torch_ips,
+        "torch_gflop_flopcounter": torch_flops / 1e9,
+        "torch_peak_memory_mb": torch_memory_mb,
         "torch_peak_memory_kind": torch_memory_kind,
         "ratio_mtcolor_over_torch": mt_ips / torch_ips,
         "ratio_per_round": [t / m for m, t in zip(mt_seconds, torch_seconds)],
-        "mtcolor_block_s": mt_seconds, "torch_block_s": torch_seconds,
-        "torch_device": str(device), "torch_autocast": str(autocast) if autocast else None,
+        "mtcolor_block_s": mt_seconds,
+        "torch_block_s": torch_seconds,
+        "torch_device": str(device),
+        "torch_autocast": str(autocast) if autocast else None,
     }
     if peak_tflops:
         row["mfu"] = row["achieved_tflops"] / (peak_tflops * jax.device_count())
@@ -257,33 +305,78 @@ def main():
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
     parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=5,
-                        help="timed iterations (with --reference: per block, each of --rounds)")
-    parser.add_argument("--phase", nargs="+", type=int, default=None, choices=[1, 2],
-                        help="1: backbone frozen; 2: everything trained (the slower phase). "
-                             "Default: 2, or 1 and 2 with --reference")
-    parser.add_argument("--peak_tflops", type=float, default=None,
-                        help="the accelerator's peak TFLOP/s per device for the dtype used, to "
-                             "report MFU (e.g. about 67 for an H100 SXM in float32, non-tensor-core)")
-    parser.add_argument("--iterations", nargs="+", default=["one_forward"], choices=ITERATIONS,
-                        help="one_forward: steps.train_step (what the trainer runs); "
-                             "two_forward: the D and G steps as two calls, two generator forwards")
-    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
-                        help="config.model.dtype: each is timed in the same run")
-    parser.add_argument("--reference", choices=REFERENCES, default=None,
-                        help="torch: time benchmarks/torch_reference.py (PyTorch eager) side by "
-                             "side, after checking that it computes what mtcolor does")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="with --reference: alternating blocks of --steps iterations per side")
-    parser.add_argument("--torch_device", default="auto",
-                        help="with --reference torch: auto (cuda when available, else cpu), cpu, cuda")
-    parser.add_argument("--torch_threads", type=int, default=None,
-                        help="with --reference torch: torch.set_num_threads (default: torch's own)")
-    parser.add_argument("--skip_check", action="store_true",
-                        help="with --reference: time without the equivalence check (not advised)")
-    parser.add_argument("--out", default=None,
-                        help="JSON path (default benchmarks/results/train_step.json, "
-                             "train_step_torch.json with --reference)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=5,
+        help="timed iterations (with --reference: per block, each of --rounds)",
+    )
+    parser.add_argument(
+        "--phase",
+        nargs="+",
+        type=int,
+        default=None,
+        choices=[1, 2],
+        help="1: backbone frozen; 2: everything trained (the slower phase). "
+        "Default: 2, or 1 and 2 with --reference",
+    )
+    parser.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=None,
+        help="the accelerator's peak TFLOP/s per device for the dtype used, to "
+        "report MFU (e.g. about 67 for an H100 SXM in float32, non-tensor-core)",
+    )
+    parser.add_argument(
+        "--iterations",
+        nargs="+",
+        default=["one_forward"],
+        choices=ITERATIONS,
+        help="one_forward: steps.train_step (what the trainer runs); "
+        "two_forward: the D and G steps as two calls, two generator forwards",
+    )
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["float32"],
+        choices=["float32", "bfloat16"],
+        help="config.model.dtype: each is timed in the same run",
+    )
+    parser.add_argument(
+        "--reference",
+        choices=REFERENCES,
+        default=None,
+        help="torch: time benchmarks/torch_reference.py (PyTorch eager) side by "
+        "side, after checking that it computes what mtcolor does",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="with --reference: alternating blocks of --steps iterations per side",
+    )
+    parser.add_argument(
+        "--torch_device",
+        default="auto",
+        help="with --reference torch: auto (cuda when available, else cpu), cpu, cuda",
+    )
+    parser.add_argument(
+        "--torch_threads",
+        type=int,
+        default=None,
+        help="with --reference torch: torch.set_num_threads (default: torch's own)",
+    )
+    parser.add_argument(
+        "--skip_check",
+        action="store_true",
+        help="with --reference: time without the equivalence check (not advised)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="JSON path (default benchmarks/results/train_step.json, "
+        "train_step_torch.json with --reference)",
+    )
     args = parser.parse_args()
     if args.phase is None:
         args.phase = [1, 2] if args.reference else [2]
@@ -295,12 +388,22 @@ def main():
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
     device = jax.devices()[0]
-    machine = {"platform": device.platform, "device_kind": device.device_kind,
-               "device_count": jax.device_count(), "host": platform.platform(),
-               "processor": platform.processor() or platform.machine(), "jax": jax.__version__}
-    runs = [(size, experiment, phase, iteration, dtype) for size in sorted(args.sizes)
-            for experiment in args.experiments for phase in args.phase
-            for iteration in args.iterations for dtype in args.dtypes]
+    machine = {
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "host": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "jax": jax.__version__,
+    }
+    runs = [
+        (size, experiment, phase, iteration, dtype)
+        for size in sorted(args.sizes)
+        for experiment in args.experiments
+        for phase in args.phase
+        for iteration in args.iterations
+        for dtype in args.dtypes
+    ]
     rows, checks = [], {}
     if args.reference == "torch":
         import torch
@@ -308,11 +411,14 @@ def main():
         tdevice = torch_device(args.torch_device)
         if args.torch_threads:
             torch.set_num_threads(args.torch_threads)
-        machine.update(torch=torch.__version__, torch_device=str(tdevice),
-                       torch_threads=torch.get_num_threads(),
-                       torch_cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
-                       torch_matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
-                       xla_python_client_preallocate=os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"))
+        machine.update(
+            torch=torch.__version__,
+            torch_device=str(tdevice),
+            torch_threads=torch.get_num_threads(),
+            torch_cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+            torch_matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+            xla_python_client_preallocate=os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
+        )
         if tdevice.type == "cuda":
             machine["torch_device_name"] = torch.cuda.get_device_name(tdevice)
         print(f"# {machine}")
@@ -324,37 +430,71 @@ def main():
             start = time.perf_counter()
             diffs = check_against_torch(experiment, size, args.batch_size, phase, tdevice)
             checks[key] = diffs
-            worst = {part: max((v for k, v in diffs.items() if k.startswith(part)), default=0.0)
-                     for part in ("forward", "iteration 1", "iteration 2")}
-            print(f"# equal: {key}: max relative difference forward {worst['forward']:.2g}, "
-                  f"iteration 1 losses {worst['iteration 1']:.2g}, iteration 2 losses "
-                  f"{worst['iteration 2']:.2g} ({time.perf_counter() - start:.0f} s)", flush=True)
-        print(f"{'experiment':<15}{'iteration':>12}{'dtype':>10}{'px':>5}{'batch':>6}{'phase':>6}"
-              f"{'compile s':>10}{'mt img/s':>9}{'pt img/s':>9}{'mt/pt':>7}{' (rounds)':<19}"
-              f"{'XLA GFLOP':>10}{'pt GFLOP':>9}{'mt MB':>8}{'pt MB':>8}")
+            worst = {
+                part: max((v for k, v in diffs.items() if k.startswith(part)), default=0.0)
+                for part in ("forward", "iteration 1", "iteration 2")
+            }
+            print(
+                f"# equal: {key}: max relative difference forward {worst['forward']:.2g}, "
+                f"iteration 1 losses {worst['iteration 1']:.2g}, iteration 2 losses "
+                f"{worst['iteration 2']:.2g} ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
+        print(
+            f"{'experiment':<15}{'iteration':>12}{'dtype':>10}{'px':>5}{'batch':>6}{'phase':>6}"
+            f"{'compile s':>10}{'mt img/s':>9}{'pt img/s':>9}{'mt/pt':>7}{' (rounds)':<19}"
+            f"{'XLA GFLOP':>10}{'pt GFLOP':>9}{'mt MB':>8}{'pt MB':>8}"
+        )
         for size, experiment, phase, iteration, dtype in runs:
-            row = bench_against_torch(experiment, size, args.batch_size, args.steps, args.rounds,
-                                      phase, args.peak_tflops, iteration, dtype, tdevice)
+            row = bench_against_torch(
+                experiment,
+                size,
+                args.batch_size,
+                args.steps,
+                args.rounds,
+                phase,
+                args.peak_tflops,
+                iteration,
+                dtype,
+                tdevice,
+            )
             rows.append(row)
             spread = " ".join(f"{r:.2f}" for r in row["ratio_per_round"])
-            print(f"{experiment:<15}{iteration:>12}{dtype:>10}{size:>5}{args.batch_size:>6}{phase:>6}"
-                  f"{row['compile_s']:>10.1f}{row['images_per_s']:>9.1f}"
-                  f"{row['torch_images_per_s']:>9.1f}{row['ratio_mtcolor_over_torch']:>7.2f}"
-                  f"{' (' + spread + ')':<19}{row['iteration_gflop']:>10.1f}"
-                  f"{row['torch_gflop_flopcounter']:>9.1f}{row['peak_memory_mb']:>8.0f}"
-                  f"{row['torch_peak_memory_mb']:>8.0f}", flush=True)
+            print(
+                f"{experiment:<15}{iteration:>12}{dtype:>10}{size:>5}{args.batch_size:>6}{phase:>6}"
+                f"{row['compile_s']:>10.1f}{row['images_per_s']:>9.1f}"
+                f"{row['torch_images_per_s']:>9.1f}{row['ratio_mtcolor_over_torch']:>7.2f}"
+                f"{' (' + spread + ')':<19}{row['iteration_gflop']:>10.1f}"
+                f"{row['torch_gflop_flopcounter']:>9.1f}{row['peak_memory_mb']:>8.0f}"
+                f"{row['torch_peak_memory_mb']:>8.0f}",
+                flush=True,
+            )
     else:
         print(f"# {machine}")
-        print(f"{'experiment':<15}{'iteration':>12}{'dtype':>10}{'px':>5}{'batch':>6}{'phase':>6}{'compile s':>10}"
-              f"{'step s':>9}{'steps/s':>9}{'img/s':>8}{'GFLOP':>9}{'TFLOP/s':>9}{'peak MB':>9}")
+        print(
+            f"{'experiment':<15}{'iteration':>12}{'dtype':>10}{'px':>5}{'batch':>6}{'phase':>6}"
+            f"{'compile s':>10}"
+            f"{'step s':>9}{'steps/s':>9}{'img/s':>8}{'GFLOP':>9}{'TFLOP/s':>9}{'peak MB':>9}"
+        )
         for size, experiment, phase, iteration, dtype in runs:
-            row = bench(experiment, size, args.batch_size, args.steps, phase, args.peak_tflops,
-                        iteration, dtype)
+            row = bench(
+                experiment,
+                size,
+                args.batch_size,
+                args.steps,
+                phase,
+                args.peak_tflops,
+                iteration,
+                dtype,
+            )
             rows.append(row)
-            print(f"{experiment:<15}{iteration:>12}{dtype:>10}{size:>5}{args.batch_size:>6}{phase:>6}"
-                  f"{row['compile_s']:>10.1f}{row['step_s']:>9.3f}{row['steps_per_s']:>9.2f}"
-                  f"{row['images_per_s']:>8.1f}{row['iteration_gflop']:>9.1f}"
-                  f"{row['achieved_tflops']:>9.3f}{row['peak_memory_mb']:>9.0f}", flush=True)
+            print(
+                f"{experiment:<15}{iteration:>12}{dtype:>10}{size:>5}{args.batch_size:>6}{phase:>6}"
+                f"{row['compile_s']:>10.1f}{row['step_s']:>9.3f}{row['steps_per_s']:>9.2f}"
+                f"{row['images_per_s']:>8.1f}{row['iteration_gflop']:>9.1f}"
+                f"{row['achieved_tflops']:>9.3f}{row['peak_memory_mb']:>9.0f}",
+                flush=True,
+            )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine, "args": vars(args), "results": rows}

@@ -1,4 +1,7 @@
-"""The paper's classification experiment: `python -m experiments.classification --config=experiments/configs/demo.py --workdir=DIR`."""
+"""The paper's classification experiment:
+
+python -m experiments.classification --config=experiments/configs/demo.py --workdir=DIR
+"""
 
 from mtcolor.train import cli
 

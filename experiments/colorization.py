@@ -1,4 +1,7 @@
-"""The paper's colorization experiment: `python -m experiments.colorization --config=experiments/configs/demo.py --workdir=DIR`."""
+"""The paper's colorization experiment:
+
+python -m experiments.colorization --config=experiments/configs/demo.py --workdir=DIR
+"""
 
 from mtcolor.train import cli
 

@@ -20,12 +20,18 @@ _SEEDS = flags.DEFINE_integer("seeds", None, "Seeds 0..n-1 (default: the study's
 _ONLY = flags.DEFINE_list("only", None, "Only these variants (comma-separated names).")
 _FRECHET = flags.DEFINE_bool("frechet", False, "Also compute the ResNet-18 Frechet distance.")
 _OVERRIDE = flags.DEFINE_multi_string(
-    "override", [], "KEY=VALUE config override for every run, after the study's and the variant's "
-    "(e.g. data.folder.train_root=/data/imagenet5/train).")
+    "override",
+    [],
+    "KEY=VALUE config override for every run, after the study's and the variant's "
+    "(e.g. data.folder.train_root=/data/imagenet5/train).",
+)
 _CACHE = flags.DEFINE_string(
-    "compilation_cache", "", "JAX persistent compilation cache for the runs "
+    "compilation_cache",
+    "",
+    "JAX persistent compilation cache for the runs "
     "('' = <root>/jax_cache, 'none' = off): a variant's later seeds reuse the first seed's "
-    "compiled programs.")
+    "compiled programs.",
+)
 _EVALUATE = flags.DEFINE_bool("evaluate", True, "Evaluate the runs (--noevaluate: states only).")
 flags.mark_flags_as_required(["study", "root"])
 
@@ -40,11 +46,18 @@ def main(argv):
         if not sep:
             raise app.UsageError(f"--override wants KEY=VALUE, got {item!r}")
         extra[key.removeprefix("config.")] = value
-    files = run_study(_STUDY.value, _ROOT.value, run=_RUN.value, seeds=_SEEDS.value,
-                      only=_ONLY.value, frechet=_FRECHET.value, evaluate_runs=_EVALUATE.value,
-                      extra_overrides=extra,
-                      compilation_cache=None if _CACHE.value == "none" else _CACHE.value,
-                      log=lambda message: print(message, flush=True))
+    files = run_study(
+        _STUDY.value,
+        _ROOT.value,
+        run=_RUN.value,
+        seeds=_SEEDS.value,
+        only=_ONLY.value,
+        frechet=_FRECHET.value,
+        evaluate_runs=_EVALUATE.value,
+        extra_overrides=extra,
+        compilation_cache=None if _CACHE.value == "none" else _CACHE.value,
+        log=lambda message: print(message, flush=True),
+    )
     for path in files:
         print(f"wrote {path}")
     print(files[0].read_text())

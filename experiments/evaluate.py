@@ -19,9 +19,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The run directory.")
 _SPLIT = flags.DEFINE_string("split", "val", "Data split to evaluate.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "None (latest), 'best' or a step number.")
 _FID_WEIGHTS = flags.DEFINE_string(
-    "fid_weights", None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (a path, or 'download' "
+    "fid_weights",
+    None,
+    "pytorch-fid's pt_inception-2015-12-05-6726825d.pth (a path, or 'download' "
     "to use torch's hub cache / download it there): also report FID, next to the ResNet-18 Frechet "
-    "distance.")
+    "distance.",
+)
 _FRECHET = flags.DEFINE_bool("frechet", True, "Compute a Frechet distance (needs feature weights).")
 flags.mark_flag_as_required("workdir")
 
@@ -34,7 +37,9 @@ def argument_problems(workdir, split, checkpoint, fid_weights) -> list[str]:
     problems = run_directory_problems("workdir", workdir, step=checkpoint)
     if split not in SPLITS:
         problems.append(f"--split={split!r}: must be one of {list(SPLITS)}")
-    if fid_weights not in (None, "download") and not os.path.isfile(os.path.expanduser(fid_weights)):
+    if fid_weights not in (None, "download") and not os.path.isfile(
+        os.path.expanduser(fid_weights)
+    ):
         problems.append(f"--fid_weights={fid_weights!r}: no such file (a path, or 'download')")
     return problems
 
@@ -43,15 +48,26 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    exit_on_problems(argument_problems(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value,
-                                       _FID_WEIGHTS.value), "the command line")
+    exit_on_problems(
+        argument_problems(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value, _FID_WEIGHTS.value),
+        "the command line",
+    )
     step = _CHECKPOINT.value
     if step not in (None, "best"):
         step = int(step)
-    result = evaluate_workdir(_WORKDIR.value, _SPLIT.value, step=step, fid_weights=_FID_WEIGHTS.value,
-                              frechet_features=_FRECHET.value)
+    result = evaluate_workdir(
+        _WORKDIR.value,
+        _SPLIT.value,
+        step=step,
+        fid_weights=_FID_WEIGHTS.value,
+        frechet_features=_FRECHET.value,
+    )
     print(results_markdown(result))
-    print(json.dumps({k: v for k, v in result.items() if k in ("model", "grayscale_baseline")}, indent=1))
+    print(
+        json.dumps(
+            {k: v for k, v in result.items() if k in ("model", "grayscale_baseline")}, indent=1
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""The paper's multitask experiment: `python -m experiments.multitask --config=experiments/configs/demo.py --workdir=DIR`."""
+"""The paper's multitask experiment:
+
+python -m experiments.multitask --config=experiments/configs/demo.py --workdir=DIR
+"""
 
 from mtcolor.train import cli
 

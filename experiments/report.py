@@ -1,6 +1,7 @@
 r"""Writes the paper's Table I, Figs. 3-7 and Fig. 2 from a set of training runs.
 
-  python -m experiments.report --workdirs runs/classifier runs/colorizer runs/multitask --out runs/report
+  python -m experiments.report --workdirs runs/classifier runs/colorizer runs/multitask \
+      --out runs/report
 
 The order of --workdirs does not matter (each run's config says what it is). Missing or unfinished
 runs are reported, not fatal.
@@ -14,9 +15,13 @@ from mtcolor.eval.report import make_report
 from mtcolor.train.cli import exit_on_problems
 from mtcolor.train.validation import run_directory_problems
 
-_WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories (classifier, colorizer, multi-task).")
+_WORKDIRS = flags.DEFINE_list(
+    "workdirs", None, "Run directories (classifier, colorizer, multi-task)."
+)
 _OUT = flags.DEFINE_string("out", None, "Directory for table1.md/.csv and the figure PNGs.")
-_FIGURE_TWO = flags.DEFINE_bool("fig2", True, "Draw Fig. 2 (loads the checkpoints and the val split).")
+_FIGURE_TWO = flags.DEFINE_bool(
+    "fig2", True, "Draw Fig. 2 (loads the checkpoints and the val split)."
+)
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "Validation images in Fig. 2.")
 flags.mark_flags_as_required(["workdirs", "out"])
 
@@ -24,8 +29,11 @@ flags.mark_flags_as_required(["workdirs", "out"])
 def argument_problems(workdirs, out, num_images, figure_two=True) -> list[str]:
     """The command line's problems, one line each, before anything is loaded (the checkpoints
     are read for Fig. 2 only)."""
-    problems = [line for workdir in workdirs
-                for line in run_directory_problems("workdirs", workdir, checkpoints=figure_two)]
+    problems = [
+        line
+        for workdir in workdirs
+        for line in run_directory_problems("workdirs", workdir, checkpoints=figure_two)
+    ]
     if os.path.exists(out) and not os.path.isdir(out):
         problems.append(f"--out={out!r}: exists and is not a directory")
     if num_images < 1:
@@ -36,9 +44,13 @@ def argument_problems(workdirs, out, num_images, figure_two=True) -> list[str]:
 def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     workdirs = list(_WORKDIRS.value) + list(argv[1:])  # also accept space-separated workdirs
-    exit_on_problems(argument_problems(workdirs, _OUT.value, _NUM_IMAGES.value, _FIGURE_TWO.value),
-                     "the command line")
-    report = make_report(workdirs, _OUT.value, figure_two=_FIGURE_TWO.value, num_images=_NUM_IMAGES.value)
+    exit_on_problems(
+        argument_problems(workdirs, _OUT.value, _NUM_IMAGES.value, _FIGURE_TWO.value),
+        "the command line",
+    )
+    report = make_report(
+        workdirs, _OUT.value, figure_two=_FIGURE_TWO.value, num_images=_NUM_IMAGES.value
+    )
     for problem in report.problems:
         logging.warning("%s", problem)
         print(f"WARNING: {problem}")

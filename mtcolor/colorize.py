@@ -2,8 +2,8 @@ r"""Colorizes photographs with a trained run.
 
   python -m mtcolor.colorize PHOTO_OR_DIR... --checkpoint runs/multitask --out colorized [--compare]
 
-Any size and any format Pillow reads, colour or grayscale (colour input is treated as grayscale: only
-its L channel is used). The model sees the image's L resized to its training resolution; its ab
+Any size and any format Pillow reads, colour or grayscale (colour input is treated as grayscale:
+only its L channel is used). The model sees the image's L resized to its training resolution; its ab
 prediction is upsampled (bicubic) to the original size and combined with the ORIGINAL-resolution L,
 so the output keeps every detail of the input: its size, and its CIELAB L to within 8-bit rounding.
 
@@ -18,10 +18,9 @@ work runs in pixel chunks of power-of-two sizes (a handful of compilations howev
 from __future__ import annotations
 
 import contextlib
-import functools
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +33,6 @@ from mtcolor.data import color
 MAX_CHUNK_PIXELS = 1 << 20
 MIN_CHUNK_PIXELS = 1 << 12
 GAMUT_BISECTION_STEPS = 10  # chroma factor resolved to 2^-10
-
 
 
 # A photo may declare at most this many pixels (--max_pixels): 200 megapixels admits large
@@ -76,7 +74,8 @@ def _check_size(path, size: tuple[int, int], max_pixels: int | None) -> None:
     if max_pixels is not None and width * height > max_pixels:
         raise ImageTooLargeError(
             f"declares {width} x {height} = {width * height / 1e6:.0f} megapixels, above the "
-            f"limit of {max_pixels / 1e6:.0f} (--max_pixels)")
+            f"limit of {max_pixels / 1e6:.0f} (--max_pixels)"
+        )
 
 
 class Pixels:
@@ -145,7 +144,8 @@ _GAMUT_SLACK = 1e-4  # linear RGB may overshoot [0, 1] by this much (rounding), 
 
 
 def _linear_rgb_in_gamut(L, a, b):
-    """Whether Lab (P,) x3 is inside the sRGB gamut; the bisection evaluates it ten times per pixel."""
+    """Whether Lab (P,) x3 is inside the sRGB gamut; the bisection evaluates it ten times per
+    pixel."""
     return color.lab_in_srgb_gamut_jax(L, a, b, slack=_GAMUT_SLACK)
 
 
@@ -173,7 +173,9 @@ def _reduce_chroma_chunk(L, ab):
         ok = _linear_rgb_in_gamut(L, ab[:, 0] * middle, ab[:, 1] * middle)
         return jnp.where(ok, middle, low), jnp.where(ok, high, middle)
 
-    low, _ = jax.lax.fori_loop(0, GAMUT_BISECTION_STEPS, step, (jnp.zeros_like(L), jnp.ones_like(L)))
+    low, _ = jax.lax.fori_loop(
+        0, GAMUT_BISECTION_STEPS, step, (jnp.zeros_like(L), jnp.ones_like(L))
+    )
     return _to_rgb(L, ab[:, 0] * low, ab[:, 1] * low)
 
 
@@ -193,10 +195,12 @@ def _map_chunks(fn, *arrays: np.ndarray):
     size = _chunk_size(num_pixels)
     outputs = []
     for start in range(0, num_pixels, size):
-        parts = [a[start:start + size] for a in arrays]
+        parts = [a[start : start + size] for a in arrays]
         valid = parts[0].shape[0]
         if valid < size:
-            parts = [np.concatenate([p, np.zeros((size - valid,) + p.shape[1:], p.dtype)]) for p in parts]
+            parts = [
+                np.concatenate([p, np.zeros((size - valid,) + p.shape[1:], p.dtype)]) for p in parts
+            ]
         result = fn(*parts)
         result = result if isinstance(result, tuple) else (result,)
         outputs.append([np.asarray(r)[:valid] for r in result])
@@ -227,7 +231,9 @@ def recombine(L: np.ndarray, ab: np.ndarray) -> np.ndarray:
 
 def _resize_channel(channel: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bicubic resize of a float32 (H, W) array to (width, height) = size."""
-    return np.asarray(Image.fromarray(channel.astype(np.float32), mode="F").resize(size, Image.BICUBIC))
+    return np.asarray(
+        Image.fromarray(channel.astype(np.float32), mode="F").resize(size, Image.BICUBIC)
+    )
 
 
 def _resize_rows(channel: np.ndarray, width: int, height: int, start: int, stop: int) -> np.ndarray:
@@ -251,7 +257,7 @@ def lightness_of(pixels: Pixels) -> np.ndarray:
     L = np.empty((height, width), np.float32)
     rows = band_rows(width)
     for start in range(0, height, rows):
-        L[start:start + rows] = lightness(pixels.rgb_rows(start, start + rows))
+        L[start : start + rows] = lightness(pixels.rgb_rows(start, start + rows))
     return L
 
 
@@ -266,8 +272,9 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
 class PhotoColorizer:
     """A trained generator applied to photos of any size (see the module docstring)."""
 
-    def __init__(self, model, variables, image_size: int, *, batch_size: int = 8,
-                 task: str = "colorization"):
+    def __init__(
+        self, model, variables, image_size: int, *, batch_size: int = 8, task: str = "colorization"
+    ):
         """``model.apply(variables, L, train=False)`` returns {task name: output}; ``task`` names
         the output that holds the normalized ab."""
         self.image_size = int(image_size)
@@ -281,19 +288,20 @@ class PhotoColorizer:
         self._predict = predict
 
     @classmethod
-    def from_workdir(cls, workdir, *, step=None, batch_size: int = 8) -> "PhotoColorizer":
-        from mtcolor.train.checkpointing import load_for_inference
-
+    def from_workdir(cls, workdir, *, step=None, batch_size: int = 8) -> PhotoColorizer:
         from mtcolor import tasks as tasks_lib
+        from mtcolor.train.checkpointing import load_for_inference
 
         config, model, variables = load_for_inference(str(workdir), step=step)
         colorizing = [t.name for t in model.tasks if isinstance(t, tasks_lib.Colorization)]
         if not colorizing:
             raise ValueError(
                 f"{workdir} is a {config.experiment!r} run: it has no colorization head "
-                f"(its tasks: {', '.join(t.name for t in model.tasks)})")
-        return cls(model, variables, config.data.image_size, batch_size=batch_size,
-                   task=colorizing[0])
+                f"(its tasks: {', '.join(t.name for t in model.tasks)})"
+            )
+        return cls(
+            model, variables, config.data.image_size, batch_size=batch_size, task=colorizing[0]
+        )
 
     def model_input(self, L: np.ndarray) -> np.ndarray:
         small = _resize_channel(L, (self.image_size, self.image_size))
@@ -304,18 +312,26 @@ class PhotoColorizer:
         n = L_norm_batch.shape[0]
         outputs = []
         for start in range(0, n, self.batch_size):
-            part = L_norm_batch[start:start + self.batch_size]
+            part = L_norm_batch[start : start + self.batch_size]
             valid = part.shape[0]
             if valid < self.batch_size:
-                part = np.concatenate([part, np.zeros((self.batch_size - valid,) + part.shape[1:], part.dtype)])
+                part = np.concatenate(
+                    [part, np.zeros((self.batch_size - valid,) + part.shape[1:], part.dtype)]
+                )
             outputs.append(np.asarray(self._predict(self._variables, part))[:valid])
         return np.concatenate(outputs)
 
-    def ab_rows(self, ab_norm_small: np.ndarray, width: int, height: int, start: int,
-                stop: int) -> np.ndarray:
+    def ab_rows(
+        self, ab_norm_small: np.ndarray, width: int, height: int, start: int, stop: int
+    ) -> np.ndarray:
         """Rows start:stop of the prediction upsampled to (height, width), in Lab units."""
-        return np.stack([_resize_rows(ab_norm_small[..., c] * color.AB_SCALE, width, height, start, stop)
-                         for c in range(2)], -1)
+        return np.stack(
+            [
+                _resize_rows(ab_norm_small[..., c] * color.AB_SCALE, width, height, start, stop)
+                for c in range(2)
+            ],
+            -1,
+        )
 
     def finish(self, L: np.ndarray, ab_norm_small: np.ndarray) -> np.ndarray:
         """Full-resolution RGB from the original L and the model-resolution ab prediction."""
@@ -367,8 +383,13 @@ def _save(image: np.ndarray, alpha: np.ndarray | None, path: Path):
     Image.fromarray(image).save(path)
 
 
-def _write_outputs(colorizer: PhotoColorizer, pixels: Pixels, ab_small: np.ndarray,
-                   target: Path, compare_target: Path | None) -> None:
+def _write_outputs(
+    colorizer: PhotoColorizer,
+    pixels: Pixels,
+    ab_small: np.ndarray,
+    target: Path,
+    compare_target: Path | None,
+) -> None:
     """The photo's colorization (and its comparison strip), built band by band in 8 bits."""
     height, width = pixels.shape
     output = np.empty((height, width, 3), np.uint8)
@@ -392,10 +413,17 @@ def _write_outputs(colorizer: PhotoColorizer, pixels: Pixels, ab_small: np.ndarr
         Image.fromarray(side).save(compare_target)
 
 
-def colorize_files(colorizer: PhotoColorizer, inputs: Iterable, out_dir, *, compare: bool = False,
-                   progress: bool | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
-                   ) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Colorizes files/directories into out_dir as PNG; returns (written files, skipped (path, why)).
+def colorize_files(
+    colorizer: PhotoColorizer,
+    inputs: Iterable,
+    out_dir,
+    *,
+    compare: bool = False,
+    progress: bool | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Colorizes files/directories into out_dir as PNG; returns (written files, skipped
+    (path, why)).
 
     A file that cannot be read, or that declares more than ``max_pixels`` pixels, is skipped with
     one line on stderr and the others go on. Photos are predicted ``colorizer.batch_size`` at a
@@ -429,7 +457,9 @@ def colorize_files(colorizer: PhotoColorizer, inputs: Iterable, out_dir, *, comp
 
     def skip(path, message):
         skipped.append((path, message))
-        tqdm.write(f"skipped {path}: {message}", file=sys.stderr)  # a line of its own, above the bar
+        tqdm.write(
+            f"skipped {path}: {message}", file=sys.stderr
+        )  # a line of its own, above the bar
 
     for path in tqdm(paths, disable=not progress, desc="colorizing", unit="img"):
         try:
@@ -441,8 +471,11 @@ def colorize_files(colorizer: PhotoColorizer, inputs: Iterable, out_dir, *, comp
         except Exception as error:  # noqa: BLE001 - one bad file must not stop a directory
             skip(path, f"{type(error).__name__}: {error}")
             continue
-        if pending and sum(p.shape[0] * p.shape[1] for _, p, _ in pending) + width * height \
-                > PENDING_PIXEL_BUDGET:
+        if (
+            pending
+            and sum(p.shape[0] * p.shape[1] for _, p, _ in pending) + width * height
+            > PENDING_PIXEL_BUDGET
+        ):
             flush()  # write what is done before a large photo is decoded
         try:
             pixels = read_pixels(path, max_pixels)
@@ -461,7 +494,9 @@ def colorize_files(colorizer: PhotoColorizer, inputs: Iterable, out_dir, *, comp
 
 def argument_problems(inputs, checkpoint, step, batch_size, max_pixels) -> list[str]:
     """The command line's problems, one line each, before anything is loaded."""
-    problems = [f"{item!r}: no such file or directory" for item in inputs if not Path(item).exists()]
+    problems = [
+        f"{item!r}: no such file or directory" for item in inputs if not Path(item).exists()
+    ]
     from mtcolor.train.validation import run_directory_problems
 
     problems += run_directory_problems("checkpoint", checkpoint, step=step, step_argument="step")
@@ -479,16 +514,23 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     inputs = argv[1:]
     if not inputs:
-        raise SystemExit("usage: python -m mtcolor.colorize PHOTO_OR_DIR... --checkpoint RUN --out DIR [--compare]")
-    problems = argument_problems(inputs, FLAGS.checkpoint, FLAGS.step, FLAGS.batch_size,
-                                 FLAGS.max_pixels)
+        raise SystemExit(
+            "usage: python -m mtcolor.colorize PHOTO_OR_DIR... "
+            "--checkpoint RUN --out DIR [--compare]"
+        )
+    problems = argument_problems(
+        inputs, FLAGS.checkpoint, FLAGS.step, FLAGS.batch_size, FLAGS.max_pixels
+    )
     from mtcolor.train.cli import exit_on_problems
 
     exit_on_problems(problems, "the command line")
     step = FLAGS.step if FLAGS.step in (None, "best") else int(FLAGS.step)
-    colorizer = PhotoColorizer.from_workdir(FLAGS.checkpoint, step=step, batch_size=FLAGS.batch_size)
-    written, skipped = colorize_files(colorizer, inputs, FLAGS.out, compare=FLAGS.compare,
-                                      max_pixels=FLAGS.max_pixels or None)
+    colorizer = PhotoColorizer.from_workdir(
+        FLAGS.checkpoint, step=step, batch_size=FLAGS.batch_size
+    )
+    written, skipped = colorize_files(
+        colorizer, inputs, FLAGS.out, compare=FLAGS.compare, max_pixels=FLAGS.max_pixels or None
+    )
     print(f"wrote {len(written)} file(s) to {FLAGS.out}; skipped {len(skipped)}")
     if skipped and not written:
         raise SystemExit(1)
@@ -497,13 +539,18 @@ def main(argv):
 def _define_flags():
     from absl import flags
 
-    flags.DEFINE_string("checkpoint", None, "Training run directory (workdir) holding checkpoints/.")
+    flags.DEFINE_string(
+        "checkpoint", None, "Training run directory (workdir) holding checkpoints/."
+    )
     flags.DEFINE_string("out", None, "Output directory for the PNGs.")
     flags.DEFINE_bool("compare", False, "Also write NAME_compare.png: input | output | original.")
     flags.DEFINE_string("step", None, "Checkpoint: latest (default), 'best', or a step number.")
     flags.DEFINE_integer("batch_size", 8, "Images predicted per batch.")
-    flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS,
-                         "Skip files that declare more pixels than this (0: no limit).")
+    flags.DEFINE_integer(
+        "max_pixels",
+        DEFAULT_MAX_PIXELS,
+        "Skip files that declare more pixels than this (0: no limit).",
+    )
     flags.mark_flags_as_required(["checkpoint", "out"])
 
 

@@ -29,11 +29,14 @@ class WeightsNotAvailableError(FileNotFoundError):
 
 def torch_hub_checkpoint_dirs() -> list[Path]:
     """Where torch's hub caches checkpoints: $TORCH_HOME/hub/checkpoints (TORCH_HOME defaulting,
-    as in torch, to $XDG_CACHE_HOME/torch, then ~/.cache/torch), then ~/.cache/torch/hub/checkpoints.
-    The first is where a download goes."""
+    as in torch, to $XDG_CACHE_HOME/torch, then ~/.cache/torch), then
+    ~/.cache/torch/hub/checkpoints. The first is where a download goes."""
     default_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch"
     torch_home = Path(os.environ.get("TORCH_HOME", default_home)).expanduser()
-    dirs = [torch_home / "hub" / "checkpoints", Path.home() / ".cache" / "torch" / "hub" / "checkpoints"]
+    dirs = [
+        torch_home / "hub" / "checkpoints",
+        Path.home() / ".cache" / "torch" / "hub" / "checkpoints",
+    ]
     return list(dict.fromkeys(dirs))
 
 
@@ -82,8 +85,9 @@ def download_checked(url: str, directory, *, urlopen=None, timeout: float = 60.0
     return target
 
 
-def find_hub_checkpoint(url: str, *, how_to_fetch: str, pass_path_hint: str,
-                        download: bool = True, urlopen=None) -> Path:
+def find_hub_checkpoint(
+    url: str, *, how_to_fetch: str, pass_path_hint: str, download: bool = True, urlopen=None
+) -> Path:
     """A published weights file (its name carries a sha256 prefix, torch hub style): from torch's
     hub cache (`torch_hub_checkpoint_dirs()`), else downloaded there with `download_checked`.
 
@@ -114,4 +118,3 @@ def find_hub_checkpoint(url: str, *, how_to_fetch: str, pass_path_hint: str,
             f"{filename} not found in {searched} and the download from {url} failed ({e}). "
             f"{instructions}"
         ) from e
-

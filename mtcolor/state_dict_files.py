@@ -61,16 +61,24 @@ def _numpy_dtype(code: str, byteorder: str) -> np.dtype:
     return np.dtype(("<" if byteorder == "little" else ">") + code)
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False,
-                    backward_hooks=None, metadata=None):
+def _rebuild_tensor(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+):
     """`torch._utils._rebuild_tensor_v2`, for numpy: a (copied) strided view of the storage."""
     del requires_grad, backward_hooks, metadata  # autograd state means nothing here
     if not isinstance(storage, np.ndarray) or storage.ndim != 1:
         raise WeightsFileFormatError("tensor rebuilt from something that is not a storage")
     size, stride = tuple(int(n) for n in size), tuple(int(s) for s in stride)
     offset = int(storage_offset)
-    if len(size) != len(stride) or offset < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride):
-        raise WeightsFileFormatError(f"invalid tensor layout: offset {offset}, size {size}, stride {stride}")
+    if (
+        len(size) != len(stride)
+        or offset < 0
+        or any(n < 0 for n in size)
+        or any(s < 0 for s in stride)
+    ):
+        raise WeightsFileFormatError(
+            f"invalid tensor layout: offset {offset}, size {size}, stride {stride}"
+        )
     if 0 in size:
         return np.zeros(size, storage.dtype)
     # as_strided does no bounds checking: a hostile or corrupt file must not read past the storage.
@@ -81,7 +89,10 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False,
             f"of {storage.size} elements"
         )
     view = np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=size, strides=[s * storage.itemsize for s in stride], writeable=False
+        storage[offset:],
+        shape=size,
+        strides=[s * storage.itemsize for s in stride],
+        writeable=False,
     )
     return np.array(view)  # copy: own, contiguous memory, free of the shared storage
 
@@ -129,13 +140,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
         # Zip archives: ('storage', type, key, location, numel). The legacy format appends
         # view_metadata, which torch >= 1.0 always writes as None (storage views predate it).
         length = 6 if self._legacy else 5
-        if (self._read_storage is None
-                or not (isinstance(pid, tuple) and len(pid) == length and pid[0] == "storage"
-                        and isinstance(pid[1], _StorageType))):
+        if self._read_storage is None or not (
+            isinstance(pid, tuple)
+            and len(pid) == length
+            and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType)
+        ):
             raise WeightsFileFormatError(f"{self._source}: unsupported persistent id {pid!r:.200}")
         if self._legacy and pid[5] is not None:
             raise WeightsFileFormatError(
-                f"{self._source}: storage views (torch < 1.0 legacy files) are not supported")
+                f"{self._source}: storage views (torch < 1.0 legacy files) are not supported"
+            )
         _, storage_type, key, _location, numel = pid[:5]
         return self._read_storage(storage_type.name, str(key), int(numel))
 
@@ -216,7 +231,9 @@ def _read_legacy_pth(path: Path) -> dict:
 
     def note_storage(type_name: str, key: str, numel: int) -> np.ndarray:
         if specs.setdefault(key, (type_name, numel)) != (type_name, numel):
-            raise WeightsFileFormatError(f"{path}: storage {key} is declared with two types or sizes")
+            raise WeightsFileFormatError(
+                f"{path}: storage {key} is declared with two types or sizes"
+            )
         return np.zeros(numel, np.uint8)  # only its size matters on this pass
 
     with open(path, "rb") as f:
@@ -224,7 +241,9 @@ def _read_legacy_pth(path: Path) -> dict:
             if load_record(f) != _LEGACY_MAGIC:
                 raise WeightsFileFormatError(f"{path}: not a torch.save file (bad magic number)")
             if (protocol := load_record(f)) != _LEGACY_PROTOCOL:
-                raise WeightsFileFormatError(f"{path}: unknown legacy protocol version {protocol!r:.50}")
+                raise WeightsFileFormatError(
+                    f"{path}: unknown legacy protocol version {protocol!r:.50}"
+                )
             sys_info = load_record(f)
             if not isinstance(sys_info, Mapping):
                 raise WeightsFileFormatError(f"{path}: malformed sys_info record")
@@ -234,7 +253,9 @@ def _read_legacy_pth(path: Path) -> dict:
             load_record(f, note_storage)
             keys = load_record(f)
             if not isinstance(keys, list) or set(map(str, keys)) != set(specs):
-                raise WeightsFileFormatError(f"{path}: the storage key list does not match the pickle")
+                raise WeightsFileFormatError(
+                    f"{path}: the storage key list does not match the pickle"
+                )
             storages: dict[str, np.ndarray] = {}
             for key in map(str, keys):
                 type_name, numel = specs[key]
@@ -243,7 +264,8 @@ def _read_legacy_pth(path: Path) -> dict:
                 stored = int.from_bytes(header, "little", signed=True) if len(header) == 8 else None
                 if stored != numel:
                     raise WeightsFileFormatError(
-                        f"{path}: storage {key} holds {stored} elements, the pickle says {numel}")
+                        f"{path}: storage {key} holds {stored} elements, the pickle says {numel}"
+                    )
                 raw = f.read(numel * dtype.itemsize)
                 if len(raw) != numel * dtype.itemsize:
                     raise WeightsFileFormatError(f"{path}: storage {key} is truncated")
@@ -253,7 +275,9 @@ def _read_legacy_pth(path: Path) -> dict:
         except (UnsafeWeightsFileError, WeightsFileFormatError):
             raise
         except Exception as e:  # a corrupt or foreign file: say which
-            raise WeightsFileFormatError(f"{path}: cannot read as a legacy torch.save file: {e}") from e
+            raise WeightsFileFormatError(
+                f"{path}: cannot read as a legacy torch.save file: {e}"
+            ) from e
     return _unwrap_checkpoint(obj, path)
 
 
@@ -294,4 +318,3 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     raise WeightsFileFormatError(
         f"{path}: unknown weights format '{suffix}' (expected .pth/.pt, .safetensors or .npz)"
     )
-

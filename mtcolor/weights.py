@@ -119,7 +119,7 @@ def convert_state_dict(
     unexpected = []
     mismatches = []
     for key, value in state_dict.items():
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         if not key.startswith(prefix):
             unexpected.append(key)
         elif ignored(name):
@@ -233,14 +233,19 @@ def convert_torchvision_state_dict(
     conv1_shape = _LAYOUT["conv1.weight"][0]
     allowed_shapes = {"conv1.weight": [conv1_shape, (64, 1, 7, 7)]} if in_channels == 1 else None
     variables = convert_state_dict(
-        state_dict, _LAYOUT, prefix=_strip_prefix(state_dict.keys()), allowed_shapes=allowed_shapes,
+        state_dict,
+        _LAYOUT,
+        prefix=_strip_prefix(state_dict.keys()),
+        allowed_shapes=allowed_shapes,
         path=path,
     )
     conv1 = variables["params"]["conv1"]
     if in_channels == 1 and conv1["kernel"].shape[2] == 3:
         # Sum in float64: the grayscale parity (1-channel on L == 3-channel on L,L,L) is then
         # limited only by the final float32 rounding.
-        conv1["kernel"] = conv1["kernel"].astype(np.float64).sum(axis=2, keepdims=True).astype(np.float32)
+        conv1["kernel"] = (
+            conv1["kernel"].astype(np.float64).sum(axis=2, keepdims=True).astype(np.float32)
+        )
     return variables
 
 
@@ -248,8 +253,8 @@ def load_torchvision_resnet18(path, in_channels: int = 3) -> dict[str, dict]:
     """`mtcolor.models.ResNet18` variables {"params", "batch_stats"} from a ResNet-18 weights file.
 
     `path`: a torchvision/timm state dict as `.pth` (PyTorch's zip or legacy pre-1.6 format, read
-    through a restricted unpickler: torch is not imported and a file that wants to run code is refused
-    with `UnsafeWeightsFileError`), `.safetensors` or `.npz` with the torchvision key names
+    through a restricted unpickler: torch is not imported and a file that wants to run code is
+    refused with `UnsafeWeightsFileError`), `.safetensors` or `.npz` with the torchvision key names
     (a common prefix such as 'module.' is stripped). `in_channels=1` sums conv1's RGB kernels.
     """
     return convert_torchvision_state_dict(read_state_dict(path), in_channels, path=path)
@@ -265,10 +270,11 @@ def find_torchvision_resnet18(*, download: bool = True, urlopen=None) -> Path:
     """The official `resnet18-f37072fd.pth`: from the torch hub cache, else downloaded there."""
     return find_hub_checkpoint(
         TORCHVISION_RESNET18_URL,
-        how_to_fetch="run `python -c \"import torchvision; "
+        how_to_fetch='run `python -c "import torchvision; '
         "torchvision.models.resnet18(weights='IMAGENET1K_V1')\"`",
         pass_path_hint="pass its path as `pretrained`",
-        download=download, urlopen=urlopen,
+        download=download,
+        urlopen=urlopen,
     )
 
 

@@ -1,4 +1,5 @@
-"""mtcolor.data.color against skimage.color (an independent implementation of the same definition)."""
+"""mtcolor.data.color against skimage.color (an independent implementation of the same
+definition)."""
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +64,14 @@ def test_round_trip_within_half_a_level(million_colors):
 def test_lab_to_rgb_matches_skimage_including_out_of_gamut():
     rng = np.random.default_rng(2)
     # Whole normalized box the generator's tanh can produce: mostly out of the sRGB gamut.
-    lab = np.stack([rng.uniform(0, 100, 200_000), rng.uniform(-110, 110, 200_000), rng.uniform(-110, 110, 200_000)], -1)
+    lab = np.stack(
+        [
+            rng.uniform(0, 100, 200_000),
+            rng.uniform(-110, 110, 200_000),
+            rng.uniform(-110, 110, 200_000),
+        ],
+        -1,
+    )
     with pytest.warns(UserWarning):  # skimage warns about the negative Z values it clips
         reference = skcolor.lab2rgb(lab)
     ours = color.lab_to_rgb(lab.astype(np.float32))
@@ -107,7 +115,9 @@ def test_lab_norm_to_rgb_jax_out_of_gamut_values_and_gradients_finite():
     assert bool(jnp.isfinite(rgb).all()) and float(rgb.min()) >= 0 and float(rgb.max()) <= 1
     grad = jax.grad(lambda ab: color.lab_norm_to_rgb_jax(L_norm, ab).sum())(ab_norm)
     assert bool(jnp.isfinite(grad).all())
-    grad_rgb = jax.grad(lambda x: color.rgb_to_lab_jax(x).sum())(jnp.asarray(rng.random((64, 3)), jnp.float32))
+    grad_rgb = jax.grad(lambda x: color.rgb_to_lab_jax(x).sum())(
+        jnp.asarray(rng.random((64, 3)), jnp.float32)
+    )
     assert bool(jnp.isfinite(grad_rgb).all())
     # Black has L=0 where the cube root's derivative is infinite in the unused branch.
     grad_black = jax.grad(lambda x: color.rgb_to_lab_jax(x).sum())(jnp.zeros((2, 3)))

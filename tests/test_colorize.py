@@ -15,7 +15,8 @@ MAX_DL, MEAN_DL = 0.3, 0.1
 
 
 class WildColors(nn.Module):
-    """Large, varied ab that is often out of the sRGB gamut: stresses the L-preserving recombination."""
+    """Large, varied ab that is often out of the sRGB gamut: stresses the L-preserving
+    recombination."""
 
     @nn.compact
     def __call__(self, L, train=False):
@@ -99,9 +100,12 @@ def test_compare_and_batches_compile_once(tmp_path):
     colorizer = colorize.PhotoColorizer(GentleColors(), {}, 32, batch_size=2)
     rng = np.random.default_rng(2)
     for i in range(3):  # 3 images with batch 2: one full and one padded batch, same shape
-        Image.fromarray(rng.integers(0, 256, (24 + i, 40, 3), dtype=np.uint8)).save(tmp_path / f"p{i}.png")
-    written, skipped = colorize.colorize_files(colorizer, sorted(tmp_path.glob("*.png")), tmp_path / "out",
-                                               compare=True, progress=True)
+        Image.fromarray(rng.integers(0, 256, (24 + i, 40, 3), dtype=np.uint8)).save(
+            tmp_path / f"p{i}.png"
+        )
+    written, skipped = colorize.colorize_files(
+        colorizer, sorted(tmp_path.glob("*.png")), tmp_path / "out", compare=True, progress=True
+    )
     assert not skipped and len(written) == 6
     with Image.open(tmp_path / "out" / "p1_compare.png") as image:
         assert image.size == (3 * 40, 25)
@@ -136,14 +140,17 @@ def _png_declaring(path, width, height):
     import zlib
 
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     row = bytes(1 + (width + 7) // 8)  # filter byte + packed bits
     compressor = zlib.compressobj(9)
     idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
 
 
 def test_a_decompression_bomb_is_refused_and_the_photos_come_out(tmp_path, tiny_multitask_run):
@@ -161,10 +168,14 @@ def test_a_decompression_bomb_is_refused_and_the_photos_come_out(tmp_path, tiny_
     photos.mkdir()
     rng = np.random.default_rng(3)
     for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (48 + i, 64, 3), dtype=np.uint8)).save(photos / f"a{i}.jpg")
+        Image.fromarray(rng.integers(0, 256, (48 + i, 64, 3), dtype=np.uint8)).save(
+            photos / f"a{i}.jpg"
+        )
     _png_declaring(photos / "bomb.png", 40000, 40000)
     assert (photos / "bomb.png").stat().st_size < 400_000
-    large = np.broadcast_to((np.arange(3000) % 256).astype(np.uint8)[None, :, None], (2000, 3000, 3))
+    large = np.broadcast_to(
+        (np.arange(3000) % 256).astype(np.uint8)[None, :, None], (2000, 3000, 3)
+    )
     Image.fromarray(np.ascontiguousarray(large)).save(photos / "z_large.png")
     out = tmp_path / "out"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,16 +185,25 @@ def test_a_decompression_bomb_is_refused_and_the_photos_come_out(tmp_path, tiny_
         "import atexit, re, runpy, sys\n"
         "peak = lambda: re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
         "atexit.register(lambda: print('PEAK_KB', peak()))\n"
-        f"sys.argv = ['colorize', {str(photos)!r}, '--checkpoint', {str(workdir)!r}, '--out', {str(out)!r}]\n"
+        f"sys.argv = ['colorize', {str(photos)!r}, '--checkpoint', {str(workdir)!r}, "
+        f"'--out', {str(out)!r}]\n"
         "runpy.run_module('mtcolor.colorize', run_name='__main__')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["a0.png", "a1.png", "a2.png", "z_large.png"]
     skipped = [line for line in proc.stderr.splitlines() if line.startswith("skipped")]
-    assert skipped == [f"skipped {photos / 'bomb.png'}: declares 40000 x 40000 = 1600 megapixels, "
-                       "above the limit of 200 (--max_pixels)"]
+    assert skipped == [
+        f"skipped {photos / 'bomb.png'}: declares 40000 x 40000 = 1600 megapixels, "
+        "above the limit of 200 (--max_pixels)"
+    ]
     with Image.open(out / "z_large.png") as image:
         assert image.size == (3000, 2000)
     peak_gb = int(proc.stdout.split("PEAK_KB")[1].split()[0]) / 2**20
@@ -194,14 +214,23 @@ def test_bands_equal_the_whole_resize():
     """Row bands of the upsampled ab (Pillow's resize with a box) equal the rows of one resize."""
     small = np.random.default_rng(4).uniform(-1, 1, (32, 32)).astype(np.float32)
     whole = colorize._resize_channel(small, (300, 200))
-    bands = np.concatenate([colorize._resize_rows(small, 300, 200, start, min(start + 37, 200))
-                            for start in range(0, 200, 37)])
+    bands = np.concatenate(
+        [
+            colorize._resize_rows(small, 300, 200, start, min(start + 37, 200))
+            for start in range(0, 200, 37)
+        ]
+    )
     np.testing.assert_allclose(bands, whole, atol=1e-5)
 
 
 def test_bad_arguments_are_reported_before_loading(tmp_path):
-    problems = colorize.argument_problems([str(tmp_path / "nope.jpg")], str(tmp_path / "run"),
-                                          "last", 0, -1)
+    problems = colorize.argument_problems(
+        [str(tmp_path / "nope.jpg")], str(tmp_path / "run"), "last", 0, -1
+    )
     assert [p.split(":")[0] for p in problems] == [
-        repr(str(tmp_path / "nope.jpg")), f"--checkpoint={str(tmp_path / 'run')!r}",
-        "--step='last'", "--batch_size=0", "--max_pixels=-1"]
+        repr(str(tmp_path / "nope.jpg")),
+        f"--checkpoint={str(tmp_path / 'run')!r}",
+        "--step='last'",
+        "--batch_size=0",
+        "--max_pixels=-1",
+    ]

@@ -61,19 +61,34 @@ def _runs():
         runs.append(RunMetrics("classifier", seed, "classification", "finished", {"accuracy": acc}))
     for seed, l1, psnr, gap in ((0, 9.0, 19.0, 4.0), (1, 11.0, 21.0, 6.0)):
         metrics = {"l1_x100": l1, "psnr": psnr, "colorfulness": 30.0, "colorfulness_gap": gap}
-        baseline = {"l1_x100": 18.0, "psnr": 18.0, "colorfulness": 0.0,
-                    "colorfulness_gap": 35.0, "gt_colorfulness": 35.0, "accuracy": 0.2}
+        baseline = {
+            "l1_x100": 18.0,
+            "psnr": 18.0,
+            "colorfulness": 0.0,
+            "colorfulness_gap": 35.0,
+            "gt_colorfulness": 35.0,
+            "accuracy": 0.2,
+        }
         runs.append(RunMetrics("colorizer", seed, "colorization", "finished", metrics, baseline))
     # The multi-task variant: two seeds averaging to MULTI.
     for seed, delta in ((0, -1.0), (1, 1.0)):
-        metrics = {"accuracy": 0.84 + 0.01 * delta, "l1_x100": 11.0 + delta,
-                   "psnr": 22.0 + delta, "colorfulness": 31.0, "colorfulness_gap": 4.0 + delta}
+        metrics = {
+            "accuracy": 0.84 + 0.01 * delta,
+            "l1_x100": 11.0 + delta,
+            "psnr": 22.0 + delta,
+            "colorfulness": 31.0,
+            "colorfulness_gap": 4.0 + delta,
+        }
         runs.append(RunMetrics("paper", seed, "multitask", "finished", metrics))
     return runs
 
 
-VARIANTS = [("classifier", "classification"), ("colorizer", "colorization"),
-            ("paper", "multitask"), ("broken", "multitask")]
+VARIANTS = [
+    ("classifier", "classification"),
+    ("colorizer", "colorization"),
+    ("paper", "multitask"),
+    ("broken", "multitask"),
+]
 REFS = {"classification": "classifier", "colorization": "colorizer"}
 
 
@@ -101,9 +116,15 @@ def test_build_table_means_and_delta_m():
 
 def test_incomplete_and_failed_runs_are_reported():
     runs = _runs()
-    runs.append(RunMetrics("broken", 0, "multitask", "finished", {"accuracy": 0.5, "l1_x100": 12.0,
-                                                                  "colorfulness": 3.0,
-                                                                  "colorfulness_gap": 4.0}))
+    runs.append(
+        RunMetrics(
+            "broken",
+            0,
+            "multitask",
+            "finished",
+            {"accuracy": 0.5, "l1_x100": 12.0, "colorfulness": 3.0, "colorfulness_gap": 4.0},
+        )
+    )
     runs.append(RunMetrics("broken", 1, "multitask", "failed: exit code 1 (unknown field)"))
     rows = compare.build_table(VARIANTS, runs, REFS)
     broken = rows[3]
@@ -117,14 +138,25 @@ def test_incomplete_and_failed_runs_are_reported():
 
 
 def test_metrics_from_eval_result():
-    result = {"model": {"accuracy": 0.6, "l1_x100": 12.0, "psnr": 21.0, "ssim": 0.9,
-                        "colorfulness": 20.0},
-              "grayscale_baseline": {"l1_x100": 18.0, "psnr": 19.0, "colorfulness": 0.0,
-                                     "accuracy": 0.3},
-              "ground_truth": {"colorfulness": 26.0}, "class_names": list("abcde")}
+    result = {
+        "model": {
+            "accuracy": 0.6,
+            "l1_x100": 12.0,
+            "psnr": 21.0,
+            "ssim": 0.9,
+            "colorfulness": 20.0,
+        },
+        "grayscale_baseline": {"l1_x100": 18.0, "psnr": 19.0, "colorfulness": 0.0, "accuracy": 0.3},
+        "ground_truth": {"colorfulness": 26.0},
+        "class_names": list("abcde"),
+    }
     assert compare.metrics_from_eval(result) == {
-        "accuracy": 0.6, "l1_x100": 12.0, "psnr": 21.0, "colorfulness": 20.0,
-        "colorfulness_gap": 6.0}
+        "accuracy": 0.6,
+        "l1_x100": 12.0,
+        "psnr": 21.0,
+        "colorfulness": 20.0,
+        "colorfulness_gap": 6.0,
+    }
     base = compare.baseline_from_eval(result)
     assert base["accuracy"] == pytest.approx(0.2)  # chance, not the majority class
     assert base["colorfulness_gap"] == 26.0 and base["gt_colorfulness"] == 26.0
@@ -139,10 +171,13 @@ from mtcolor.eval import study as study_lib  # noqa: E402
 
 
 def _eval_result(acc, l1):
-    return {"checkpoint": "best", "class_names": list("abcde"),
-            "model": {"accuracy": acc, "l1_x100": l1, "psnr": 20.0, "colorfulness": 30.0},
-            "grayscale_baseline": {"l1_x100": 18.0, "psnr": 19.0, "colorfulness": 0.0},
-            "ground_truth": {"colorfulness": 35.0}}
+    return {
+        "checkpoint": "best",
+        "class_names": list("abcde"),
+        "model": {"accuracy": acc, "l1_x100": l1, "psnr": 20.0, "colorfulness": 30.0},
+        "grayscale_baseline": {"l1_x100": 18.0, "psnr": 19.0, "colorfulness": 0.0},
+        "ground_truth": {"colorfulness": 35.0},
+    }
 
 
 def _fake_run(workdir, experiment, acc=None, l1=None, finished=True):
@@ -156,9 +191,16 @@ def _fake_run(workdir, experiment, acc=None, l1=None, finished=True):
         for k in ("l1_x100", "psnr", "colorfulness"):
             del result["model"][k]
     (workdir / "eval_val.json").write_text(json.dumps(result))
-    rows = [{"step": s, "val/l1": 0.2 - 0.01 * s, "val/loss_cls": 1.6 - 0.1 * s,
-             "train/weight_colorization": 1.0, "train/weight_classification": 10.0}
-            for s in (2, 4)]
+    rows = [
+        {
+            "step": s,
+            "val/l1": 0.2 - 0.01 * s,
+            "val/loss_cls": 1.6 - 0.1 * s,
+            "train/weight_colorization": 1.0,
+            "train/weight_classification": 10.0,
+        }
+        for s in (2, 4)
+    ]
     (workdir / "scalars.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
@@ -186,7 +228,8 @@ def test_runner_reads_runs_and_reports_failed_and_missing_ones(tmp_path):
         "        {'name': 'classifier', 'experiment': 'classification'},\n"
         "        {'name': 'colorizer', 'experiment': 'colorization'},\n"
         "        {'name': 'paper'},\n"
-        "        {'name': 'bad', 'overrides': {'train.no_such_option': 1}}]}\n")
+        "        {'name': 'bad', 'overrides': {'train.no_such_option': 1}}]}\n"
+    )
     root = tmp_path / "runs"
     for seed in (0, 1):
         _fake_run(root / "classifier" / f"seed{seed}", "classification", acc=0.8)
@@ -200,8 +243,13 @@ def test_runner_reads_runs_and_reports_failed_and_missing_ones(tmp_path):
     assert study_lib.run_state(spec.workdir).startswith("failed")
     files = study_lib.run_study(str(study_file), root, log=lambda m: None)
     names = {f.name for f in files}
-    assert {"compare.md", "compare.csv", "compare.json", "val_curves.png",
-            "task_weights.png"} <= names
+    assert {
+        "compare.md",
+        "compare.csv",
+        "compare.json",
+        "val_curves.png",
+        "task_weights.png",
+    } <= names
     md = (root / "compare.md").read_text()
     assert "validation numbers" in md
     assert "seed 1: missing" in md and "unknown config field" in md

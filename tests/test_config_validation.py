@@ -48,9 +48,18 @@ BAD_OVERRIDES = [
 def _entry_point(tmp_path, *overrides):
     workdir = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.multitask", "--config=experiments/configs/tiny.py",
-         f"--workdir={workdir}", *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "experiments.multitask",
+            "--config=experiments/configs/tiny.py",
+            f"--workdir={workdir}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
     )
     return proc, workdir
@@ -95,10 +104,13 @@ def test_cross_field_rules():
     config.train.frozen_epochs, config.train.unfrozen_epochs = 0, 0
     config.data.synthetic.train_size = 4
     problems = validation.config_problems(config, device_count=4)
-    assert any(p.startswith("--config.data.batch_size=6: must be divisible by the 4 devices")
-               for p in problems), problems
-    assert any(p.startswith("--config.train.unfrozen_epochs=0") and "at least 1" in p
-               for p in problems), problems
+    assert any(
+        p.startswith("--config.data.batch_size=6: must be divisible by the 4 devices")
+        for p in problems
+    ), problems
+    assert any(
+        p.startswith("--config.train.unfrozen_epochs=0") and "at least 1" in p for p in problems
+    ), problems
     assert any(p.startswith("--config.data.synthetic.train_size=4") for p in problems), problems
 
 
@@ -107,8 +119,10 @@ def test_folder_roots_must_exist(tmp_path):
     config.data.source = "folder"
     config.data.folder.train_root = str(tmp_path / "missing")
     problems = validation.config_problems(config)
-    assert problems == [f"--config.data.folder.train_root='{tmp_path / 'missing'}': no such "
-                        "directory (the training images, one folder per class)"]
+    assert problems == [
+        f"--config.data.folder.train_root='{tmp_path / 'missing'}': no such "
+        "directory (the training images, one folder per class)"
+    ]
     (tmp_path / "missing").mkdir()
     assert validation.config_problems(config) == []
 
@@ -122,13 +136,18 @@ def test_method_options_are_checked_on_a_sound_config():
 
 
 def test_unknown_fields_are_named_with_a_suggestion(tmp_path):
-    proc, workdir = _entry_point(tmp_path, "--config.trian.frozen_epochs=1",
-                                 "--config.data.batch_sise=3", "--config.train.max_steps_per_run=2")
+    proc, workdir = _entry_point(
+        tmp_path,
+        "--config.trian.frozen_epochs=1",
+        "--config.data.batch_sise=3",
+        "--config.train.max_steps_per_run=2",
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     lines = [line.strip() for line in proc.stderr.splitlines() if line.startswith("  ")]
     assert lines == [
-        "--config.trian.frozen_epochs=1: config has no field 'trian' (did you mean 'config.train'?)",
+        "--config.trian.frozen_epochs=1: config has no field 'trian' "
+        "(did you mean 'config.train'?)",
         "--config.data.batch_sise=3: config.data has no field 'batch_sise' "
         "(did you mean 'config.data.batch_size'?)",
     ]
@@ -144,12 +163,20 @@ def test_evaluate_and_report_check_their_arguments(tmp_path):
     assert evaluate.argument_problems(str(run), "val", None, None) == []
     problems = evaluate.argument_problems(str(run), "test", "7", str(tmp_path / "inception.pth"))
     assert [p.split(":")[0] for p in problems] == [
-        "--checkpoint=7", "--split='test'", f"--fid_weights={str(tmp_path / 'inception.pth')!r}"]
+        "--checkpoint=7",
+        "--split='test'",
+        f"--fid_weights={str(tmp_path / 'inception.pth')!r}",
+    ]
     assert "it has [6]" in problems[0]
     assert evaluate.argument_problems(str(tmp_path), "val", "best", None) == [
-        f"--workdir={str(tmp_path)!r}: not a training run (no config.json or checkpoints in it)"]
+        f"--workdir={str(tmp_path)!r}: not a training run (no config.json or checkpoints in it)"
+    ]
     (tmp_path / "out.txt").write_text("")
-    problems = report.argument_problems([str(run), str(tmp_path / "nope")], str(tmp_path / "out.txt"), 0)
+    problems = report.argument_problems(
+        [str(run), str(tmp_path / "nope")], str(tmp_path / "out.txt"), 0
+    )
     assert [p.split(":")[0] for p in problems] == [
-        f"--workdirs={str(tmp_path / 'nope')!r}", f"--out={str(tmp_path / 'out.txt')!r}",
-        "--num_images=0"]
+        f"--workdirs={str(tmp_path / 'nope')!r}",
+        f"--out={str(tmp_path / 'out.txt')!r}",
+        "--num_images=0",
+    ]

@@ -55,14 +55,20 @@ def test_modes_become_rgb_with_hand_computed_colours():
     size = (20, 20)
     assert list(_decode_one_pixel_image(Image.new("L", size, 77))) == [77, 77, 77]
     assert list(_decode_one_pixel_image(Image.new("1", size, 1))) == [255, 255, 255]
-    # Alpha composited on white: (255, 0, 0) at alpha 0 -> white; at alpha 128 -> 255 - 128 * 255/255 ...
+    # Alpha composited on white: (255, 0, 0) at alpha 0 -> white; at alpha 128 ->
+    # 255 - 128 * 255/255 ...
     assert list(_decode_one_pixel_image(Image.new("RGBA", size, (255, 0, 0, 0)))) == [255, 255, 255]
     half = _decode_one_pixel_image(Image.new("RGBA", size, (255, 0, 0, 128)))
     expected_gb = round(255 * (1 - 128 / 255))  # white * (1 - alpha) + 0 * alpha
-    assert half[0] == 255 and abs(int(half[1]) - expected_gb) <= 1 and abs(int(half[2]) - expected_gb) <= 1
+    assert (
+        half[0] == 255
+        and abs(int(half[1]) - expected_gb) <= 1
+        and abs(int(half[2]) - expected_gb) <= 1
+    )
     assert list(_decode_one_pixel_image(Image.new("LA", size, (10, 0)))) == [255, 255, 255]
     assert list(_decode_one_pixel_image(Image.new("LA", size, (10, 255)))) == [10, 10, 10]
-    # Palette with a transparent index: a transparent pixel becomes white, an opaque one keeps its colour.
+    # Palette with a transparent index: a transparent pixel becomes white, an opaque one keeps its
+    # colour.
     palette = Image.new("P", size, 1)
     palette.putpalette([0, 0, 255, 200, 100, 50] + [0] * 762)
     assert list(_decode_one_pixel_image(palette)) == [200, 100, 50]
@@ -71,7 +77,9 @@ def test_modes_become_rgb_with_hand_computed_colours():
     pa.putpalette([0, 0, 255, 200, 100, 50] + [0] * 762)
     assert list(np.asarray(decode._to_rgb(pa))[0, 0]) == [200, 100, 50]
     # CMYK: no ink is white, full magenta + yellow is red.
-    assert list(_decode_one_pixel_image(Image.new("CMYK", size, (0, 0, 0, 0)), "JPEG", quality=100)) == [255, 255, 255]
+    assert list(
+        _decode_one_pixel_image(Image.new("CMYK", size, (0, 0, 0, 0)), "JPEG", quality=100)
+    ) == [255, 255, 255]
     red = _decode_one_pixel_image(Image.new("CMYK", size, (0, 255, 255, 0)), "TIFF")
     assert list(red) == [255, 0, 0]
 
@@ -85,7 +93,9 @@ def test_sixteen_bit_grayscale_is_scaled_to_eight_bits():
     np.testing.assert_array_equal(rgb[10, [2, 7, 12, 17], 0], [0, 128, 255, 10])
     assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
     as_int32 = Image.fromarray(values.astype(np.int32))  # mode "I"
-    np.testing.assert_array_equal(np.asarray(decode._to_rgb(as_int32))[10, [2, 7, 12, 17], 0], [0, 128, 255, 10])
+    np.testing.assert_array_equal(
+        np.asarray(decode._to_rgb(as_int32))[10, [2, 7, 12, 17], 0], [0, 128, 255, 10]
+    )
 
 
 def test_exif_orientation_is_applied():
@@ -114,7 +124,9 @@ def test_shorter_side_crop_matches_resize_then_center_crop():
     # torchvision's Resize(32) + CenterCrop(32), written with PIL: 48x32 then crop 8..40.
     resized = np.asarray(image.resize((48, 32), Image.BICUBIC)).astype(int)
     expected = resized[:, 8:40]
-    got = decode.decode_image(encode(image, "PNG"), size=32, resize_mode="shorter_side_crop").astype(int)
+    got = decode.decode_image(
+        encode(image, "PNG"), size=32, resize_mode="shorter_side_crop"
+    ).astype(int)
     assert got.shape == (32, 32, 3)
     assert np.abs(got - expected).mean() < 3.0  # same geometry; rounding of the scaled size aside
     # A distinctly different geometry from stretching.
@@ -126,7 +138,9 @@ def test_jpeg_draft_is_close_to_full_decode_and_optional():
     array = np.asarray(colorful(7, 16, 16).resize((512, 512), Image.BICUBIC))  # smooth, large
     data = encode(Image.fromarray(array), "JPEG", quality=95)
     full = decode.decode_image(data, size=64, jpeg_draft=False).astype(int)
-    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((64, 64), Image.BICUBIC)).astype(int)
+    expected = np.asarray(
+        Image.open(io.BytesIO(data)).convert("RGB").resize((64, 64), Image.BICUBIC)
+    ).astype(int)
     np.testing.assert_array_equal(full, expected)
     drafted = decode.decode_image(data, size=64, jpeg_draft=True).astype(int)
     assert np.abs(drafted - full).mean() < 2.0  # measured 0.7 levels

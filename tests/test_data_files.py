@@ -22,7 +22,12 @@ def colorful(seed: int, width: int = 48, height: int = 40) -> Image.Image:
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data))
+        + kind
+        + data
+        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def png_bomb_header(side: int = 100_000) -> bytes:
@@ -59,7 +64,9 @@ def write_tree(root, classes: dict[str, int], *, seed: int = 0, ext: str = "JPEG
         os.makedirs(os.path.join(root, name), exist_ok=True)
         for i in range(count):
             path = os.path.join(root, name, f"img{i:03d}.{ext}")
-            colorful(seed * 1000 + c * 100 + i).save(path, "JPEG" if ext.upper() in ("JPEG", "JPG") else ext.upper())
+            colorful(seed * 1000 + c * 100 + i).save(
+                path, "JPEG" if ext.upper() in ("JPEG", "JPG") else ext.upper()
+            )
             paths.append(path)
     return sorted(paths)
 

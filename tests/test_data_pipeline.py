@@ -1,5 +1,5 @@
-"""The grain pipeline: batches, determinism, resume, flips, sharding, workers, bad files, filters."""
-
+"""The grain pipeline: batches, determinism, resume, flips, sharding, workers, bad files,
+filters."""
 
 import grain
 import numpy as np
@@ -43,7 +43,9 @@ def test_train_batches_shapes_dtypes_ranges():
     assert batch["L"].min() >= -1 and batch["L"].max() <= 1
     assert np.abs(batch["ab"]).max() <= 1 and np.abs(batch["ab"]).max() > 0.2  # colourful data
     assert set(batch["label"]) <= set(range(5))
-    assert batch["bad_counts"].shape == (len(pipeline.SKIP_REASONS),) and not batch["bad_counts"].any()
+    assert (
+        batch["bad_counts"].shape == (len(pipeline.SKIP_REASONS),) and not batch["bad_counts"].any()
+    )
     assert "mask" not in batch
 
 
@@ -77,13 +79,16 @@ def test_same_seed_same_batches_other_seed_different():
 
 
 def _image_ids(batches):
-    # Flip-invariant fingerprint of each example: the L image summed over columns keeps rows in order.
+    # Flip-invariant fingerprint of each example: the L image summed over columns keeps rows in
+    # order.
     return [tuple(np.round(img[..., 0].sum(1), 3)) for b in batches for img in b["L"]]
 
 
 def test_epochs_cover_the_set_and_are_reshuffled():
     config = small_config(random_flip=False)
-    batches = take(pipeline.make_train_iterator(config, seed=0, shard_index=0, shard_count=1), 9)  # 3 epochs of 12
+    batches = take(
+        pipeline.make_train_iterator(config, seed=0, shard_index=0, shard_count=1), 9
+    )  # 3 epochs of 12
     ids = _image_ids(batches)
     epochs = [ids[0:12], ids[12:24], ids[24:36]]
     assert len(set(epochs[0])) == 12
@@ -107,7 +112,9 @@ def test_flip_only_in_training():
     assert flipped > 0 and kept > 0
     # Evaluation never flips: it equals the source image exactly (checked against skimage above).
     source = SyntheticSource(split="train", size=32, num_examples=12)
-    np.testing.assert_allclose(reference[0]["L"][1, ..., 0], skcolor.rgb2lab(source[1]["rgb"])[..., 0] / 50 - 1, atol=1e-4)
+    np.testing.assert_allclose(
+        reference[0]["L"][1, ..., 0], skcolor.rgb2lab(source[1]["rgb"])[..., 0] / 50 - 1, atol=1e-4
+    )
 
 
 def test_restored_iterator_continues_identically(tmp_path):
@@ -134,13 +141,18 @@ def test_restored_iterator_continues_identically(tmp_path):
 def test_sharding_splits_the_global_batch_disjointly():
     config = small_config(random_flip=False, batch_size=4)
     full = take(pipeline.make_train_iterator(config, seed=2, shard_index=0, shard_count=1), 3)
-    shards = [take(pipeline.make_train_iterator(config, seed=2, shard_index=i, shard_count=2), 3) for i in range(2)]
+    shards = [
+        take(pipeline.make_train_iterator(config, seed=2, shard_index=i, shard_count=2), 3)
+        for i in range(2)
+    ]
     assert shards[0][0]["L"].shape[0] == 2
     ids0, ids1 = set(_image_ids(shards[0])), set(_image_ids(shards[1]))
     assert not ids0 & ids1
     assert ids0 | ids1 == set(_image_ids(full))
     with pytest.raises(ValueError, match="divisible"):
-        pipeline.make_train_iterator(small_config(batch_size=3), seed=0, shard_index=0, shard_count=2)
+        pipeline.make_train_iterator(
+            small_config(batch_size=3), seed=0, shard_index=0, shard_count=2
+        )
 
 
 def test_each_process_reads_its_own_rows_of_every_global_batch():
@@ -151,8 +163,10 @@ def test_each_process_reads_its_own_rows_of_every_global_batch():
     config = tiny.get_config()
     config.data.synthetic.val_size = 7  # the last global batch: 3 rows, process 1 has 1 pad
     one = pipeline.make_train_iterator(config.data, seed=0, shard_index=0, shard_count=1)
-    halves = [pipeline.make_train_iterator(config.data, seed=0, shard_index=p, shard_count=2)
-              for p in (0, 1)]
+    halves = [
+        pipeline.make_train_iterator(config.data, seed=0, shard_index=p, shard_count=2)
+        for p in (0, 1)
+    ]
     for _ in range(2 * 3 + 1):  # 3 steps per epoch
         whole, parts = next(one), [next(h) for h in halves]
         seen = [{x.tobytes() for x in part["L"]} for part in parts]
@@ -160,8 +174,9 @@ def test_each_process_reads_its_own_rows_of_every_global_batch():
         for key in ("L", "ab", "label"):
             np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
     whole = list(pipeline.make_eval_iterator(config.data, shard_index=0, shard_count=1))
-    parts = [list(pipeline.make_eval_iterator(config.data, shard_index=p, shard_count=2))
-             for p in (0, 1)]
+    parts = [
+        list(pipeline.make_eval_iterator(config.data, shard_index=p, shard_count=2)) for p in (0, 1)
+    ]
     assert [len(p) for p in parts] == [2, 2]
     for i, batch in enumerate(whole):
         for key in ("L", "label", "mask"):
@@ -175,8 +190,11 @@ def test_a_position_resumes_on_another_process_count():
     from experiments.configs import tiny
 
     config = tiny.get_config()
+
     def train(index, count):
-        return pipeline.make_train_iterator(config.data, seed=0, shard_index=index, shard_count=count)
+        return pipeline.make_train_iterator(
+            config.data, seed=0, shard_index=index, shard_count=count
+        )
 
     uninterrupted = take(train(0, 1), 6)
     half = train(0, 2)
@@ -194,7 +212,10 @@ def test_a_position_resumes_on_another_process_count():
 
 def test_sharded_eval_pads_to_the_same_number_of_batches():
     config = small_config(batch_size=4, **{"synthetic.val_size": 9})
-    per_shard = [list(pipeline.make_eval_iterator(config, "val", shard_index=i, shard_count=2)) for i in range(2)]
+    per_shard = [
+        list(pipeline.make_eval_iterator(config, "val", shard_index=i, shard_count=2))
+        for i in range(2)
+    ]
     # 9 examples: shards of 5 and 4, 2 per process per batch -> 3 batches each.
     assert [len(p) for p in per_shard] == [3, 3]
     assert sum(b["mask"].sum() for p in per_shard for b in p) == 9
@@ -223,7 +244,9 @@ def test_bad_files_are_skipped_and_counted_through_a_worker(tree_with_bad_files)
     expected = {r: 1 for r in bad_files()} | {"unreadable": 1}
     assert tracker.totals() == expected
     assert tracker.num_bad == 7 and tracker.num_good == 12
-    assert any("bad_truncated.JPEG" in line for lines in tracker.examples.values() for line in lines)
+    assert any(
+        "bad_truncated.JPEG" in line for lines in tracker.examples.values() for line in lines
+    )
     assert "truncated" in tracker.report()
     scalars = tracker.scalars()
     assert scalars["data/skipped_zero_byte"] == 1 and scalars["data/good_examples"] == 12
@@ -240,7 +263,9 @@ def test_too_many_bad_files_stop_training_naming_files(tree_with_bad_files):
         take(it, 10)
     # Under the minimum count the ceiling does not apply yet.
     tracker = pipeline.BadInputTracker(max_bad_fraction=0.1, min_examples=100)
-    tracker.update(np.eye(len(pipeline.SKIP_REASONS), dtype=int)[0] * 15, 10, ["zero_byte: a.JPEG"])  # 60% of 25
+    tracker.update(
+        np.eye(len(pipeline.SKIP_REASONS), dtype=int)[0] * 15, 10, ["zero_byte: a.JPEG"]
+    )  # 60% of 25
     with pytest.raises(pipeline.TooManyBadInputsError, match="a.JPEG"):
         tracker.update(np.zeros(len(pipeline.SKIP_REASONS)), 85)  # 15 of 110 > 10%
 
@@ -251,7 +276,9 @@ def test_grayscale_filter_drops_gray_photos_from_training_only(tmp_path):
     for i in range(2):  # grayscale photos stored as RGB
         gray = np.asarray(colorful(50 + i).convert("L").convert("RGB"))
         Image.fromarray(gray).save(root / "a" / f"gray{i}.JPEG")
-    config = small_config(source="folder", grayscale_filter_threshold=3.0, batch_size=2, shuffle=False)
+    config = small_config(
+        source="folder", grayscale_filter_threshold=3.0, batch_size=2, shuffle=False
+    )
     config.folder.train_root = str(root)
     config.folder.val_root = str(root)
     it = pipeline.make_train_iterator(config, seed=0, shard_index=0, shard_count=1)
@@ -275,7 +302,9 @@ def test_mean_chroma_against_hand_computed_values():
 
 def test_num_examples_and_config_errors(tmp_path):
     config = small_config()
-    assert pipeline.num_examples(config, "train") == 12 and pipeline.num_examples(config, "val") == 10
+    assert (
+        pipeline.num_examples(config, "train") == 12 and pipeline.num_examples(config, "val") == 10
+    )
     with pytest.raises(ValueError, match="data.source"):
         pipeline.num_examples(small_config(source="imagenet"), "train")
     missing = small_config(source="folder")

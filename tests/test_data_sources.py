@@ -25,8 +25,12 @@ def test_synthetic_is_deterministic_random_access_and_not_one_colour_per_class()
     a = SyntheticSource(split="train", size=32, num_examples=200, seed=0)
     b = SyntheticSource(split="train", size=32, num_examples=200, seed=0)
     np.testing.assert_array_equal(a[17]["rgb"], b[17]["rgb"])
-    assert not np.array_equal(a[17]["rgb"], SyntheticSource(split="train", size=32, num_examples=200, seed=1)[17]["rgb"])
-    assert not np.array_equal(a[3]["rgb"], SyntheticSource(split="val", size=32, num_examples=200)[3]["rgb"])
+    assert not np.array_equal(
+        a[17]["rgb"], SyntheticSource(split="train", size=32, num_examples=200, seed=1)[17]["rgb"]
+    )
+    assert not np.array_equal(
+        a[3]["rgb"], SyntheticSource(split="val", size=32, num_examples=200)[3]["rgb"]
+    )
     labels = np.array([a[i]["label"] for i in range(200)])
     assert np.bincount(labels, minlength=5).min() >= 25  # roughly balanced
     with pytest.raises(IndexError):
@@ -52,11 +56,15 @@ def test_folder_selects_classes_by_wnid_or_paper_name_in_given_order(tree):
     assert [source[i]["label"] for i in range(5)] == [0, 0, 1, 1, 1]
     assert all(source[i]["path"].endswith(".JPEG") for i in range(5))
     everything = FolderSource(str(tree))
-    assert everything.class_dirs == ("lionfish_x", "n01751748", "n02643566") and len(everything) == 6
+    assert (
+        everything.class_dirs == ("lionfish_x", "n01751748", "n02643566") and len(everything) == 6
+    )
 
 
 def test_folder_errors_say_what_was_looked_for(tree, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown class.*sea cucumber.*n02321529.*available: lionfish_x"):
+    with pytest.raises(
+        ValueError, match=r"unknown class.*sea cucumber.*n02321529.*available: lionfish_x"
+    ):
         FolderSource(str(tree), classes=["sea cucumber"])
     with pytest.raises(FileNotFoundError, match="missing_dir"):
         FolderSource(str(tmp_path / "missing_dir"))
@@ -69,7 +77,10 @@ def test_folder_split_files_text_and_csv(tree, tmp_path):
     listing = tmp_path / "val.txt"
     listing.write_text("# validation files\nn01751748/img000.JPEG\nn02643566/img001.JPEG\n\n")
     source = FolderSource(str(tree), split_file=str(listing), classes=["n01751748", "n02643566"])
-    assert [p.split("/")[-2:] for p in source.paths] == [["n01751748", "img000.JPEG"], ["n02643566", "img001.JPEG"]]
+    assert [p.split("/")[-2:] for p in source.paths] == [
+        ["n01751748", "img000.JPEG"],
+        ["n02643566", "img001.JPEG"],
+    ]
     assert list(source.labels) == [0, 1]
     # A flat folder labelled by a CSV, the layout of ILSVRC2012 validation and ../shared/data.
     flat = tmp_path / "flat"
@@ -122,13 +133,18 @@ def _build_tiny_tfds(data_dir, image_dir):
                 features=tfds.features.FeaturesDict(
                     {
                         "image": tfds.features.Image(shape=(None, None, 3)),
-                        "label": tfds.features.ClassLabel(names=["n01443537", "n02643566", "n01751748"]),
+                        "label": tfds.features.ClassLabel(
+                            names=["n01443537", "n02643566", "n01751748"]
+                        ),
                     }
                 ),
             )
 
         def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(9, 0), "validation": self._generate_examples(4, 100)}
+            return {
+                "train": self._generate_examples(9, 0),
+                "validation": self._generate_examples(4, 100),
+            }
 
         def _generate_examples(self, n, offset):
             for i in range(n):
@@ -182,6 +198,11 @@ def test_pipeline_import_pulls_no_tensorflow():
     import subprocess
 
     # (grain itself imports jax, so only TensorFlow and tensorflow_datasets are checked.)
-    code = "import sys, mtcolor.data.pipeline; print('tensorflow' in sys.modules, 'tensorflow_datasets' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys, mtcolor.data.pipeline; "
+        "print('tensorflow' in sys.modules, 'tensorflow_datasets' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.split() == ["False", "False"]

@@ -1,4 +1,5 @@
-"""evaluate_model on a hand-built model whose outputs are known, against skimage/numpy references."""
+"""evaluate_model on a hand-built model whose outputs are known, against skimage/numpy
+references."""
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -33,8 +34,12 @@ def _batches():
     pad_ab = np.full((2, 32, 32, 2), 0.9, np.float32)
     batches = [
         {"L": L[:4], "ab": ab[:4], "label": labels[:4], "mask": np.ones(4, np.float32)},
-        {"L": np.concatenate([L[4:], pad_L]), "ab": np.concatenate([ab[4:], pad_ab]),
-         "label": np.concatenate([labels[4:], [2, 2]]), "mask": np.array([1, 1, 0, 0], np.float32)},
+        {
+            "L": np.concatenate([L[4:], pad_L]),
+            "ab": np.concatenate([ab[4:], pad_ab]),
+            "label": np.concatenate([labels[4:], [2, 2]]),
+            "mask": np.array([1, 1, 0, 0], np.float32),
+        },
     ]
     return batches, L, ab, labels
 
@@ -47,19 +52,35 @@ def _skimage_rgb(L, ab):
 def test_evaluate_model_metrics_and_baseline():
     batches, L, ab, labels = _batches()
     extractor = frechet.FeatureExtractor(
-        "frechet_test_distance", lambda rgb: rgb.mean(axis=(1, 2)), "mean RGB (test)")
-    result = evaluate.evaluate_model(ConstantModel(), {}, tasks.experiment_tasks("multitask"), batches,
-                                     experiment="multitask", num_classes=3,
-                                     class_names=["a", "b", "c"], feature_extractor=extractor)
+        "frechet_test_distance", lambda rgb: rgb.mean(axis=(1, 2)), "mean RGB (test)"
+    )
+    result = evaluate.evaluate_model(
+        ConstantModel(),
+        {},
+        tasks.experiment_tasks("multitask"),
+        batches,
+        experiment="multitask",
+        num_classes=3,
+        class_names=["a", "b", "c"],
+        feature_extractor=extractor,
+    )
     assert result["num_examples"] == 6
     model, base = result["model"], result["grayscale_baseline"]
     assert model["l1_x100"] == pytest.approx(100 * np.abs(0.1 - ab).mean(), rel=1e-5)
     assert base["l1_x100"] == pytest.approx(100 * np.abs(ab).mean(), rel=1e-5)
     # PSNR against skimage's Lab -> RGB and skimage's PSNR (independent conversion: 1e-3 dB).
-    reference_base = np.mean([peak_signal_noise_ratio(_skimage_rgb(l, a), _skimage_rgb(l, 0 * a), data_range=1)
-                              for l, a in zip(L, ab)])
-    reference_model = np.mean([peak_signal_noise_ratio(_skimage_rgb(l, a), _skimage_rgb(l, 0 * a + 0.1), data_range=1)
-                               for l, a in zip(L, ab)])
+    reference_base = np.mean(
+        [
+            peak_signal_noise_ratio(_skimage_rgb(l, a), _skimage_rgb(l, 0 * a), data_range=1)
+            for l, a in zip(L, ab)
+        ]
+    )
+    reference_model = np.mean(
+        [
+            peak_signal_noise_ratio(_skimage_rgb(l, a), _skimage_rgb(l, 0 * a + 0.1), data_range=1)
+            for l, a in zip(L, ab)
+        ]
+    )
     assert base["psnr"] == pytest.approx(reference_base, abs=2e-2)
     assert model["psnr"] == pytest.approx(reference_model, abs=2e-2)
     assert 0 < base["ssim"] <= 1 and base["colorfulness"] < 1.0  # gray images are not colourful
@@ -90,15 +111,17 @@ def test_evaluate_model_classifier_only():
         def __call__(self, L, train=False):
             return {"classification": ConstantModel()(L)["classification"]}
 
-    result = evaluate.evaluate_model(Logits(), {}, tasks.experiment_tasks("classification"), batches,
-                                     num_classes=3)
+    result = evaluate.evaluate_model(
+        Logits(), {}, tasks.experiment_tasks("classification"), batches, num_classes=3
+    )
     assert result["model"]["accuracy"] == pytest.approx(4 / 6)
     assert "l1_x100" not in result["model"] and list(result["tasks"]) == ["classification"]
     # Rows without a label (has_label 0) count for no classification metric: drop example 2
     # (label 1, predicted 0) and example 4 (label 1, predicted 1).
     batches[0]["has_label"] = np.array([1, 1, 0, 1], np.float32)
     batches[1]["has_label"] = np.array([0, 1, 1, 1], np.float32)
-    result = evaluate.evaluate_model(Logits(), {}, tasks.experiment_tasks("classification"), batches,
-                                     num_classes=3)
+    result = evaluate.evaluate_model(
+        Logits(), {}, tasks.experiment_tasks("classification"), batches, num_classes=3
+    )
     assert result["model"]["accuracy"] == pytest.approx(3 / 4)
     assert result["tasks"]["classification"]["accuracy"] == pytest.approx(3 / 4)

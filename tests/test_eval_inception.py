@@ -2,8 +2,8 @@
 
 import importlib.util
 import io
-from pathlib import Path
 import urllib.error
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +19,9 @@ GOLDEN = ROOT / "tests" / "fixtures" / "inception_golden.npz"
 
 def _fixture_script():
     # The seeded weight draw lives in the (torch-free at import) script that made the fixture.
-    spec = importlib.util.spec_from_file_location("make_inception_fixture",
-                                                  ROOT / "benchmarks" / "make_inception_fixture.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_inception_fixture", ROOT / "benchmarks" / "make_inception_fixture.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -34,13 +35,16 @@ def golden():
 
 @pytest.fixture(scope="module")
 def torch_state_dict(golden):
-    """The seeded weights pytorch-fid ran with, in torch's key order and shapes (from the fixture)."""
+    """The seeded weights pytorch-fid ran with, in torch's key order and shapes (from the
+    fixture)."""
     script = _fixture_script()
     keys = [str(k) for k in golden["keys"]]
     offsets = np.concatenate([[0], np.cumsum(golden["ndims"])])
-    shapes = [tuple(golden["shapes_flat"][offsets[i]:offsets[i + 1]]) for i in range(len(keys))]
+    shapes = [tuple(golden["shapes_flat"][offsets[i] : offsets[i + 1]]) for i in range(len(keys))]
     state = script.random_state_dict(keys, shapes)
-    assert script.weights_checksum(state) == pytest.approx(float(golden["weights_checksum"]), rel=1e-12)
+    assert script.weights_checksum(state) == pytest.approx(
+        float(golden["weights_checksum"]), rel=1e-12
+    )
     return state
 
 
@@ -61,7 +65,9 @@ def test_features_match_pytorch_fid(golden, variables):
 
 def test_downsampling_resize_matches_pytorch_fid(golden, variables):
     # pytorch-fid shrinks large images with torch's bilinear interpolation, no antialiasing.
-    features = np.asarray(jax.jit(inception.FIDInceptionV3().apply)(variables, _fixture_script().large_image()))
+    features = np.asarray(
+        jax.jit(inception.FIDInceptionV3().apply)(variables, _fixture_script().large_image())
+    )
     reference = golden["features_downsampled"]
     relative = np.linalg.norm(features - reference) / np.linalg.norm(reference)
     assert relative < 1e-4, relative
@@ -95,9 +101,13 @@ def test_mismatched_state_dict_lists_every_problem(torch_state_dict):
     assert isinstance(error, inception.FIDWeightsMismatchError)
     assert error.missing == ["Mixed_7c.branch_pool.bn.running_var"]
     assert error.unexpected == ["AuxLogits.conv0.conv.weight"]
-    assert error.shape_mismatches == [("Mixed_5b.branch_pool.conv.weight", (32, 192, 3, 3), (32, 192, 1, 1))]
+    assert error.shape_mismatches == [
+        ("Mixed_5b.branch_pool.conv.weight", (32, 192, 3, 3), (32, 192, 1, 1))
+    ]
     message = str(error)
-    assert message.startswith("FID Inception-v3 weights do not match in x.pth: 1 missing, 1 unexpected")
+    assert message.startswith(
+        "FID Inception-v3 weights do not match in x.pth: 1 missing, 1 unexpected"
+    )
     assert "Mixed_7c.branch_pool.bn.running_var" in message and "AuxLogits" in message
 
 
@@ -107,9 +117,13 @@ def test_load_from_file_ignores_fc_and_counters(tmp_path, torch_state_dict, vari
     loaded = inception.load_fid_inception(path)
     kernel = loaded["params"]["Mixed_6e"]["branch7x7_2"]["conv"]["kernel"]
     assert kernel.shape == (1, 7, 192, 192)  # torch (192, 192, 1, 7) -> HWIO
-    np.testing.assert_array_equal(kernel, torch_state_dict["Mixed_6e.branch7x7_2.conv.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(loaded["batch_stats"]["Conv2d_1a_3x3"]["bn"]["var"],
-                                  torch_state_dict["Conv2d_1a_3x3.bn.running_var"])
+    np.testing.assert_array_equal(
+        kernel, torch_state_dict["Mixed_6e.branch7x7_2.conv.weight"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(
+        loaded["batch_stats"]["Conv2d_1a_3x3"]["bn"]["var"],
+        torch_state_dict["Conv2d_1a_3x3.bn.running_var"],
+    )
     assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(variables)
 
 
@@ -119,7 +133,11 @@ def test_legacy_torch_format_is_read(tmp_path, golden):
     path = tmp_path / "legacy.pth"
     path.write_bytes(golden["legacy_pth"].tobytes())
     state = weights.read_state_dict(path)
-    expected = {k[len("legacy_expected__"):]: v for k, v in golden.items() if k.startswith("legacy_expected__")}
+    expected = {
+        k[len("legacy_expected__") :]: v
+        for k, v in golden.items()
+        if k.startswith("legacy_expected__")
+    }
     assert sorted(state) == sorted(expected)
     for key, value in expected.items():
         assert state[key].dtype == value.dtype, key
@@ -143,7 +161,9 @@ def test_weights_lookup_cache_and_offline(tmp_path, monkeypatch):
             return self
 
     with pytest.raises(ValueError, match="does not start with"):
-        inception.find_fid_inception_weights(urlopen=lambda url, timeout: WrongFile(b"not the weights"))
+        inception.find_fid_inception_weights(
+            urlopen=lambda url, timeout: WrongFile(b"not the weights")
+        )
     cached = tmp_path / "torch" / "hub" / "checkpoints" / inception.FID_WEIGHTS_FILENAME
     assert not cached.exists()  # a failed hash check leaves nothing that looks cached
     cached.write_bytes(b"placeholder")
@@ -168,9 +188,12 @@ def test_evaluate_reports_fid_next_to_the_other_distance(tmp_path, torch_state_d
     assert "frechet_resnet18_distance skipped" in evaluate.FRECHET_SKIPPED[-1]
     fid = extractors[0]
     # The 2048-d Frechet distance costs ~15 s of eigh on a 2-core CPU; its maths is tested in
-    # test_eval_metrics. Here: real Inception features, the first 64 of them, through evaluate_model.
+    # test_eval_metrics. Here: real Inception features, the first 64 of them, through
+    # evaluate_model.
     fid_64 = frechet.FeatureExtractor("fid", lambda rgb: fid.features(rgb)[:, :64], fid.description)
-    mean_rgb = frechet.FeatureExtractor("frechet_test_distance", lambda rgb: rgb.mean(axis=(1, 2)), "test")
+    mean_rgb = frechet.FeatureExtractor(
+        "frechet_test_distance", lambda rgb: rgb.mean(axis=(1, 2)), "test"
+    )
 
     class ReddishColorizer(nn.Module):
         @nn.compact
@@ -178,11 +201,19 @@ def test_evaluate_reports_fid_next_to_the_other_distance(tmp_path, torch_state_d
             return {"colorization": jnp.concatenate([jnp.full_like(L, 0.3), jnp.zeros_like(L)], -1)}
 
     rng = np.random.default_rng(0)
-    batch = {"L": rng.uniform(-1, 1, (3, 16, 16, 1)).astype(np.float32),
-             "ab": rng.uniform(-0.3, 0.3, (3, 16, 16, 2)).astype(np.float32),
-             "label": np.zeros(3, np.int32), "mask": np.ones(3, np.float32)}
-    result = evaluate.evaluate_model(ReddishColorizer(), {}, tasks.experiment_tasks("colorization"), [batch],
-                                     feature_extractor=[mean_rgb, fid_64])
+    batch = {
+        "L": rng.uniform(-1, 1, (3, 16, 16, 1)).astype(np.float32),
+        "ab": rng.uniform(-0.3, 0.3, (3, 16, 16, 2)).astype(np.float32),
+        "label": np.zeros(3, np.int32),
+        "mask": np.ones(3, np.float32),
+    }
+    result = evaluate.evaluate_model(
+        ReddishColorizer(),
+        {},
+        tasks.experiment_tasks("colorization"),
+        [batch],
+        feature_extractor=[mean_rgb, fid_64],
+    )
     assert [entry["metric"] for entry in result["frechet"]] == ["frechet_test_distance", "fid"]
     assert result["ground_truth"]["fid"] == 0.0
     assert result["model"]["fid"] > 0 and result["grayscale_baseline"]["fid"] > 0
@@ -190,5 +221,10 @@ def test_evaluate_reports_fid_next_to_the_other_distance(tmp_path, torch_state_d
     markdown = evaluate.results_markdown(result)
     assert "| FID |" in markdown and "fid: FID: Inception-v3 pool3" in markdown
     with pytest.raises(ValueError, match="share a metric name"):
-        evaluate.evaluate_model(ReddishColorizer(), {}, tasks.experiment_tasks("colorization"), [batch],
-                                feature_extractor=[fid_64, fid_64])
+        evaluate.evaluate_model(
+            ReddishColorizer(),
+            {},
+            tasks.experiment_tasks("colorization"),
+            [batch],
+            feature_extractor=[fid_64, fid_64],
+        )

@@ -33,8 +33,13 @@ def test_ssim_matches_skimage_gaussian_convention():
     ours = np.asarray(metrics.ssim(jnp.asarray(pred), jnp.asarray(truth)))
     reference = [
         structural_similarity(
-            t, p, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-            data_range=1, channel_axis=-1,
+            t,
+            p,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1,
+            channel_axis=-1,
         )
         for p, t in zip(pred, truth)
     ]
@@ -101,7 +106,9 @@ def test_frechet_distance_diagonal_closed_form():
     a, b = rng.uniform(0.1, 3.0, 16), rng.uniform(0.1, 3.0, 16)
     mu1, mu2 = rng.normal(size=16), rng.normal(size=16)
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-    assert frechet.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+    assert frechet.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(
+        expected, rel=1e-10
+    )
 
 
 def test_frechet_distance_rotated_gaussians_closed_form():
@@ -110,7 +117,9 @@ def test_frechet_distance_rotated_gaussians_closed_form():
     q, _ = np.linalg.qr(rng.normal(size=(12, 12)))
     a, b = rng.uniform(0.1, 3.0, 12), rng.uniform(0.1, 3.0, 12)
     expected = np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-    got = frechet.frechet_distance(np.zeros(12), q @ np.diag(a) @ q.T, np.zeros(12), q @ np.diag(b) @ q.T)
+    got = frechet.frechet_distance(
+        np.zeros(12), q @ np.diag(a) @ q.T, np.zeros(12), q @ np.diag(b) @ q.T
+    )
     assert got == pytest.approx(expected, rel=1e-8)
 
 
@@ -150,7 +159,10 @@ def test_low_rank_frechet_closed_form_diagonal_rotated_and_disjoint():
     n, dims, k = 30, 96, 12
     a, b = rng.uniform(0.1, 3.0, k), rng.uniform(0.1, 3.0, k)
     mu1, mu2 = rng.normal(size=dims), rng.normal(size=dims)
-    x, y = _features_with_covariance(rng, n, dims, a, mu1), _features_with_covariance(rng, n + 7, dims, b, mu2)
+    x, y = (
+        _features_with_covariance(rng, n, dims, a, mu1),
+        _features_with_covariance(rng, n + 7, dims, b, mu2),
+    )
     np.testing.assert_allclose(np.cov(x, rowvar=False)[:k, :k], np.diag(a), atol=1e-12)  # control
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
     assert frechet.frechet_distance_low_rank(x, y) == pytest.approx(expected, rel=1e-12)
@@ -160,7 +172,9 @@ def test_low_rank_frechet_closed_form_diagonal_rotated_and_disjoint():
     # Disjoint supports: S1 S2 = 0, so FD = |mu1 - mu2|^2 + Tr(S1) + Tr(S2).
     y_disjoint = np.roll(y - mu2, k, axis=1) + mu2
     expected_disjoint = np.sum((mu1 - mu2) ** 2) + a.sum() + b.sum()
-    assert frechet.frechet_distance_low_rank(x, y_disjoint) == pytest.approx(expected_disjoint, rel=1e-12)
+    assert frechet.frechet_distance_low_rank(x, y_disjoint) == pytest.approx(
+        expected_disjoint, rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("n1,n2,dims", [(40, 25, 128), (20, 20, 64), (300, 250, 16), (60, 90, 100)])
@@ -169,7 +183,9 @@ def test_low_rank_and_covariance_routes_agree(n1, n2, dims):
     rng = np.random.default_rng(n1 + n2 + dims)
     x = rng.normal(size=(n1, dims)) @ rng.normal(size=(dims, dims)) + 1.0
     y = rng.normal(size=(n2, dims)) * rng.uniform(0.5, 2.0, dims)
-    covariance_route = frechet.frechet_distance(*frechet.feature_statistics(x), *frechet.feature_statistics(y))
+    covariance_route = frechet.frechet_distance(
+        *frechet.feature_statistics(x), *frechet.feature_statistics(y)
+    )
     low_rank = frechet.frechet_distance_low_rank(x, y)
     # The covariance route takes square roots of the D - n rounding-noise eigenvalues (~1e-7 each
     # for |S| ~ 1e2 when n < D); the low-rank route has no such term.
@@ -177,14 +193,18 @@ def test_low_rank_and_covariance_routes_agree(n1, n2, dims):
     assert frechet.frechet_distance_of_features(x, y) == pytest.approx(covariance_route, rel=1e-6)
     if n1 > dims and n2 > dims:  # full-rank covariances: the two agree to rounding and with scipy
         s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-        reference = np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+        reference = np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(
+            s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real
+        )
         assert low_rank == pytest.approx(reference, rel=1e-9)
         assert low_rank == pytest.approx(covariance_route, rel=1e-10)
 
 
 def test_features_route_rule_picks_low_rank_below_dimension(monkeypatch):
     calls = []
-    monkeypatch.setattr(frechet, "frechet_distance_low_rank", lambda *a: calls.append("low_rank") or 0.0)
+    monkeypatch.setattr(
+        frechet, "frechet_distance_low_rank", lambda *a: calls.append("low_rank") or 0.0
+    )
     monkeypatch.setattr(frechet, "frechet_distance", lambda *a: calls.append("covariance") or 0.0)
     rng = np.random.default_rng(5)
     frechet.frechet_distance_of_features(rng.normal(size=(250, 2048)), rng.normal(size=(250, 2048)))
@@ -220,21 +240,29 @@ def test_resnet18_extractor_takes_weights_as_arguments():
 
     monitoring.register_event_duration_secs_listener(listener)
     try:
-        first = np.asarray(frechet.resnet18_feature_extractor(variables[0], image_size=32).features(rgb))
+        first = np.asarray(
+            frechet.resnet18_feature_extractor(variables[0], image_size=32).features(rgb)
+        )
         count_after_first = len(compiles)
-        second = np.asarray(frechet.resnet18_feature_extractor(variables[1], image_size=32).features(rgb))
+        second = np.asarray(
+            frechet.resnet18_feature_extractor(variables[1], image_size=32).features(rgb)
+        )
         count_after_second = len(compiles)
     finally:
         monitoring.unregister_event_duration_listener(listener)
     assert count_after_first > 0 and count_after_second == count_after_first
     # And the features are the model's (independent path: apply eagerly, normalize by hand).
-    x = (rgb - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    x = (rgb - np.array([0.485, 0.456, 0.406], np.float32)) / np.array(
+        [0.229, 0.224, 0.225], np.float32
+    )
     reference = np.asarray(model.apply(variables[1], x, train=False)).mean(axis=(1, 2))
     np.testing.assert_allclose(second, reference, rtol=1e-4, atol=1e-5)
     assert not np.allclose(first, second)
 
 
 def test_metrics_import_pulls_no_tensorflow():
-    code = "import sys, mtcolor.eval.metrics, mtcolor.eval.frechet; print('tensorflow' in sys.modules)"
+    code = (
+        "import sys, mtcolor.eval.metrics, mtcolor.eval.frechet; print('tensorflow' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-
 from mtcolor.eval import evaluate, frechet, report
 
 REPO = Path(__file__).parents[1]
@@ -54,7 +53,9 @@ def test_evaluate_matches_training_loop_numbers(tiny_run):
     # The loop's baselines (printed at the end of the run) match evaluate's, computed apart.
     assert 100 * val["l1_gray"] == pytest.approx(result["grayscale_baseline"]["l1_x100"], rel=1e-4)
     assert val["colorfulness"] == pytest.approx(result["model"]["colorfulness"], rel=1e-3)
-    assert val["colorfulness_true"] == pytest.approx(result["ground_truth"]["colorfulness"], rel=1e-4)
+    assert val["colorfulness_true"] == pytest.approx(
+        result["ground_truth"]["colorfulness"], rel=1e-4
+    )
     assert (tiny_run / "eval_val.json").exists() and (tiny_run / "eval_val.md").exists()
 
 
@@ -66,7 +67,9 @@ def test_resnet18_frechet_extractor_runs_on_model_outputs(tiny_run):
     variables = init_variables(ResNet18(in_channels=3), jax.random.key(0), 32, 3)
     extractor = frechet.resnet18_feature_extractor(variables, image_size=32)
     assert extractor.metric_name == "frechet_resnet18_distance"  # never called "fid"
-    features = extractor.features(np.random.default_rng(0).uniform(0, 1, (3, 32, 32, 3)).astype(np.float32))
+    features = extractor.features(
+        np.random.default_rng(0).uniform(0, 1, (3, 32, 32, 3)).astype(np.float32)
+    )
     assert features.shape == (3, 512)
 
 
@@ -78,9 +81,21 @@ def test_colorize_cli_on_real_run(tiny_run, tmp_path):
     Image.fromarray(rng.integers(0, 256, (50, 40), dtype=np.uint8), "L").save(photos / "b.png")
     (photos / "broken.png").write_bytes(b"\x89PNG not really")
     out = subprocess.run(
-        [sys.executable, "-m", "mtcolor.colorize", str(photos), "--checkpoint", str(tiny_run),
-         "--out", str(tmp_path / "out"), "--compare"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "mtcolor.colorize",
+            str(photos),
+            "--checkpoint",
+            str(tiny_run),
+            "--out",
+            str(tmp_path / "out"),
+            "--compare",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "skipped" in out.stderr and "broken.png" in out.stderr

@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import tiny
-from mtcolor.train import checkpointing
-from mtcolor.train import loop
-from mtcolor.train import writers
+from mtcolor.train import checkpointing, loop, writers
 
 COLOR_NAMES = {
     "l1",
@@ -76,7 +74,8 @@ def test_multitask_run_writes_every_output(multitask_run):
     from PIL import Image
 
     grid = np.asarray(Image.open(workdir / "images" / "step_6.png"))
-    # rows input / prediction / truth, 4 columns; 32 px cells enlarged 3x (to >= 96 px), 2 px gutters
+    # rows input / prediction / truth, 4 columns; 32 px cells enlarged 3x (to >= 96 px), 2 px
+    # gutters
     assert grid.shape == (3 * (3 * 32 + 2) + 2, 4 * (3 * 32 + 2) + 2, 3)
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
     assert sorted(int(s) for s in os.listdir(workdir / "checkpoints")) == [2, 4, 6]

@@ -25,8 +25,8 @@ from mtcolor.models import (
     ResNet18,
     init_variables,
 )
-from mtcolor.tasks import classifier, colorizer, multitask_generator
 from mtcolor.models import decoder as decoder_module
+from mtcolor.tasks import classifier, colorizer, multitask_generator
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "resnet18_golden.npz"
@@ -41,7 +41,9 @@ TRAIN_RTOL = 1e-4
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("make_golden_fixtures", ROOT / "benchmarks" / "make_golden_fixtures.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_golden_fixtures", ROOT / "benchmarks" / "make_golden_fixtures.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -59,7 +61,9 @@ def golden():
 def seeded(golden, scope):
     """The PyTorch state dict the fixture was made with, regenerated (float32 numpy)."""
     shapes = golden_script.stored_shapes(golden, scope)
-    return {k: v.astype(np.float32) for k, v in golden_script.seeded_state_dict(scope, shapes).items()}
+    return {
+        k: v.astype(np.float32) for k, v in golden_script.seeded_state_dict(scope, shapes).items()
+    }
 
 
 def rel_err(actual, reference):
@@ -73,7 +77,9 @@ def count(tree):
 
 
 def abstract_params(model, shape, **kwargs):
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), **kwargs))["params"]
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), **kwargs))[
+        "params"
+    ]
 
 
 # --------------------------------------------------------------------------------- ResNet18
@@ -91,8 +97,16 @@ def test_resnet18_eval_matches_torchvision(golden, resnet_variables):
 
 
 def test_resnet18_stages_match_torchvision(golden, resnet_variables):
-    features, stages = ResNet18(3).apply(resnet_variables, golden["resnet18_x_small"], return_stages=True)
-    assert [s.shape for s in stages] == [(1, 16, 16, 64), (1, 8, 8, 64), (1, 4, 4, 128), (1, 2, 2, 256), (1, 1, 1, 512)]
+    features, stages = ResNet18(3).apply(
+        resnet_variables, golden["resnet18_x_small"], return_stages=True
+    )
+    assert [s.shape for s in stages] == [
+        (1, 16, 16, 64),
+        (1, 8, 8, 64),
+        (1, 4, 4, 128),
+        (1, 2, 2, 256),
+        (1, 1, 1, 512),
+    ]
     for i, stage in enumerate(stages):
         assert rel_err(stage, golden[f"resnet18_stage{i}"]) < EVAL_RTOL, f"stage {i}"
     np.testing.assert_array_equal(features, stages[-1])
@@ -108,7 +122,13 @@ def test_resnet18_train_mode_matches_torchvision(golden, resnet_variables):
     # flax = 0.9 * old + (n-1)/n * (torch - 0.9 * old) with n = values per channel.
     old = resnet_variables["batch_stats"]
     new = updated["batch_stats"]
-    n_per_bn = {"bn1": 2 * 32 * 32, "layer1": 2 * 16 * 16, "layer2": 2 * 8 * 8, "layer3": 2 * 4 * 4, "layer4": 2 * 2 * 2}
+    n_per_bn = {
+        "bn1": 2 * 32 * 32,
+        "layer1": 2 * 16 * 16,
+        "layer2": 2 * 8 * 8,
+        "layer3": 2 * 4 * 4,
+        "layer4": 2 * 2 * 2,
+    }
     checked, uncorrected = 0, []
     for key, torch_value in golden.items():
         if not key.startswith("resnet18_after_train/"):
@@ -125,7 +145,10 @@ def test_resnet18_train_mode_matches_torchvision(golden, resnet_variables):
         flax_new = new
         for p in path:
             flax_old, flax_new = flax_old[p], flax_new[p]
-        flax_old, flax_new = np.asarray(flax_old[stat], np.float64), np.asarray(flax_new[stat], np.float64)
+        flax_old, flax_new = (
+            np.asarray(flax_old[stat], np.float64),
+            np.asarray(flax_new[stat], np.float64),
+        )
         torch_value = torch_value.astype(np.float64)
         if stat == "mean":
             expected = torch_value
@@ -190,9 +213,17 @@ def test_color_decoder_matches_pytorch_transcription(golden):
     for i in range(blocks):
         params[f"up{i}_convT"] = {"kernel": state[f"{i}.0.weight"].transpose(2, 3, 1, 0)}
         params[f"up{i}_bn"] = {"scale": state[f"{i}.1.weight"], "bias": state[f"{i}.1.bias"]}
-        stats[f"up{i}_bn"] = {"mean": state[f"{i}.1.running_mean"], "var": state[f"{i}.1.running_var"]}
-    params["to_ab"] = {"kernel": state[f"{blocks}.weight"].transpose(2, 3, 1, 0), "bias": state[f"{blocks}.bias"]}
-    out = ColorDecoder().apply({"params": params, "batch_stats": stats}, golden["decoder_x"], train=False)
+        stats[f"up{i}_bn"] = {
+            "mean": state[f"{i}.1.running_mean"],
+            "var": state[f"{i}.1.running_var"],
+        }
+    params["to_ab"] = {
+        "kernel": state[f"{blocks}.weight"].transpose(2, 3, 1, 0),
+        "bias": state[f"{blocks}.bias"],
+    }
+    out = ColorDecoder().apply(
+        {"params": params, "batch_stats": stats}, golden["decoder_x"], train=False
+    )
     assert out.shape == (2, 32, 64, 2)
     assert rel_err(out, golden["decoder_eval"]) < EVAL_RTOL
 
@@ -217,9 +248,13 @@ def test_decoder_shapes_any_multiple_of_32(decoder_variables):
 
 def test_decoder_output_inside_unit_interval(decoder_variables):
     # Large random parameters push the tanh into saturation: values must still stay in [-1, 1].
-    params = jax.tree_util.tree_map(lambda v: 50.0 * np.random.default_rng(1).normal(size=v.shape), decoder_variables["params"])
+    params = jax.tree_util.tree_map(
+        lambda v: 50.0 * np.random.default_rng(1).normal(size=v.shape), decoder_variables["params"]
+    )
     variables = {"params": params, "batch_stats": decoder_variables["batch_stats"]}
-    out = np.asarray(ColorDecoder().apply(variables, 10.0 * np.random.default_rng(2).normal(size=DECODER_INPUT)))
+    out = np.asarray(
+        ColorDecoder().apply(variables, 10.0 * np.random.default_rng(2).normal(size=DECODER_INPUT))
+    )
     assert np.all(np.abs(out) <= 1.0)
     assert np.abs(out).max() > 0.999  # saturated, so the bound was exercised
 
@@ -227,25 +262,46 @@ def test_decoder_output_inside_unit_interval(decoder_variables):
 def test_dropout_off_in_eval_on_in_train(decoder_variables):
     x = jax.random.normal(jax.random.key(0), DECODER_INPUT)
 
-    def train_out(seed, model=ColorDecoder()):
+    def train_out(seed, model=None):
+        if model is None:
+            model = ColorDecoder()
         out, _ = model.apply(
-            decoder_variables, x, train=True, rngs={"dropout": jax.random.key(seed)}, mutable=["batch_stats"]
+            decoder_variables,
+            x,
+            train=True,
+            rngs={"dropout": jax.random.key(seed)},
+            mutable=["batch_stats"],
         )
         return np.asarray(out)
 
-    eval_a = ColorDecoder().apply(decoder_variables, x, train=False, rngs={"dropout": jax.random.key(2)})
-    eval_b = ColorDecoder().apply(decoder_variables, x, train=False, rngs={"dropout": jax.random.key(3)})
+    eval_a = ColorDecoder().apply(
+        decoder_variables, x, train=False, rngs={"dropout": jax.random.key(2)}
+    )
+    eval_b = ColorDecoder().apply(
+        decoder_variables, x, train=False, rngs={"dropout": jax.random.key(3)}
+    )
     np.testing.assert_array_equal(eval_a, eval_b)
     np.testing.assert_array_equal(train_out(4), train_out(4))
     assert np.abs(train_out(4) - train_out(5)).max() > 1e-3
     # Without dropout the train-mode output does not depend on the rng at all.
-    np.testing.assert_array_equal(train_out(4, ColorDecoder(dropout_rate=0.0)), train_out(5, ColorDecoder(dropout_rate=0.0)))
+    np.testing.assert_array_equal(
+        train_out(4, ColorDecoder(dropout_rate=0.0)), train_out(5, ColorDecoder(dropout_rate=0.0))
+    )
 
 
 # ---------------------------------------------------------------------------------- PatchGAN
 
 
-PATCHGAN_TORCH_TO_FLAX = {"0": "conv1", "2": "conv2", "3": "bn2", "5": "conv3", "6": "bn3", "8": "conv4", "9": "bn4", "11": "conv5"}
+PATCHGAN_TORCH_TO_FLAX = {
+    "0": "conv1",
+    "2": "conv2",
+    "3": "bn2",
+    "5": "conv3",
+    "6": "bn3",
+    "8": "conv4",
+    "9": "bn4",
+    "11": "conv5",
+}
 
 
 @pytest.fixture(scope="module")
@@ -272,13 +328,19 @@ def test_patchgan_matches_pix2pix(golden, patchgan_variables):
     out = disc.apply(patchgan_variables, golden["patchgan_x"], train=False)
     assert out.shape == (1, 6, 6, 1)  # 64 -> 32 -> 16 -> 8 -> 7 -> 6
     assert rel_err(out, golden["patchgan_eval"]) < EVAL_RTOL
-    out_train, _ = disc.apply(patchgan_variables, golden["patchgan_x"], train=True, mutable=["batch_stats"])
+    out_train, _ = disc.apply(
+        patchgan_variables, golden["patchgan_x"], train=True, mutable=["batch_stats"]
+    )
     assert rel_err(out_train, golden["patchgan_train"]) < TRAIN_RTOL
 
 
 def test_patchgan_30x30_at_256():
     disc = PatchDiscriminator()
-    out = jax.eval_shape(lambda: disc.apply(disc.init(jax.random.key(0), jnp.zeros((2, 256, 256, 3))), jnp.zeros((2, 256, 256, 3))))
+    out = jax.eval_shape(
+        lambda: disc.apply(
+            disc.init(jax.random.key(0), jnp.zeros((2, 256, 256, 3))), jnp.zeros((2, 256, 256, 3))
+        )
+    )
     assert out.shape == (2, 30, 30, 1)
 
 
@@ -297,9 +359,15 @@ def test_parameter_counts():
     # = 1,088; to_ab 3*3*32*2 + 2 = 578.
     assert count(abstract_params(ColorDecoder(), (1, 8, 8, 512))) == 2_852_482
     assert count(abstract_params(classifier(), (1, 256, 256, 1))) == 11_170_240 + 32_774_005
-    assert count(abstract_params(classifier(in_channels=3), (1, 256, 256, 3))) == 11_176_512 + 32_774_005
+    assert (
+        count(abstract_params(classifier(in_channels=3), (1, 256, 256, 3)))
+        == 11_176_512 + 32_774_005
+    )
     assert count(abstract_params(colorizer(), (1, 256, 256, 1))) == 11_170_240 + 2_852_482
-    assert count(abstract_params(multitask_generator(), (1, 256, 256, 1))) == 11_170_240 + 2_852_482 + 32_774_005
+    assert (
+        count(abstract_params(multitask_generator(), (1, 256, 256, 1)))
+        == 11_170_240 + 2_852_482 + 32_774_005
+    )
 
 
 def test_composition_shapes_and_names():
@@ -311,7 +379,11 @@ def test_composition_shapes_and_names():
     assert shapes(colorizer(), L)["colorization"].shape == (2, 256, 256, 2)
     outputs = shapes(classifier(num_classes=7, pooling="avg"), jnp.zeros((2, 96, 64, 1)))
     assert list(outputs) == ["classification"] and outputs["classification"].shape == (2, 7)
-    assert set(abstract_params(multitask_generator(), (1, 64, 64, 1))) == {"backbone", "decoder", "head"}
+    assert set(abstract_params(multitask_generator(), (1, 64, 64, 1))) == {
+        "backbone",
+        "decoder",
+        "head",
+    }
     _, stages = jax.eval_shape(
         lambda: ResNet18(1).apply(ResNet18(1).init(jax.random.key(0), L), L, return_stages=True)
     )
@@ -320,14 +392,18 @@ def test_composition_shapes_and_names():
 
 @pytest.fixture(scope="module")
 def multitask_variables():
-    return init_variables(multitask_generator(pooling="avg"), jax.random.key(1), image_size=32, in_channels=1)
+    return init_variables(
+        multitask_generator(pooling="avg"), jax.random.key(1), image_size=32, in_channels=1
+    )
 
 
 def test_frozen_backbone_keeps_running_stats(multitask_variables):
     model, variables = multitask_generator(pooling="avg"), multitask_variables
     L = jax.random.normal(jax.random.key(0), (2, 32, 32, 1))
     rngs = {"dropout": jax.random.key(2)}
-    _, frozen = model.apply(variables, L, train=True, backbone_train=False, rngs=rngs, mutable=["batch_stats"])
+    _, frozen = model.apply(
+        variables, L, train=True, backbone_train=False, rngs=rngs, mutable=["batch_stats"]
+    )
     _, unfrozen = model.apply(variables, L, train=True, rngs=rngs, mutable=["batch_stats"])
     same = lambda a, b: all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, a, b)))  # noqa: E731
     assert same(frozen["batch_stats"]["backbone"], variables["batch_stats"]["backbone"])
@@ -340,13 +416,24 @@ def test_bfloat16_computation_keeps_float32_params():
     L = jnp.zeros((1, 64, 64, 1))
     variables = jax.eval_shape(lambda: colorizer(dtype=jnp.bfloat16).init(jax.random.key(0), L))
     assert {x.dtype for x in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
-    backbone = {"params": variables["params"]["backbone"], "batch_stats": variables["batch_stats"]["backbone"]}
-    assert jax.eval_shape(lambda v: ResNet18(1, dtype=jnp.bfloat16).apply(v, L), backbone).dtype == jnp.bfloat16
+    backbone = {
+        "params": variables["params"]["backbone"],
+        "batch_stats": variables["batch_stats"]["backbone"],
+    }
+    assert (
+        jax.eval_shape(lambda v: ResNet18(1, dtype=jnp.bfloat16).apply(v, L), backbone).dtype
+        == jnp.bfloat16
+    )
     # Outputs are cast back to float32 for the losses.
-    ab = jax.eval_shape(lambda v: colorizer(dtype=jnp.bfloat16).apply(v, L), variables)["colorization"]
+    ab = jax.eval_shape(lambda v: colorizer(dtype=jnp.bfloat16).apply(v, L), variables)[
+        "colorization"
+    ]
     assert ab.dtype == jnp.float32
-    outputs = jax.eval_shape(lambda: multitask_generator(dtype=jnp.bfloat16).apply(
-        multitask_generator().init(jax.random.key(0), L), L))
+    outputs = jax.eval_shape(
+        lambda: multitask_generator(dtype=jnp.bfloat16).apply(
+            multitask_generator().init(jax.random.key(0), L), L
+        )
+    )
     assert outputs["colorization"].dtype == outputs["classification"].dtype == jnp.float32
 
 
@@ -354,10 +441,14 @@ def test_bfloat16_computation_keeps_float32_params():
 
 
 def test_pix2pix_init_statistics():
-    variables = init_variables(PatchDiscriminator(), jax.random.key(0), image_size=32, in_channels=3)
+    variables = init_variables(
+        PatchDiscriminator(), jax.random.key(0), image_size=32, in_channels=3
+    )
     kernel = np.asarray(variables["params"]["conv4"]["kernel"])  # 4*4*256*512 = 2.1M draws
     assert abs(kernel.std() - 0.02) < 2e-4 and abs(kernel.mean()) < 2e-4
-    scale = np.concatenate([np.asarray(variables["params"][f"bn{i}"]["scale"]) for i in (2, 3, 4)])  # 896 draws
+    scale = np.concatenate(
+        [np.asarray(variables["params"][f"bn{i}"]["scale"]) for i in (2, 3, 4)]
+    )  # 896 draws
     assert abs(scale.mean() - 1.0) < 0.004 and abs(scale.std() - 0.02) < 0.004
     for name in ("conv1", "conv5"):
         np.testing.assert_array_equal(variables["params"][name]["bias"], 0.0)
@@ -366,14 +457,20 @@ def test_pix2pix_init_statistics():
     # Generator parts: decoder convT and the (non-pretrained) backbone get the same scheme.
     g = init_variables(colorizer(), jax.random.key(1), image_size=32, in_channels=1)
     assert abs(np.asarray(g["params"]["decoder"]["up0_convT"]["kernel"]).std() - 0.02) < 4e-4
-    assert abs(np.asarray(g["params"]["backbone"]["layer4_1"]["conv2"]["kernel"]).std() - 0.02) < 4e-4
+    assert (
+        abs(np.asarray(g["params"]["backbone"]["layer4_1"]["conv2"]["kernel"]).std() - 0.02) < 4e-4
+    )
 
 
 def test_class_head_uses_pytorch_linear_init():
-    params = init_variables(ClassHead(pooling="avg"), jax.random.key(0), image_size=2, in_channels=512)["params"]
+    params = init_variables(
+        ClassHead(pooling="avg"), jax.random.key(0), image_size=2, in_channels=512
+    )["params"]
     kernel = np.asarray(params["fc1"]["kernel"])  # U(+-1/sqrt(512))
     bound = 1 / np.sqrt(512)
-    assert np.abs(kernel).max() <= bound and abs(kernel.std() - bound / np.sqrt(3)) < 1e-3 * bound * 10
+    assert (
+        np.abs(kernel).max() <= bound and abs(kernel.std() - bound / np.sqrt(3)) < 1e-3 * bound * 10
+    )
     assert np.abs(np.asarray(params["fc2"]["bias"])).max() <= 1 / np.sqrt(1000)
 
 
@@ -386,17 +483,25 @@ def test_init_variables_loads_pretrained_backbone(golden, monkeypatch, resnet_va
         return gray
 
     monkeypatch.setattr(mtcolor.weights, "load_resnet18", fake_load_resnet18, raising=False)
-    variables = init_variables(multitask_generator(pooling="avg"), jax.random.key(0), 32, 1, pretrained="some.pth")
+    variables = init_variables(
+        multitask_generator(pooling="avg"), jax.random.key(0), 32, 1, pretrained="some.pth"
+    )
     assert calls == [("some.pth", 1)]
     loaded = jax.tree_util.tree_map(np.array_equal, variables["params"]["backbone"], gray["params"])
     assert all(jax.tree_util.tree_leaves(loaded))
-    assert all(jax.tree_util.tree_leaves(
-        jax.tree_util.tree_map(np.array_equal, variables["batch_stats"]["backbone"], gray["batch_stats"])
-    ))
+    assert all(
+        jax.tree_util.tree_leaves(
+            jax.tree_util.tree_map(
+                np.array_equal, variables["batch_stats"]["backbone"], gray["batch_stats"]
+            )
+        )
+    )
     assert "up0_convT" in variables["params"]["decoder"] and "fc1" in variables["params"]["head"]
     # A ResNet18 alone is replaced whole; a wrong channel count is refused with the key listed.
     only = init_variables(ResNet18(1), jax.random.key(0), 32, 1, pretrained="some.pth")
-    np.testing.assert_array_equal(only["params"]["conv1"]["kernel"], gray["params"]["conv1"]["kernel"])
+    np.testing.assert_array_equal(
+        only["params"]["conv1"]["kernel"], gray["params"]["conv1"]["kernel"]
+    )
     monkeypatch.setattr(mtcolor.weights, "load_resnet18", lambda p, c: resnet_variables)
     with pytest.raises(ValueError, match="conv1"):
         init_variables(colorizer(), jax.random.key(0), 32, 1, pretrained="some.pth")
@@ -407,7 +512,12 @@ def test_init_variables_loads_pretrained_backbone(golden, monkeypatch, resnet_va
 
 @pytest.mark.parametrize(
     "map_hw, kernel, padding",
-    [((2, 2), 3, ((1, 1), (1, 1))), ((4, 4), 4, ((1, 1), (1, 1))), ((3, 3), 4, ((1, 1), (1, 1))), ((1, 3), 3, ((1, 1), (1, 1)))],
+    [
+        ((2, 2), 3, ((1, 1), (1, 1))),
+        ((4, 4), 4, ((1, 1), (1, 1))),
+        ((3, 3), 4, ((1, 1), (1, 1))),
+        ((1, 3), 3, ((1, 1), (1, 1))),
+    ],
 )
 def test_tiny_map_conv_equals_xla_convolution_with_gradients(map_hw, kernel, padding):
     # mtcolor.models.conv computes these (ResNet layer4 at 64 px, PatchGAN conv4 at 32 px) as im2col
@@ -424,8 +534,12 @@ def test_tiny_map_conv_equals_xla_convolution_with_gradients(map_hw, kernel, pad
         y = fn(x, w, (1, 1), padding, dimension_numbers=dn)
         return jnp.sum(jnp.sin(y)), y
 
-    (_, got), got_grads = jax.value_and_grad(lambda x, w: loss(conv_module.conv_general_dilated, x, w), (0, 1), has_aux=True)(x, w)
-    (_, want), want_grads = jax.value_and_grad(lambda x, w: loss(jax.lax.conv_general_dilated, x, w), (0, 1), has_aux=True)(x, w)
+    (_, got), got_grads = jax.value_and_grad(
+        lambda x, w: loss(conv_module.conv_general_dilated, x, w), (0, 1), has_aux=True
+    )(x, w)
+    (_, want), want_grads = jax.value_and_grad(
+        lambda x, w: loss(jax.lax.conv_general_dilated, x, w), (0, 1), has_aux=True
+    )(x, w)
     assert got.shape == want.shape
     assert rel_err(got, want) < EVAL_RTOL
     for g, r in zip(got_grads, want_grads):

@@ -85,7 +85,7 @@ def test_famo_matches_official(t):
     state, update = lw.init(), jax.jit(lw.update)
     for step in range(len(FIX[f"{key}/losses"])):
         losses = jnp.asarray(FIX[f"{key}/losses"][step])
-        mult = jax.grad(lambda l: lw.task_terms(state, l).sum())(losses)
+        mult = jax.grad(lambda l, state=state: lw.task_terms(state, l).sum())(losses)
         # mtcolor's objective is the official one times sum(base) = T (docstring).
         np.testing.assert_allclose(mult, t * FIX[f"{key}/multipliers"][step], rtol=1e-5)
         state = update(

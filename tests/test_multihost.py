@@ -39,14 +39,31 @@ def _run_processes(workdir, count, *flags):
         env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1")
         env.pop("XLA_FLAGS", None)  # one CPU device per process
         if count > 1:
-            env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(count),
-                       JAX_PROCESS_ID=str(process_id))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "experiments.multitask", "--config=experiments/configs/tiny.py",
-             "--config.model.dtype=float64", f"--workdir={workdir}", *flags],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            env.update(
+                JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                JAX_NUM_PROCESSES=str(count),
+                JAX_PROCESS_ID=str(process_id),
+            )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "experiments.multitask",
+                    "--config=experiments/configs/tiny.py",
+                    "--config.model.dtype=float64",
+                    f"--workdir={workdir}",
+                    *flags,
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=900) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
+    for p, (_out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
     return outputs
 

@@ -51,10 +51,14 @@ def test_every_convolution_runs_in_the_configured_dtype(dtype, expected):
     # + to_ab; class head: 2 dense layers.
     assert len(convs) >= 28, len(convs)
     assert set(convs) == {(expected, expected)}
-    d_vars = {"params": state.params["discriminator"],
-              "batch_stats": state.batch_stats["discriminator"]}
+    d_vars = {
+        "params": state.params["discriminator"],
+        "batch_stats": state.batch_stats["discriminator"],
+    }
     x = jnp.zeros((4, 32, 32, 3), jnp.float32)
-    d_convs = _matmul_input_dtypes(lambda v, x: state.discriminator.apply(v, x, train=False), d_vars, x)
+    d_convs = _matmul_input_dtypes(
+        lambda v, x: state.discriminator.apply(v, x, train=False), d_vars, x
+    )
     assert len(d_convs) == 5 and set(d_convs) == {(expected, expected)}
 
 
@@ -70,8 +74,13 @@ def test_bfloat16_outputs_within_tolerance_of_float32():
     L = np.random.default_rng(0).uniform(-1, 1, (16, 64, 64, 1)).astype(np.float32)
 
     def forward(model):
-        out, _ = model.apply(variables, L, train=True, rngs={"dropout": jax.random.PRNGKey(3)},
-                             mutable=["batch_stats"])
+        out, _ = model.apply(
+            variables,
+            L,
+            train=True,
+            rngs={"dropout": jax.random.PRNGKey(3)},
+            mutable=["batch_stats"],
+        )
         return out
 
     out32, out16 = forward(model32), forward(model16)
@@ -93,8 +102,11 @@ def test_bfloat16_train_step_keeps_state_and_losses_float32():
     }
     new_state, metrics = jax.jit(steps.train_step)(state, batch)
     for part in ("params", "batch_stats", "opt_state"):
-        dtypes = {leaf.dtype for leaf in jax.tree.leaves(getattr(new_state, part))
-                  if jnp.issubdtype(leaf.dtype, jnp.floating)}
+        dtypes = {
+            leaf.dtype
+            for leaf in jax.tree.leaves(getattr(new_state, part))
+            if jnp.issubdtype(leaf.dtype, jnp.floating)
+        }
         assert dtypes == {jnp.dtype(jnp.float32)}, part
     for name, value in metrics.items():
         assert value.dtype == jnp.float32 and np.isfinite(float(value)), name

@@ -15,9 +15,9 @@ from PIL import Image
 from skimage import color as skcolor
 from test_data_files import bad_files, colorful, write_tree
 
+from mtcolor import sharding
 from mtcolor.data import decoded_cache, input_paths, pipeline, resident, transforms
 from mtcolor.data.synthetic import SyntheticSource
-from mtcolor.train import sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +49,9 @@ def folder_config(tmp_path, root, **overrides):
 
 
 def host(batch):
-    return {k: np.asarray(v) for k, v in batch.items() if k in ("L", "ab", "label", "has_label", "mask")}
+    return {
+        k: np.asarray(v) for k, v in batch.items() if k in ("L", "ab", "label", "has_label", "mask")
+    }
 
 
 def take(iterator, n):
@@ -99,12 +101,22 @@ def test_train_batches_equal_grain_without_shuffle_and_flip_across_epochs(tmp_pa
     it = resident.make_train_iterator(config, seed=0)
     first = next(it)
     assert set(first) == {"L", "ab", "label", "has_label", "bad_counts", "bad_examples"}
-    expected = jax.tree.map(np.asarray, sharding.put_batch(
-        {k: v for k, v in grain_train(config, 0, 1)[0].items() if k in ("L", "ab", "label", "has_label")},
-        sharding.make_mesh()))
+    expected = jax.tree.map(
+        np.asarray,
+        sharding.put_batch(
+            {
+                k: v
+                for k, v in grain_train(config, 0, 1)[0].items()
+                if k in ("L", "ab", "label", "has_label")
+            },
+            sharding.make_mesh(),
+        ),
+    )
     for key, value in expected.items():  # same keys, shapes, dtypes and sharding as put_batch's
         assert first[key].shape == value.shape and first[key].dtype == value.dtype
-        assert first[key].sharding.is_equivalent_to(sharding.batch_sharded(sharding.make_mesh()), value.ndim)
+        assert first[key].sharding.is_equivalent_to(
+            sharding.batch_sharded(sharding.make_mesh()), value.ndim
+        )
     ours = [host(first)] + take(it, 5)
     for a, b in zip(ours, grain_train(config, 0, 6)):
         np.testing.assert_allclose(a["L"], b["L"], atol=1e-4)
@@ -141,7 +153,9 @@ def test_flips_are_horizontal_mirror_images_of_about_half_the_examples(tmp_path)
     for k, batch in enumerate(take(resident.make_train_iterator(config, seed=0), 20)):  # 8 epochs
         for row in range(4):
             i = (4 * k + row) % 10  # file order (shuffle off)
-            if np.array_equal(batch["L"][row], ref_L[i]) and np.array_equal(batch["ab"][row], ref_ab[i]):
+            if np.array_equal(batch["L"][row], ref_L[i]) and np.array_equal(
+                batch["ab"][row], ref_ab[i]
+            ):
                 kept += 1
             else:
                 np.testing.assert_array_equal(batch["L"][row], ref_L[i][:, ::-1])
@@ -181,7 +195,9 @@ def test_resume_at_any_step_gives_the_uninterrupted_batches(tmp_path):
 # Bad files and the cache file
 
 
-def test_bad_files_are_skipped_and_counted_as_the_grain_path_counts_them(tmp_path, tree_with_bad_files):
+def test_bad_files_are_skipped_and_counted_as_the_grain_path_counts_them(
+    tmp_path, tree_with_bad_files
+):
     config = folder_config(tmp_path, tree_with_bad_files, max_bad_fraction=None)
     cached, built = decoded_cache.load_or_build_cache(config, "train")
     assert built and len(cached.rgb) == 12 and cached.num_files == 19
@@ -209,8 +225,9 @@ def test_bad_files_are_skipped_and_counted_as_the_grain_path_counts_them(tmp_pat
 
     # max_bad_fraction is enforced while building: 7 of 19 files > 10%.
     resident.clear()
-    strict = folder_config(tmp_path / "strict", tree_with_bad_files, max_bad_fraction=0.1,
-                           bad_check_min_examples=5)
+    strict = folder_config(
+        tmp_path / "strict", tree_with_bad_files, max_bad_fraction=0.1, bad_check_min_examples=5
+    )
     with pytest.raises(pipeline.TooManyBadInputsError, match=r"bad_\w+\.JPEG|unreadable\.JPEG"):
         decoded_cache.load_or_build_cache(strict, "train")
     assert not (tmp_path / "strict" / "cache").exists()  # nothing written
@@ -227,7 +244,9 @@ def test_grayscale_filter_drops_gray_training_images_and_counts_them(tmp_path):
     it = resident.make_train_iterator(config, seed=0)
     tracker = pipeline.BadInputTracker()
     epoch = [host(tracker.observe(next(it))) for _ in range(3)]
-    assert tracker.totals() == {"near_grayscale": 2} and tracker.num_bad == 0  # a filter, not an error
+    assert (
+        tracker.totals() == {"near_grayscale": 2} and tracker.num_bad == 0
+    )  # a filter, not an error
     assert "gray0.JPEG" in tracker.report()
     assert len(set(_fingerprints(epoch))) == 6
     chroma = [np.sqrt(np.square(110 * ab).sum(-1)).mean() for b in epoch for ab in b["ab"]]
@@ -257,11 +276,15 @@ def test_cache_is_reused_without_decoding_and_rebuilt_when_a_file_changes(tmp_pa
     os.utime(paths[0], ns=(mtime + 10**9, mtime + 10**9))
     third, built = decoded_cache.load_or_build_cache(config, "train")
     assert built and third.path != first.path
-    assert not np.array_equal(third.rgb[0], first.rgb[0]) and np.array_equal(third.rgb[1:], first.rgb[1:])
+    assert not np.array_equal(third.rgb[0], first.rgb[0]) and np.array_equal(
+        third.rgb[1:], first.rgb[1:]
+    )
     assert not os.path.exists(first.path)  # the stale cache of this source is gone
     assert not [n for n in os.listdir(tmp_path / "cache") if n.endswith(".tmp")]
     # Another image size is another cache (both kept).
-    resized, built = decoded_cache.load_or_build_cache(folder_config(tmp_path, root, image_size=64), "train")
+    resized, built = decoded_cache.load_or_build_cache(
+        folder_config(tmp_path, root, image_size=64), "train"
+    )
     assert built and resized.rgb.shape[1:] == (64, 64, 3) and os.path.exists(third.path)
 
 
@@ -276,7 +299,9 @@ def test_config_switch_checks_and_auto_choice(tmp_path):
     config = tiny.get_config()
     config.data.input_path = "fast"
     problems = validation.config_problems(config)
-    assert problems == ["--config.data.input_path='fast': must be one of 'grain', 'auto', 'resident'"]
+    assert problems == [
+        "--config.data.input_path='fast': must be one of 'grain', 'auto', 'resident'"
+    ]
     config.data.input_path = "resident"
     config.data.unlabeled.source = "synthetic"
     (problem,) = validation.config_problems(config)
@@ -286,7 +311,9 @@ def test_config_switch_checks_and_auto_choice(tmp_path):
     assert input_paths.choose_input_path(data)[0] == "resident"  # 20 images of 3 KB
     data.resident.max_memory_fraction = 1e-12
     assert input_paths.choose_input_path(data)[0] == "grain"
-    assert input_paths.choose_input_path(data, resumed="resident")[0] == "resident"  # follows the run
+    assert (
+        input_paths.choose_input_path(data, resumed="resident")[0] == "resident"
+    )  # follows the run
     data.resident.max_memory_fraction = 0.25
     data.unlabeled.source = "synthetic"
     path, why = input_paths.choose_input_path(data)
@@ -318,8 +345,9 @@ def test_tiny_training_run_with_resident_input_finishes_and_resumes(tmp_path):
     import orbax.checkpoint as ocp
 
     with ocp.CheckpointManager(checkpointing.checkpoint_dir(str(workdir))) as manager:
-        saved = manager.restore(3, args=ocp.args.Composite(
-            **{checkpointing.DATA_POSITION: ocp.args.JsonRestore()}))[checkpointing.DATA_POSITION]
+        saved = manager.restore(
+            3, args=ocp.args.Composite(**{checkpointing.DATA_POSITION: ocp.args.JsonRestore()})
+        )[checkpointing.DATA_POSITION]
         assert checkpointing.restore_extra(manager, 3) == {"counts": [0] * 8, "good": 12}
     assert (saved["epoch"], saved["index"]) == (1, 0)
     # The other input path cannot resume it, and says so (it is not mistaken for damage).
@@ -348,7 +376,7 @@ def test_two_processes_each_hold_their_contiguous_rows_of_the_same_global_batche
     script = textwrap.dedent(f"""
         import numpy as np
         from mtcolor.data import pipeline, resident
-        from mtcolor.train import sharding
+        from mtcolor import sharding
         sharding.maybe_initialize_distributed()
         import jax
         c = pipeline.default_data_config()
@@ -366,21 +394,35 @@ def test_two_processes_each_hold_their_contiguous_rows_of_the_same_global_batche
     port = _free_port()
     procs = []
     for process_id in (0, 1):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-                   JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(process_id),
-                   PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        procs.append(subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env,
-                                      stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            JAX_PLATFORMS="cpu",
+            JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(process_id),
+            PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", script], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+            )
+        )
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
     for p in range(2):
         np.testing.assert_array_equal(
-            np.load(tmp_path / f"train{p}.npy"), np.stack([b["L"][2 * p : 2 * p + 2] for b in train]))
+            np.load(tmp_path / f"train{p}.npy"),
+            np.stack([b["L"][2 * p : 2 * p + 2] for b in train]),
+        )
         np.testing.assert_array_equal(
-            np.load(tmp_path / f"eval{p}.npy"), np.stack([b["ab"][2 * p : 2 * p + 2] for b in evaluation]))
+            np.load(tmp_path / f"eval{p}.npy"),
+            np.stack([b["ab"][2 * p : 2 * p + 2] for b in evaluation]),
+        )
         np.testing.assert_array_equal(
-            np.load(tmp_path / f"mask{p}.npy"), np.stack([b["mask"][2 * p : 2 * p + 2] for b in evaluation]))
+            np.load(tmp_path / f"mask{p}.npy"),
+            np.stack([b["mask"][2 * p : 2 * p + 2] for b in evaluation]),
+        )
     # One process computes the same slices from a global batch (non-array fields pass unchanged).
     batch = next(resident.make_train_iterator(config, seed=5))
     half = resident.process_rows(batch, 1, 2)

@@ -16,9 +16,7 @@ from experiments.configs import tiny
 from mtcolor import tasks
 from mtcolor.data import pipeline
 from mtcolor.eval import evaluate
-from mtcolor.train import checkpointing
-from mtcolor.train import loop
-from mtcolor.train import writers
+from mtcolor.train import checkpointing, loop, writers
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -104,4 +102,6 @@ def test_task_lists_are_checked():
     with pytest.raises(ValueError, match="at least one task"):
         tasks.check_tasks(())
     with pytest.raises(ValueError, match="each have an adversary"):
-        tasks.check_tasks((tasks.Colorization(), tasks.Colorization(name="second", module_name="d2")))
+        tasks.check_tasks(
+            (tasks.Colorization(), tasks.Colorization(name="second", module_name="d2"))
+        )

@@ -7,9 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtcolor import tasks
-from mtcolor.train import optim
+from mtcolor.train import optim, steps
 from mtcolor.train import state as state_lib
-from mtcolor.train import steps
 
 
 def _state(decoder_value=0.0, head_value=0.0, patience=2):
@@ -74,7 +73,9 @@ def test_a_stopped_head_gets_no_update_and_keeps_its_statistics():
     es = dict(state.mtl["early_stopping"])
     es["active"] = jnp.asarray([0.0, 1.0])  # colorization stopped
     state = state.replace(mtl={"early_stopping": es})
-    updates = {name: jax.tree.map(jnp.ones_like, tree) for name, tree in state.params["model"].items()}
+    updates = {
+        name: jax.tree.map(jnp.ones_like, tree) for name, tree in state.params["model"].items()
+    }
     new_stats = {"decoder": {"mean": jnp.full((2,), 7.0)}}
     updates, new_stats = steps._freeze_stopped_heads(state, updates, new_stats)
     assert float(jnp.abs(updates["decoder"]["w"]).max()) == 0.0
@@ -102,12 +103,16 @@ def test_report_names_the_stopped_task_and_its_best_step(tmp_path):
     ]
 
 
-
 def test_fresh_states_share_no_buffers_with_the_cached_methods():
     # The steps donate the state: a method state shared between two train states (the methods are
     # cached per objective) would be deleted under the second one (seen as "Array has been
     # deleted" when a run resumed in the same process).
-    objective = state_lib.Objective(tasks.experiment_tasks("multitask"), "multitask", weighting="uncertainty", gradient="nash_mtl")
+    objective = state_lib.Objective(
+        tasks.experiment_tasks("multitask"),
+        "multitask",
+        weighting="uncertainty",
+        gradient="nash_mtl",
+    )
     first = state_lib.initial_mtl_state(objective)
     for leaf in jax.tree.leaves(first):
         leaf.delete()  # what donating the first state does

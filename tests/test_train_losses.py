@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtcolor.train import losses
+from mtcolor.tasks import losses
 
 
 def sigmoid(z):

@@ -70,7 +70,10 @@ def test_pcgrad_step_combines_the_backbone_gradients_of_each_task(pcgrad_state):
     # Parameters only one task reaches get that task's (weighted) gradient unchanged.
     for name, task in (("decoder", color), ("head", cls)):
         np.testing.assert_allclose(
-            _flat(grads[name]), _flat(task[name]), rtol=1e-5, atol=1e-6 * np.abs(_flat(task[name])).max()
+            _flat(grads[name]),
+            _flat(task[name]),
+            rtol=1e-5,
+            atol=1e-6 * np.abs(_flat(task[name])).max(),
         )
 
 

@@ -37,7 +37,8 @@ TOLERANCE = 1e-9
 # Float32 combination of the per-task gradients (see the test); the injected bugs give 1e-3 to 1.
 MTL_TOLERANCE = 1e-5
 
-SCRIPT = textwrap.dedent("""
+SCRIPT = textwrap.dedent(
+    """
     import json, sys
     import jax
     jax.config.update("jax_enable_x64", True)
@@ -46,8 +47,11 @@ SCRIPT = textwrap.dedent("""
     assert len(jax.devices()) == 4, jax.devices()
     from experiments.configs import tiny
     from mtcolor import models, tasks
-    from mtcolor.models import decoder as decoder_lib, patchgan as patchgan_lib, resnet as resnet_lib
-    from mtcolor.train import sharding, state as state_lib, steps
+    from mtcolor.models import decoder as decoder_lib, patchgan as patchgan_lib, """
+    """resnet as resnet_lib
+    from mtcolor import sharding
+    from mtcolor.train import state as state_lib
+    from mtcolor.train import steps
 
     GROUPS = 1  # the injected bugs' "device count"; 1 makes both mutants equal to the real code
 
@@ -166,7 +170,8 @@ SCRIPT = textwrap.dedent("""
         GROUPS = 4
         results[bug] = compare(d_reference, one_iteration(4, d_step))
     print("RESULT " + json.dumps(results))
-""")
+"""
+)
 
 
 def test_four_devices_match_one_device_and_catch_sharding_bugs():

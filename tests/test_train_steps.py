@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import tiny
-from mtcolor.train import sharding
+from mtcolor import sharding
 from mtcolor.train import state as state_lib
 from mtcolor.train import steps
 
@@ -222,7 +222,10 @@ def test_train_step_with_one_forward_equals_discriminator_then_generator_step(
     assert set(fused_metrics) == set(two_metrics)
     for name in two_metrics:
         np.testing.assert_allclose(
-            float(fused_metrics[name]), float(two_metrics[name]), rtol=1e-5, atol=1e-6,
+            float(fused_metrics[name]),
+            float(two_metrics[name]),
+            rtol=1e-5,
+            atol=1e-6,
             err_msg=name,
         )
     assert int(fused.step) == int(two_step.step) == int(state.step) + 2
@@ -231,6 +234,9 @@ def test_train_step_with_one_forward_equals_discriminator_then_generator_step(
         assert a.keys() == b.keys(), part
         for path in a:
             np.testing.assert_allclose(
-                np.asarray(a[path], np.float64), np.asarray(b[path], np.float64),
-                rtol=1e-5, atol=1e-6, err_msg=f"{part}{jax.tree_util.keystr(path)}",
+                np.asarray(a[path], np.float64),
+                np.asarray(b[path], np.float64),
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=f"{part}{jax.tree_util.keystr(path)}",
             )

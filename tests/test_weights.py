@@ -60,14 +60,19 @@ def test_convert_maps_every_torchvision_key():
     assert k[2, 0, 5, 7] == w[7, 5, 2, 0]
     assert params["layer2_0"]["downsample_conv"]["kernel"].shape == (1, 1, 64, 128)
     np.testing.assert_array_equal(
-        params["layer3_0"]["downsample_conv"]["kernel"][0, 0], sd["layer3.0.downsample.0.weight"][:, :, 0, 0].T
+        params["layer3_0"]["downsample_conv"]["kernel"][0, 0],
+        sd["layer3.0.downsample.0.weight"][:, :, 0, 0].T,
     )
     np.testing.assert_array_equal(params["layer4_1"]["bn2"]["scale"], sd["layer4.1.bn2.weight"])
     np.testing.assert_array_equal(params["layer4_1"]["bn2"]["bias"], sd["layer4.1.bn2.bias"])
     np.testing.assert_array_equal(stats["layer1_1"]["bn1"]["mean"], sd["layer1.1.bn1.running_mean"])
-    np.testing.assert_array_equal(stats["layer2_0"]["downsample_bn"]["var"], sd["layer2.0.downsample.1.running_var"])
+    np.testing.assert_array_equal(
+        stats["layer2_0"]["downsample_bn"]["var"], sd["layer2.0.downsample.1.running_var"]
+    )
     np.testing.assert_array_equal(stats["bn1"]["var"], sd["bn1.running_var"])
-    assert "downsample_conv" not in params["layer1_0"] and "downsample_conv" not in params["layer2_1"]
+    assert (
+        "downsample_conv" not in params["layer1_0"] and "downsample_conv" not in params["layer2_1"]
+    )
     assert set(params) == {"conv1", "bn1"} | {f"layer{s}_{b}" for s in range(1, 5) for b in (0, 1)}
     assert all(v.dtype == np.float32 for v in [k, stats["bn1"]["mean"]])
 
@@ -79,7 +84,9 @@ def test_convert_gray_conv1_is_sum_of_rgb_kernels():
     assert k.shape == (7, 7, 1, 64)
     w = sd["conv1.weight"]
     # By hand for one output channel / tap: the R, G and B weights added.
-    assert k[3, 4, 0, 10] == pytest.approx(float(w[10, 0, 3, 4]) + float(w[10, 1, 3, 4]) + float(w[10, 2, 3, 4]), rel=1e-6)
+    assert k[3, 4, 0, 10] == pytest.approx(
+        float(w[10, 0, 3, 4]) + float(w[10, 1, 3, 4]) + float(w[10, 2, 3, 4]), rel=1e-6
+    )
     # A gray image through the summed kernel equals the same image repeated in 3 channels.
     x = np.random.default_rng(2).standard_normal((7, 7)).astype(np.float64)
     gray = np.einsum("hw,hwo->o", x, k[:, :, 0, :].astype(np.float64))
@@ -114,11 +121,21 @@ def test_convert_lists_all_problems_in_one_error():
     assert isinstance(err, ValueError)
     assert sorted(err.missing) == ["layer1.0.bn1.weight", "layer3.0.downsample.0.weight"]
     assert sorted(err.unexpected) == ["head.weight", "layer5.0.conv1.weight"]
-    assert sorted(k for k, _, _ in err.shape_mismatches) == ["bn1.running_var", "layer4.1.conv2.weight"]
+    assert sorted(k for k, _, _ in err.shape_mismatches) == [
+        "bn1.running_var",
+        "layer4.1.conv2.weight",
+    ]
     msg = str(err)
-    for key in ["layer1.0.bn1.weight", "layer3.0.downsample.0.weight", "head.weight",
-                "layer5.0.conv1.weight", "layer4.1.conv2.weight", "bn1.running_var",
-                "/some/where/resnet.pth", "(512, 256, 3, 3)"]:
+    for key in [
+        "layer1.0.bn1.weight",
+        "layer3.0.downsample.0.weight",
+        "head.weight",
+        "layer5.0.conv1.weight",
+        "layer4.1.conv2.weight",
+        "bn1.running_var",
+        "/some/where/resnet.pth",
+        "(512, 256, 3, 3)",
+    ]:
         assert key in msg
     assert "fc." not in msg and "num_batches_tracked" not in msg
 
@@ -174,7 +191,9 @@ def test_malicious_pickle_is_refused_without_side_effect(tmp_path, monkeypatch):
     # Control: the fixture really asks for os.system (so this test can fail).
     with zipfile.ZipFile(path) as z:
         data = z.read("torch_malicious/data.pkl")
-    assert any(op.name == "GLOBAL" and arg == "posix system" for op, arg, _ in pickletools.genops(data))
+    assert any(
+        op.name == "GLOBAL" and arg == "posix system" for op, arg, _ in pickletools.genops(data)
+    )
     monkeypatch.chdir(tmp_path)  # the pickle would `touch mtcolor_pwned_marker` in the cwd
     with pytest.raises(weights.UnsafeWeightsFileError, match=r"posix\.system") as info:
         weights.load_torchvision_resnet18(path)
@@ -205,8 +224,16 @@ def _tensor_pickle(entries):
     out = b"\x80\x02}("
     for name, (stype, key, numel, offset, size, stride) in entries.items():
         pid = _tuple([_u("storage"), _g("torch", stype), _u(key), _u("cpu"), _i(numel)]) + b"Q"
-        args = _tuple([pid, _i(offset), _tuple(map(_i, size)), _tuple(map(_i, stride)),
-                       b"\x89", _g("collections", "OrderedDict") + b")R"])
+        args = _tuple(
+            [
+                pid,
+                _i(offset),
+                _tuple(map(_i, size)),
+                _tuple(map(_i, stride)),
+                b"\x89",
+                _g("collections", "OrderedDict") + b")R",
+            ]
+        )
         out += _u(name) + _g("torch._utils", "_rebuild_tensor_v2") + args + b"R"
     return out + b"u."
 
@@ -223,11 +250,19 @@ def _write_pth(path, pickle_bytes, storages, byteorder="little"):
 def test_hand_pickle_control_and_big_endian(tmp_path):
     values = np.arange(6, dtype=np.float32) * 1.5
     entries = {"w": ("FloatStorage", "0", 6, 1, (2, 2), (1, 2))}
-    little = weights.read_state_dict(_write_pth(tmp_path / "l.pth", _tensor_pickle(entries), {"0": values.tobytes()}))
+    little = weights.read_state_dict(
+        _write_pth(tmp_path / "l.pth", _tensor_pickle(entries), {"0": values.tobytes()})
+    )
     # offset 1, strides (1, 2): [[v1, v3], [v2, v4]]
     np.testing.assert_array_equal(little["w"], [[1.5, 4.5], [3.0, 6.0]])
-    big = weights.read_state_dict(_write_pth(
-        tmp_path / "b.pth", _tensor_pickle(entries), {"0": values.astype(">f4").tobytes()}, byteorder="big"))
+    big = weights.read_state_dict(
+        _write_pth(
+            tmp_path / "b.pth",
+            _tensor_pickle(entries),
+            {"0": values.astype(">f4").tobytes()},
+            byteorder="big",
+        )
+    )
     np.testing.assert_array_equal(big["w"], little["w"])
 
 
@@ -241,7 +276,14 @@ def test_out_of_bounds_and_truncated_storages_are_errors(tmp_path):
         weights.read_state_dict(_write_pth(tmp_path / "short.pth", too_big, {"0": raw}))
 
 
-@pytest.mark.parametrize("module,name", [("builtins", "eval"), ("torch", "Tensor"), ("torch._utils", "_rebuild_device_tensor_from_numpy")])
+@pytest.mark.parametrize(
+    "module,name",
+    [
+        ("builtins", "eval"),
+        ("torch", "Tensor"),
+        ("torch._utils", "_rebuild_device_tensor_from_numpy"),
+    ],
+)
 def test_any_other_global_is_refused(tmp_path, module, name):
     marker = tmp_path / "marker"
     code = f"__import__('pathlib').Path({str(marker)!r}).touch()"
@@ -323,8 +365,12 @@ def test_torch_written_resnet18_maps_onto_flax_names():
     probe = np.load(FIXTURES / "resnet18_strided_probe.npz")
     keys = [k.removesuffix("__index") for k in probe.files if k.endswith("__index")]
     assert len(keys) == 102  # 20 convs + 20 BNs x 4 + fc.weight, fc.bias
-    bn_names = {"weight": ("params", "scale"), "bias": ("params", "bias"),
-                "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+    bn_names = {
+        "weight": ("params", "scale"),
+        "bias": ("params", "bias"),
+        "running_mean": ("batch_stats", "mean"),
+        "running_var": ("batch_stats", "var"),
+    }
     checked = 0
     for key in keys:
         if key.startswith("fc."):
@@ -333,7 +379,9 @@ def test_torch_written_resnet18_maps_onto_flax_names():
         parts = key.split(".")
         if parts[0].startswith("layer"):
             block, rest = f"{parts[0]}_{parts[1]}", parts[2:]
-            module = {"downsample.0": "downsample_conv", "downsample.1": "downsample_bn"}.get(".".join(rest[:2]), rest[0])
+            module = {"downsample.0": "downsample_conv", "downsample.1": "downsample_bn"}.get(
+                ".".join(rest[:2]), rest[0]
+            )
             path, field = [block, module], rest[-1]
         else:
             path, field = [parts[0]], parts[1]
@@ -361,19 +409,29 @@ def test_safetensors_and_npz_roundtrip(tmp_path):
     np.savez(tmp_path / "w.npz", **sd)
     for name in ("w.safetensors", "w.npz"):
         v = weights.load_torchvision_resnet18(tmp_path / name)
-        np.testing.assert_array_equal(v["params"]["layer3_1"]["conv2"]["kernel"],
-                                      sd["layer3.1.conv2.weight"].transpose(2, 3, 1, 0))
-        np.testing.assert_array_equal(v["batch_stats"]["layer4_0"]["downsample_bn"]["mean"],
-                                      sd["layer4.0.downsample.1.running_mean"])
+        np.testing.assert_array_equal(
+            v["params"]["layer3_1"]["conv2"]["kernel"],
+            sd["layer3.1.conv2.weight"].transpose(2, 3, 1, 0),
+        )
+        np.testing.assert_array_equal(
+            v["batch_stats"]["layer4_0"]["downsample_bn"]["mean"],
+            sd["layer4.0.downsample.1.running_mean"],
+        )
         v1 = weights.load_torchvision_resnet18(tmp_path / name, in_channels=1)
-        np.testing.assert_allclose(v1["params"]["conv1"]["kernel"][..., 0, :],
-                                   sd["conv1.weight"].sum(1).transpose(1, 2, 0), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            v1["params"]["conv1"]["kernel"][..., 0, :],
+            sd["conv1.weight"].sum(1).transpose(1, 2, 0),
+            rtol=1e-6,
+            atol=1e-6,
+        )
     # Half precision files come back as float32 (the model's parameter dtype).
     sd16 = {k: (v.astype(np.float16) if v.dtype == np.float32 else v) for k, v in sd.items()}
     safetensors.numpy.save_file(sd16, str(tmp_path / "h.safetensors"))
     v = weights.load_torchvision_resnet18(tmp_path / "h.safetensors")
     assert v["params"]["bn1"]["scale"].dtype == np.float32
-    np.testing.assert_array_equal(v["params"]["bn1"]["scale"], sd16["bn1.weight"].astype(np.float32))
+    np.testing.assert_array_equal(
+        v["params"]["bn1"]["scale"], sd16["bn1.weight"].astype(np.float32)
+    )
 
 
 def test_mismatch_error_from_file_names_the_file(tmp_path):
@@ -387,17 +445,25 @@ def test_mismatch_error_from_file_names_the_file(tmp_path):
 
 def test_shapes_agree_with_flax_resnet18():
     """Cross-check of two independent hand tables: this module's and mtcolor.models'."""
-    from mtcolor import models
     import jax
+
+    from mtcolor import models
 
     for in_channels, n_params in ((3, 11_176_512), (1, 11_170_240)):
         shapes = jax.eval_shape(
-            lambda: models.ResNet18(in_channels=in_channels).init(
-                jax.random.PRNGKey(0), np.zeros((1, 32, 32, in_channels), np.float32)))
-        sd = {k: np.zeros(s, np.float32) for k, s in weights.expected_torchvision_shapes(in_channels).items()}
+            lambda in_channels=in_channels: models.ResNet18(in_channels=in_channels).init(
+                jax.random.PRNGKey(0), np.zeros((1, 32, 32, in_channels), np.float32)
+            )
+        )
+        sd = {
+            k: np.zeros(s, np.float32)
+            for k, s in weights.expected_torchvision_shapes(in_channels).items()
+        }
         ours = convert_torchvision_state_dict(sd, in_channels)
         as_shapes = jax.tree_util.tree_map(lambda a: a.shape, ours)
-        theirs = jax.tree_util.tree_map(lambda a: a.shape, {k: shapes[k] for k in ("params", "batch_stats")})
+        theirs = jax.tree_util.tree_map(
+            lambda a: a.shape, {k: shapes[k] for k in ("params", "batch_stats")}
+        )
         assert as_shapes == jax.tree_util.tree_map(lambda s: s, theirs)
         assert _count(ours["params"]) == n_params
 
@@ -438,14 +504,18 @@ def test_torchvision_found_in_torch_home(isolated_cache, offline):
     np.testing.assert_array_equal(v["params"]["conv1"]["kernel"], ref["params"]["conv1"]["kernel"])
 
 
-def test_torchvision_found_in_home_cache_and_xdg_default(tmp_path, isolated_cache, offline, monkeypatch):
+def test_torchvision_found_in_home_cache_and_xdg_default(
+    tmp_path, isolated_cache, offline, monkeypatch
+):
     home_cache = tmp_path / "home" / ".cache" / "torch" / "hub" / "checkpoints"
     home_cache.mkdir(parents=True)
     (home_cache / OFFICIAL).write_bytes(b"placeholder")
     assert weights.find_torchvision_resnet18() == home_cache / OFFICIAL
     monkeypatch.delenv("TORCH_HOME")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert weights.torch_hub_checkpoint_dirs()[0] == tmp_path / "xdg" / "torch" / "hub" / "checkpoints"
+    assert (
+        weights.torch_hub_checkpoint_dirs()[0] == tmp_path / "xdg" / "torch" / "hub" / "checkpoints"
+    )
 
 
 def test_torchvision_offline_fails_with_instructions(isolated_cache, offline):
@@ -486,10 +556,14 @@ def test_torchvision_download_into_cache(tmp_path, isolated_cache, monkeypatch):
     v = weights.load_resnet18("torchvision", 3)
     assert (isolated_cache / name).read_bytes() == fixture.read_bytes()
     ref = weights.load_torchvision_resnet18(fixture)
-    np.testing.assert_array_equal(v["params"]["layer4_1"]["conv2"]["kernel"], ref["params"]["layer4_1"]["conv2"]["kernel"])
+    np.testing.assert_array_equal(
+        v["params"]["layer4_1"]["conv2"]["kernel"], ref["params"]["layer4_1"]["conv2"]["kernel"]
+    )
     # A served file whose hash does not match its name is rejected and not cached.
     (served / "resnet18-0badbeef.pth").write_bytes(fixture.read_bytes())
-    monkeypatch.setattr(weights, "TORCHVISION_RESNET18_URL", (served / "resnet18-0badbeef.pth").as_uri())
+    monkeypatch.setattr(
+        weights, "TORCHVISION_RESNET18_URL", (served / "resnet18-0badbeef.pth").as_uri()
+    )
     with pytest.raises(ValueError, match="0badbeef"):
         weights.load_resnet18("torchvision", 3)
     assert not (isolated_cache / "resnet18-0badbeef.pth").exists()
@@ -507,6 +581,12 @@ def test_import_pulls_in_no_torch_or_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys, mtcolor.weights; bad = [m for m in sys.modules if m.split('.')[0] in "
-            "('torch', 'tensorflow', 'jax', 'flax')]; print(bad); assert not bad")
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    code = (
+        "import sys, mtcolor.weights; bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'tensorflow', 'jax', 'flax')]; print(bad); assert not bad"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )

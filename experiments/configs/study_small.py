@@ -27,20 +27,27 @@ OVERRIDES = {
 MULTITASK_VARIANTS = [
     {"name": "paper"},  # the paper's setup: plain decoder, fixed weights (L1 x100, cls x10), sum
     {"name": "unet", "overrides": {"model.decoder": "unet"}},
-    *({"name": w, "overrides": {"loss.weighting": w}}
-      for w in ("uncertainty", "dwa", "gradnorm", "famo")),
-    *({"name": g, "overrides": {"loss.gradient": g}}
-      for g in ("pcgrad", "cagrad", "mgda", "imtl_g", "nash_mtl")),
+    *(
+        {"name": w, "overrides": {"loss.weighting": w}}
+        for w in ("uncertainty", "dwa", "gradnorm", "famo")
+    ),
+    *(
+        {"name": g, "overrides": {"loss.gradient": g}}
+        for g in ("pcgrad", "cagrad", "mgda", "imtl_g", "nash_mtl")
+    ),
     # Per-task early stopping (patience in evaluations); fails, and is reported as failed, on a
     # trainer without the option.
     {"name": "early_stopping", "overrides": {"train.early_stopping_patience": 2}},
     # Half of every training batch from 1,300 unlabeled ImageNet photos, colorization loss only.
     # Epochs count labelled images, so this variant takes twice the steps of the others.
-    {"name": "unlabeled", "overrides": {
-        "data.unlabeled.source": "folder",
-        "data.unlabeled.folder.root": IMAGENET_VAL_1300,
-        "data.unlabeled.fraction": 0.5,
-    }},
+    {
+        "name": "unlabeled",
+        "overrides": {
+            "data.unlabeled.source": "folder",
+            "data.unlabeled.folder.root": IMAGENET_VAL_1300,
+            "data.unlabeled.fraction": 0.5,
+        },
+    },
 ]
 
 

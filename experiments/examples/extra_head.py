@@ -17,10 +17,15 @@ from mtcolor.train import loop
 def pooled_head_tasks(config) -> tuple[tasks.Task, ...]:
     """The paper's colorization task and an average-pooled, smaller classification head."""
     colorization = tasks.experiment_tasks(
-        "colorization", l1_weight=config.loss.l1_weight, gan_mode=config.loss.gan_mode,
-        gan_weight=config.loss.gan_weight, decoder=config.model.get("decoder", "plain"))[0]
+        "colorization",
+        l1_weight=config.loss.l1_weight,
+        gan_mode=config.loss.gan_mode,
+        gan_weight=config.loss.gan_weight,
+        decoder=config.model.get("decoder", "plain"),
+    )[0]
     classification = tasks.Classification(
-        num_classes=config.model.num_classes, pooling="avg", hidden=256, weight=3.0)
+        num_classes=config.model.num_classes, pooling="avg", hidden=256, weight=3.0
+    )
     return (colorization, classification)
 
 

@@ -40,9 +40,19 @@ PAPER_CLASSES = (
 PAPER_WNIDS = tuple(c.wnid for c in PAPER_CLASSES)
 
 
-def unknown_classes_error(missing: Sequence[str], where: str, available: Sequence[str], *,
-                          detail: str = "", available_label: str = "available") -> ValueError:
+def unknown_classes_error(
+    missing: Sequence[str],
+    where: str,
+    available: Sequence[str],
+    *,
+    detail: str = "",
+    available_label: str = "available",
+) -> ValueError:
     """The error a source raises for requested classes it does not have: the missing names, where
     they were looked for (`where`, then `detail`) and the first 20 available names."""
-    shown = ", ".join(available[:20]) + (f", ... ({len(available)} in all)" if len(available) > 20 else "")
-    return ValueError(f"unknown class(es) {list(missing)} in {where}{detail}; {available_label}: {shown}")
+    shown = ", ".join(available[:20]) + (
+        f", ... ({len(available)} in all)" if len(available) > 20 else ""
+    )
+    return ValueError(
+        f"unknown class(es) {list(missing)} in {where}{detail}; {available_label}: {shown}"
+    )

@@ -37,7 +37,9 @@ class BadInputTracker:
         logging.info(tracker.report())
     """
 
-    def __init__(self, max_bad_fraction: float | None = None, min_examples: int = 200, examples_kept: int = 3):
+    def __init__(
+        self, max_bad_fraction: float | None = None, min_examples: int = 200, examples_kept: int = 3
+    ):
         self.max_bad_fraction = max_bad_fraction
         self.min_examples = min_examples
         self.counts = np.zeros(len(SKIP_REASONS), np.int64)
@@ -80,7 +82,11 @@ class BadInputTracker:
         """Accumulates a batch's skip info; returns the batch without the non-array info fields."""
         mask = batch.get("mask")
         num_good = int(np.sum(mask)) if mask is not None else len(batch["label"])
-        self.update(batch.get("bad_counts", np.zeros(len(SKIP_REASONS))), num_good, batch.get("bad_examples", ()))
+        self.update(
+            batch.get("bad_counts", np.zeros(len(SKIP_REASONS))),
+            num_good,
+            batch.get("bad_examples", ()),
+        )
         return {k: v for k, v in batch.items() if k not in INFO_KEYS}
 
     def check(self) -> None:

@@ -48,7 +48,9 @@ class BatchSlots(grain.MapDataset):
         super().__init__(parent)
         self._shard_index, shard_count = shard
         if global_count % shard_count:
-            raise ValueError(f"{global_count} rows per batch are not divisible by {shard_count} processes")
+            raise ValueError(
+                f"{global_count} rows per batch are not divisible by {shard_count} processes"
+            )
         self._global_count = global_count
         self._rows = global_count // shard_count
         self._start = start
@@ -72,8 +74,10 @@ class BatchSlots(grain.MapDataset):
         return self._parent[self._global_index(index)]
 
     def __str__(self) -> str:
-        return (f"BatchSlots(rows {self._shard_index * self._rows}:"
-                f"{(self._shard_index + 1) * self._rows} of {self._global_count}, start {self._start})")
+        return (
+            f"BatchSlots(rows {self._shard_index * self._rows}:"
+            f"{(self._shard_index + 1) * self._rows} of {self._global_count}, start {self._start})"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,8 +276,11 @@ class SkipCountBatchIterator(grain.DatasetIterator):
                     logging.warning(
                         "data position of %s processes resumed on %s from the batch count; %s "
                         "files had been skipped, so a few records of this epoch may repeat or be "
-                        "left out", state["process_count"], self._process_count,
-                        sum(state["tracker"]["counts"]))
+                        "left out",
+                        state["process_count"],
+                        self._process_count,
+                        sum(state["tracker"]["counts"]),
+                    )
             self._parents = [iter(stream(start=n)) for stream, n in zip(self._streams, taken)]
             self._taken = taken
         self._batches_emitted = int(state["batches_emitted"])

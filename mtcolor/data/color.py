@@ -71,7 +71,9 @@ def _linear_rgb_to_lab(linear: np.ndarray, dtype: np.dtype) -> np.ndarray:
     xyz = linear @ _NORMALIZED_XYZ_FROM_RGB.T.astype(dtype)
     f = _f(xyz)
     fx, fy, fz = f[..., 0], f[..., 1], f[..., 2]
-    return np.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1).astype(dtype)
+    return np.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1).astype(
+        dtype
+    )
 
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -108,7 +110,8 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
 SRGB_UINT8_TO_LINEAR = _srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
 
 
-# Lab is linear in f = (f(X/Xn), f(Y/Yn), f(Z/Zn)): normalized Lab = f @ _NORMALIZED_LAB_FROM_F + offset.
+# Lab is linear in f = (f(X/Xn), f(Y/Yn), f(Z/Zn)):
+# normalized Lab = f @ _NORMALIZED_LAB_FROM_F + offset.
 _NORMALIZED_LAB_FROM_F = np.array(
     [
         [0.0, 500.0 / AB_SCALE, 0.0],
@@ -269,7 +272,11 @@ def rgb_uint8_to_normalized_L_ab_jax(rgb):  # noqa: N802
     m = _NORMALIZED_XYZ_FROM_RGB_F32.T  # rows: X/Xn, Y/Yn, Z/Zn
     xyz = [r * m[i, 0] + g * m[i, 1] + b * m[i, 2] for i in range(3)]
     fx, fy, fz = (
-        jnp.where(t > _LAB_EPSILON, jnp.cbrt(t), t * np.float32(_LAB_KAPPA_SLOPE) + np.float32(16.0 / 116.0))
+        jnp.where(
+            t > _LAB_EPSILON,
+            jnp.cbrt(t),
+            t * np.float32(_LAB_KAPPA_SLOPE) + np.float32(16.0 / 116.0),
+        )
         for t in xyz
     )
     L_norm = fy * np.float32(116.0 / L_SCALE) + _NORMALIZED_LAB_OFFSET[0]  # noqa: N806

@@ -39,8 +39,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     # every class of the source. The paper: [c.wnid for c in mtcolor.data.PAPER_CLASSES].
     # Ignored by the synthetic source (its classes are synthetic.num_classes).
     c.classes = None
-    # Stop with TooManyBadInputsError once more than this fraction of files seen were bad (zero-byte,
-    # truncated, corrupt, ...), checked after bad_check_min_examples files. None: never stop.
+    # Stop with TooManyBadInputsError once more than this fraction of files seen were bad
+    # (zero-byte, truncated, corrupt, ...), checked after bad_check_min_examples files. None: never
+    # stop.
     c.max_bad_fraction = 0.05
     c.bad_check_min_examples = 200
     # Files with a side below this (e.g. 1x1 pixels) are skipped as "too_small".
@@ -54,8 +55,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     # sqrt(a^2 + b^2) (CIELAB units, after resizing) is below this is skipped and counted as
     # "near_grayscale". None: off. 1.0 is a good value: on 1,300 ImageNet validation photos it drops
     # the 13 stored-as-RGB grayscale ones (chroma 0) and 8 nearly colourless ones (docs/data.md).
-    # A typed placeholder so that command-line overrides (--config.data.grayscale_filter_threshold=1)
-    # work although the default is None.
+    # A typed placeholder so that command-line overrides
+    # (--config.data.grayscale_filter_threshold=1) work although the default is None.
     c.grayscale_filter_threshold = ml_collections.config_dict.placeholder(float)
     # How training reads the data (docs/data.md, "Device-resident input"). "grain": this module's
     # pipeline, decoding every step on the host. "resident" (mtcolor.data.resident): each split
@@ -66,7 +67,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.input_path = "grain"
     c.resident = ml_collections.ConfigDict()
     # Where the decoded caches live ("" : ~/.cache/mtcolor/resident); one .npz per split, named by
-    # the source and a digest of its files (paths, sizes, mtimes), the image size and decode options.
+    # the source and a digest of its files (paths, sizes, mtimes), the image size and decode
+    # options.
     c.resident.cache_dir = ""
     c.resident.max_memory_fraction = 0.25  # "auto"'s ceiling for the replicated uint8 images
 

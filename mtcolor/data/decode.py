@@ -11,14 +11,15 @@ Mode handling (everything ends as 8-bit RGB):
 - 16-bit grayscale (I;16, I;16B, I;16L, I;16N, and I, which Pillow uses for 16-bit PNG/TIFF):
   scaled by 255/65535. F (float) images: values clipped to [0, 255] (scaled by 255 first if their
   maximum is <= 1).
-- EXIF orientation is applied (`ImageOps.exif_transpose`), so photos are upright as viewers show them.
+- EXIF orientation is applied (`ImageOps.exif_transpose`), so photos are upright as viewers show
+  them.
 
 Resize modes:
 - "stretch": bicubic to size x size, aspect ratio not kept (the paper's reference tutorial).
-- "shorter_side_crop": the shorter side scaled to `size` (bicubic), then the central size x size crop
-  (done in one `Image.resize(box=...)` call).
-With `jpeg_draft`, large JPEGs are first decoded at a reduced DCT scale (1/2, 1/4, 1/8) that is still
-at least `size` on both sides: several times faster on full-size ImageNet photos, visually
+- "shorter_side_crop": the shorter side scaled to `size` (bicubic), then the central size x size
+  crop (done in one `Image.resize(box=...)` call).
+With `jpeg_draft`, large JPEGs are first decoded at a reduced DCT scale (1/2, 1/4, 1/8) that is
+still at least `size` on both sides: several times faster on full-size ImageNet photos, visually
 equivalent but not bit-identical to a full decode followed by bicubic resizing.
 """
 
@@ -32,13 +33,23 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Reasons a file is skipped, in the order of the `bad_counts` arrays.
 ZERO_BYTE = "zero_byte"  # the file is empty
-UNREADABLE = "unreadable"  # the file could not be read (permissions, vanished, I/O error, a directory)
+UNREADABLE = (
+    "unreadable"  # the file could not be read (permissions, vanished, I/O error, a directory)
+)
 NOT_AN_IMAGE = "not_an_image"  # Pillow recognizes no image format in the bytes
 TRUNCATED = "truncated"  # the image data ends early
 CORRUPT = "corrupt"  # a recognized format whose data fails to decode
 TOO_SMALL = "too_small"  # a side shorter than `min_image_side` (e.g. 1x1 tracking pixels)
 DECOMPRESSION_BOMB = "decompression_bomb"  # more than `max_image_pixels` pixels declared
-BAD_REASONS = (ZERO_BYTE, UNREADABLE, NOT_AN_IMAGE, TRUNCATED, CORRUPT, TOO_SMALL, DECOMPRESSION_BOMB)
+BAD_REASONS = (
+    ZERO_BYTE,
+    UNREADABLE,
+    NOT_AN_IMAGE,
+    TRUNCATED,
+    CORRUPT,
+    TOO_SMALL,
+    DECOMPRESSION_BOMB,
+)
 
 RESIZE_MODES = ("stretch", "shorter_side_crop")
 
@@ -107,7 +118,9 @@ def resize_rgb(image: Image.Image, size: int, resize_mode: str) -> Image.Image:
         side = min(width, height)
         left = (width - side) / 2.0
         top = (height - side) / 2.0
-        return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+        return image.resize(
+            (size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)
+        )
     raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
 
 

@@ -153,7 +153,9 @@ def load_or_build_cache(data_config, split: str) -> tuple[CachedSplit, bool]:
     try:
         _write(cached, identity)
     except OSError as error:  # a read-only or full cache directory costs a decode next run
-        _log.warning("could not write the resident cache %s (%s); using it from memory", path, error)
+        _log.warning(
+            "could not write the resident cache %s (%s); using it from memory", path, error
+        )
         return cached, True
     _remove_stale(path)
     return cached, True
@@ -216,7 +218,11 @@ def _build(source, data_config, split: str, path: str, digest: str) -> CachedSpl
             close()
     _log.info(
         "resident cache of %s: %d of %d files decoded in %.1f s (%s)",
-        split, len(labels), num_files, time.perf_counter() - start, tracker.report(),
+        split,
+        len(labels),
+        num_files,
+        time.perf_counter() - start,
+        tracker.report(),
     )
     return CachedSplit(
         path=path,
@@ -241,7 +247,9 @@ def _write(cached: CachedSplit, identity: dict) -> None:
         "skipped": [list(s) for s in cached.skipped],
         "source": {k: v for k, v in identity["source"].items() if k != "files"},
     }
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(cached.path) + ".", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(
+        prefix=os.path.basename(cached.path) + ".", suffix=".tmp", dir=directory
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(

@@ -29,13 +29,25 @@ import os
 from mtcolor.data import PAPER_CLASSES, unknown_classes_error
 
 # Lower-case extensions read from class folders; other files (.txt, .DS_Store, ...) are not listed.
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (
+    ".jpeg",
+    ".jpg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+)
 
 _PAPER_ALIASES = {c.wnid: c.name for c in PAPER_CLASSES} | {c.name: c.wnid for c in PAPER_CLASSES}
 
 
 def _name_variants(name: str) -> list[str]:
-    """A requested class and the spellings a folder for it may have (wnid <-> paper name, _ vs space)."""
+    """A requested class and the spellings a folder for it may have (wnid <-> paper name, _ vs
+    space)."""
     variants = [name, name.replace(" ", "_"), name.replace("_", " ")]
     alias = _PAPER_ALIASES.get(name.replace("_", " ")) or _PAPER_ALIASES.get(name)
     if alias:
@@ -88,14 +100,22 @@ class FolderSource:
         if split_file:
             entries = _read_split_file(split_file)
             # A class column wins; without one the parent folder names the class.
-            labelled = [(p, c if c is not None else os.path.dirname(p).split(os.sep)[-1] or None) for p, c in entries]
+            labelled = [
+                (p, c if c is not None else os.path.dirname(p).split(os.sep)[-1] or None)
+                for p, c in entries
+            ]
             if any(c is None for _, c in labelled):
                 bad = next(p for p, c in labelled if c is None)
-                raise ValueError(f"split file {split_file!r}: entry {bad!r} has no class column and no class folder")
+                raise ValueError(
+                    f"split file {split_file!r}: entry {bad!r} has no class column "
+                    "and no class folder"
+                )
             available = sorted({c for _, c in labelled})
             where = f"split file {split_file!r}"
         else:
-            available = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+            available = sorted(
+                e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")
+            )
             labelled = None
             where = f"directory {root!r}"
         if not available:
@@ -113,7 +133,9 @@ class FolderSource:
                 (selected if match else missing).append(match or name)
             if missing:
                 raise unknown_classes_error(
-                    missing, where, available,
+                    missing,
+                    where,
+                    available,
                     detail=": looked for a folder/class named by wnid or name "
                     f"(tried {[_name_variants(m) for m in missing]})",
                 )
@@ -148,7 +170,10 @@ class FolderSource:
         return {"path": self.paths[index], "label": self.labels[index], "key": self.paths[index]}
 
     def __repr__(self) -> str:
-        return f"FolderSource(root={self.root!r}, classes={list(self.class_dirs)}, num_examples={len(self)})"
+        return (
+            f"FolderSource(root={self.root!r}, classes={list(self.class_dirs)}, "
+            f"num_examples={len(self)})"
+        )
 
 
 class ImageFilesSource:
@@ -213,7 +238,8 @@ def _list_images(root: str, extensions: tuple[str, ...]) -> list[str]:
 
 
 def _existing_directory(root, message: str) -> str:
-    """`root` with "~" expanded; FileNotFoundError(message.format(root)) if it is not a directory."""
+    """`root` with "~" expanded; FileNotFoundError(message.format(root)) if it is not a
+    directory."""
     root = os.path.expanduser(str(root))
     if not root or not os.path.isdir(root):
         raise FileNotFoundError(message.format(root))

@@ -1,4 +1,5 @@
-"""The grain input pipeline: source -> decode -> resize -> flip (train) -> Lab -> skip/count -> batch.
+"""The grain input pipeline: source -> decode -> resize -> flip (train) -> Lab -> skip/count ->
+batch.
 
 This module assembles the pipeline; each part is its own module: the options
 (`mtcolor.data.config`), the sources and batch split (`mtcolor.data.sources`), the per-element
@@ -30,10 +31,10 @@ go to the device), accumulates them and returns the model inputs.
 
 Where things run: everything up to Lab (decode, resize, flip, Lab, grayscale test) runs per element
 in grain worker processes (numpy and Pillow only); a bad file becomes a small record carrying its
-reason instead of an exception. Skipping, counting and batching run in the calling process after the
-workers' outputs are interleaved back into index order, so the batches do not depend on
-`worker_count` (0, 1, 2, ... give identical batches), bad-file counts cannot be lost in a worker, and
-the `max_bad_fraction` ceiling is enforced where the run can be stopped.
+reason instead of an exception. Skipping, counting and batching run in the calling process after
+the workers' outputs are interleaved back into index order, so the batches do not depend on
+`worker_count` (0, 1, 2, ... give identical batches), bad-file counts cannot be lost in a worker,
+and the `max_bad_fraction` ceiling is enforced where the run can be stopped.
 """
 
 from __future__ import annotations
@@ -84,7 +85,10 @@ def _shard_args(shard_index: int | None, shard_count: int | None) -> tuple[int, 
 
 def _per_process_batch(data_config, shard_count: int) -> int:
     if data_config.batch_size % shard_count:
-        raise ValueError(f"global batch_size {data_config.batch_size} is not divisible by {shard_count} processes")
+        raise ValueError(
+            f"global batch_size {data_config.batch_size} is not divisible by "
+            f"{shard_count} processes"
+        )
     return data_config.batch_size // shard_count
 
 
@@ -153,8 +157,16 @@ def _split_workers(worker_count: int, unlabeled_share: float) -> tuple[int, int]
 
 
 def _train_stream(
-    source, data_config, *, seed: int, streams: tuple[int, int], threshold, global_count: int,
-    shard, workers, start: int,
+    source,
+    data_config,
+    *,
+    seed: int,
+    streams: tuple[int, int],
+    threshold,
+    global_count: int,
+    shard,
+    workers,
+    start: int,
 ):
     """One infinite, per-epoch reshuffled, decoded stream of a training source: this process's
     ``global_count // shard_count`` rows of each global batch (``BatchSlots``), from its
@@ -240,12 +252,16 @@ def make_train_dataset(
     )
 
 
-def make_train_iterator(data_config, *, seed: int, shard_index: int | None = None, shard_count: int | None = None):
+def make_train_iterator(
+    data_config, *, seed: int, shard_index: int | None = None, shard_count: int | None = None
+):
     """Infinite iterator of training batches (see module docstring); a grain DatasetIterator.
 
     shard_index / shard_count default to jax.process_index() / jax.process_count().
     """
-    return iter(make_train_dataset(data_config, seed=seed, shard_index=shard_index, shard_count=shard_count))
+    return iter(
+        make_train_dataset(data_config, seed=seed, shard_index=shard_index, shard_count=shard_count)
+    )
 
 
 def make_eval_iterator(
@@ -259,7 +275,8 @@ def make_eval_iterator(
 
     Process p of P takes rows [p*b, (p+1)*b) of each global batch (b = batch_size // P), so the
     global batches are the same for any process count; every process yields ceil(len / batch_size)
-    batches, padding where its rows run out, so multi-host evaluation steps stay in lockstep. Skipped files are counted in `bad_counts` like in training, without the ceiling.
+    batches, padding where its rows run out, so multi-host evaluation steps stay in lockstep.
+    Skipped files are counted in `bad_counts` like in training, without the ceiling.
     Labelled data only (data.unlabeled is not read); has_label is all ones.
     """
     if split not in SPLITS:
@@ -271,8 +288,13 @@ def make_eval_iterator(
     def stream(*, start: int):
         ds = grain.MapDataset.source(source)
         ds = _element_pipeline(ds, data_config, flip_seed=None, grayscale_threshold=None)
-        ds = BatchSlots(ds, global_count=data_config.batch_size, shard=(shard_index, shard_count),
-                         start=start, num_records=len(source))
+        ds = BatchSlots(
+            ds,
+            global_count=data_config.batch_size,
+            shard=(shard_index, shard_count),
+            start=start,
+            num_records=len(source),
+        )
         return to_iter_dataset(ds, data_config, workers=data_config.worker_count)
 
     return iter(

@@ -3,13 +3,13 @@ once, and every batch made on device by jitted code.
 
 For data sets that fit in memory (the paper's 6,500 images are 1.3 GB as uint8 at 256 px) this
 replaces the grain pipeline's per-step host work (decode, resize, flip, Lab, batching, host->device
-copy) with one gather per step. It has the same functions as `mtcolor.data.pipeline` (`num_examples`, `steps_per_epoch`,
-`make_train_iterator`, `make_eval_iterator`, `make_bad_input_tracker`); `data.input_path` chooses
-between them (`mtcolor.data.input_paths`).
+copy) with one gather per step. It has the same functions as `mtcolor.data.pipeline`
+(`num_examples`, `steps_per_epoch`, `make_train_iterator`, `make_eval_iterator`,
+`make_bad_input_tracker`); `data.input_path` chooses between them (`mtcolor.data.input_paths`).
 
 1. Cache (`mtcolor.data.decoded_cache`): a split is decoded and resized ONCE, by the grain path's
    own transform, into a uint8 file keyed by the source's content and the decode options.
-2. Device: the cache is put on the mesh of `mtcolor.train.sharding.make_mesh()` REPLICATED (every
+2. Device: the cache is put on the mesh of `mtcolor.sharding.make_mesh()` REPLICATED (every
    device holds the whole uint8 set: a batch is then a local gather on each device, with no
    communication; a set that does not fit in one device's memory belongs on the grain path).
 3. Training batches (`ResidentTrainIterator`): the data is one endless stream of epochs, epoch e
@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtcolor import sharding
 from mtcolor.data import color, decoded_cache, input_paths
 from mtcolor.data.bad_inputs import (
     BAD_REASONS,
@@ -100,17 +101,15 @@ _device_splits: collections.OrderedDict = collections.OrderedDict()
 
 
 def _put_replicated(array: np.ndarray, mesh) -> jax.Array:
-    from mtcolor.train import sharding
-
     # make_array_from_callback: also right with several processes (each fills its own devices).
-    return jax.make_array_from_callback(array.shape, sharding.replicated(mesh), lambda index: array[index])
+    return jax.make_array_from_callback(
+        array.shape, sharding.replicated(mesh), lambda index: array[index]
+    )
 
 
 def device_split(data_config, split: str, mesh=None) -> DeviceSplit:
     """`split` loaded (built if needed) and put on `mesh` (default: sharding.make_mesh()) once;
     later calls with the same cache file and mesh return the same device arrays."""
-    from mtcolor.train import sharding
-
     mesh = sharding.make_mesh() if mesh is None else mesh
     path, _ = decoded_cache.cache_path(data_config, split)
     memo_key = (path, mesh)
@@ -137,7 +136,11 @@ def device_split(data_config, split: str, mesh=None) -> DeviceSplit:
     )
     # A source whose files changed has a new cache file: free the device copy of the old one.
     source_prefix = os.path.basename(path).rsplit("-", 1)[0]
-    for old in [k for k in _device_splits if k[1] == mesh and os.path.basename(k[0]).rsplit("-", 1)[0] == source_prefix]:
+    for old in [
+        k
+        for k in _device_splits
+        if k[1] == mesh and os.path.basename(k[0]).rsplit("-", 1)[0] == source_prefix
+    ]:
         del _device_splits[old]
     _device_splits[memo_key] = placed
     while len(_device_splits) > _DEVICE_SPLITS_KEPT:
@@ -166,7 +169,9 @@ def flip_draws(seed_key: jax.Array, epochs: jax.Array, positions: jax.Array) -> 
     flip_key = jax.random.fold_in(seed_key, 1)
 
     def draw(epoch, position):
-        return jax.random.bernoulli(jax.random.fold_in(jax.random.fold_in(flip_key, epoch), position))
+        return jax.random.bernoulli(
+            jax.random.fold_in(jax.random.fold_in(flip_key, epoch), position)
+        )
 
     return jax.vmap(draw)(epochs, positions)
 
@@ -174,8 +179,6 @@ def flip_draws(seed_key: jax.Array, epochs: jax.Array, positions: jax.Array) -> 
 def _train_batch(rgb, labels, usable, seed_data, epoch, index, *, batch_size, shuffle, flip, mesh):
     """Global batch at stream position (epoch, index): positions index .. index + B - 1 of the
     epoch, continuing into the next epoch(s) past its end."""
-    from mtcolor.train import sharding
-
     n = usable.shape[0]
     offsets = index + jnp.arange(batch_size, dtype=jnp.int32)
     epochs = epoch + offsets // n
@@ -203,12 +206,12 @@ def _train_batch(rgb, labels, usable, seed_data, epoch, index, *, batch_size, sh
 def _eval_batch(rgb, labels, start, *, batch_size, mesh):
     """Global batch of examples start .. start + B - 1 in file order; rows past the end are zeros
     with mask 0 (the grain evaluation iterator's padding)."""
-    from mtcolor.train import sharding
-
     n = rgb.shape[0]
     positions = start + jnp.arange(batch_size, dtype=jnp.int32)
     real = positions < n
-    rows = jax.lax.with_sharding_constraint(jnp.minimum(positions, n - 1), sharding.batch_sharded(mesh))
+    rows = jax.lax.with_sharding_constraint(
+        jnp.minimum(positions, n - 1), sharding.batch_sharded(mesh)
+    )
     batch = _normalized_lab_batch(jnp.take(rgb, rows, axis=0))
     mask = real.astype(jnp.float32)
     batch["L"] = jnp.where(real[:, None, None, None], batch["L"], 0.0)
@@ -221,21 +224,21 @@ def _eval_batch(rgb, labels, start, *, batch_size, mesh):
 
 @functools.lru_cache(maxsize=16)
 def _jitted_train_batch(mesh, batch_size: int, shuffle: bool, flip: bool):
-    from mtcolor.train import sharding
-
-    fn = functools.partial(_train_batch, batch_size=batch_size, shuffle=shuffle, flip=flip, mesh=mesh)
+    fn = functools.partial(
+        _train_batch, batch_size=batch_size, shuffle=shuffle, flip=flip, mesh=mesh
+    )
     return jax.jit(fn, out_shardings=sharding.batch_sharded(mesh))
 
 
 @functools.lru_cache(maxsize=16)
 def _jitted_eval_batch(mesh, batch_size: int):
-    from mtcolor.train import sharding
-
     fn = functools.partial(_eval_batch, batch_size=batch_size, mesh=mesh)
     return jax.jit(fn, out_shardings=sharding.batch_sharded(mesh))
 
 
-def process_rows(batch: dict, shard_index: int | None = None, shard_count: int | None = None) -> dict:
+def process_rows(
+    batch: dict, shard_index: int | None = None, shard_count: int | None = None
+) -> dict:
     """Rows [p B/P, (p+1) B/P) of a global batch as numpy: what process p of P feeds (the rows its
     devices hold when devices are ordered by process). Non-array fields pass unchanged."""
     shard_index = jax.process_index() if shard_index is None else shard_index
@@ -268,7 +271,10 @@ def _check_supported(data_config) -> None:
 
 def _check_shard(shard_index, shard_count) -> None:
     # Batches are global arrays: each process's devices hold its rows; no other split is possible.
-    if shard_index not in (None, jax.process_index()) or shard_count not in (None, jax.process_count()):
+    if shard_index not in (None, jax.process_index()) or shard_count not in (
+        None,
+        jax.process_count(),
+    ):
         raise ValueError(
             f"the resident input path yields global batches: shard ({shard_index}, {shard_count}) "
             f"must be this process's ({jax.process_index()}, {jax.process_count()}) or None"
@@ -276,7 +282,8 @@ def _check_shard(shard_index, shard_count) -> None:
 
 
 def num_examples(data_config, split: str) -> int:
-    """Usable (decodable) images of a split, over all processes; the grayscale filter not applied."""
+    """Usable (decodable) images of a split, over all processes; the grayscale filter not
+    applied."""
     _check_supported(data_config)
     return device_split(data_config, split).num_examples
 
@@ -324,11 +331,19 @@ class ResidentTrainIterator:
         if threshold is not None:
             for i in np.flatnonzero(split.chroma < threshold):
                 counts[SKIP_REASONS.index(NEAR_GRAYSCALE)] += 1
-                lines.append((NEAR_GRAYSCALE, example_line(
-                    NEAR_GRAYSCALE, str(split.key[i]), f"mean chroma {split.chroma[i]:.2f}")))
+                lines.append(
+                    (
+                        NEAR_GRAYSCALE,
+                        example_line(
+                            NEAR_GRAYSCALE, str(split.key[i]), f"mean chroma {split.chroma[i]:.2f}"
+                        ),
+                    )
+                )
         self._epoch_bad_counts = counts
         self._epoch_bad_examples = tuple(
-            line for reason in SKIP_REASONS for line in [x for r, x in lines if r == reason][:EXAMPLES_PER_REASON]
+            line
+            for reason in SKIP_REASONS
+            for line in [x for r, x in lines if r == reason][:EXAMPLES_PER_REASON]
         )
         # The grain iterator enforces the ceiling itself too ("even if nobody else looks").
         self._tracker = tracker_for(data_config)
@@ -341,8 +356,12 @@ class ResidentTrainIterator:
     def __next__(self) -> dict:
         epoch, index = self.epoch, self.index
         batch = self._fn(
-            self._split.rgb, self._split.label, self._usable, self._seed_data,
-            np.int32(epoch), np.int32(index),
+            self._split.rgb,
+            self._split.label,
+            self._usable,
+            self._seed_data,
+            np.int32(epoch),
+            np.int32(index),
         )
         # Epoch starts inside this window (positions epoch * n + index .. + B - 1).
         starts = (index + self._batch_size - 1) // self._n - (index - 1) // self._n
@@ -376,7 +395,10 @@ class ResidentTrainIterator:
             _log.warning(
                 "resuming on other data than the checkpoint's (%s images, cache %s; now %d, %s): "
                 "the batches from here on differ from an uninterrupted run's",
-                state["num_examples"], state.get("cache"), self._n, self._split.digest,
+                state["num_examples"],
+                state.get("cache"),
+                self._n,
+                self._split.digest,
             )
         self.epoch = int(state["epoch"])
         self.index = int(state["index"]) % self._n
@@ -391,7 +413,9 @@ def make_bad_input_tracker(data_config) -> BadInputTracker:
     return tracker_for(data_config)
 
 
-def make_train_iterator(data_config, *, seed: int, shard_index: int | None = None, shard_count: int | None = None):
+def make_train_iterator(
+    data_config, *, seed: int, shard_index: int | None = None, shard_count: int | None = None
+):
     """Endless iterator of GLOBAL training batches, jax.Arrays sharded over the mesh's batch axis
     (see the module docstring); shard_index/shard_count, if given, must be this process's."""
     _check_supported(data_config)
@@ -399,7 +423,13 @@ def make_train_iterator(data_config, *, seed: int, shard_index: int | None = Non
     return ResidentTrainIterator(device_split(data_config, "train"), data_config, seed=seed)
 
 
-def make_eval_iterator(data_config, split: str = "val", *, shard_index: int | None = None, shard_count: int | None = None):
+def make_eval_iterator(
+    data_config,
+    split: str = "val",
+    *,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+):
     """One pass over `split` in file order, no flip, no grayscale filter; the last global batch
     zero-padded (`mask` 0). The first batch carries the split's skipped files in `bad_counts`.
 
@@ -420,7 +450,9 @@ def make_eval_iterator(data_config, split: str = "val", *, shard_index: int | No
     examples = tuple(
         line
         for reason in BAD_REASONS
-        for line in [example_line(*s) for s in placed.skipped if s[0] == reason][:EXAMPLES_PER_REASON]
+        for line in [example_line(*s) for s in placed.skipped if s[0] == reason][
+            :EXAMPLES_PER_REASON
+        ]
     )
     return _eval_batches(placed, fn, batch_size, counts, examples)
 

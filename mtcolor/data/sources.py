@@ -45,7 +45,9 @@ def make_source(data_config: ml_collections.ConfigDict, split: str):
             )
         if not root:
             raise ValueError("data.source is 'folder' but data.folder.train_root is empty")
-        return FolderSource(root, classes=_as_list(data_config.classes), split_file=split_file or None)
+        return FolderSource(
+            root, classes=_as_list(data_config.classes), split_file=split_file or None
+        )
     if kind == "tfds":
         from mtcolor.data.tfds_source import TfdsSource
 

@@ -9,10 +9,11 @@ What makes both tasks learnable but not trivial:
   orientation and frequency are random per image.
 - Foreground colour depends on the class AND the content: each class has its own hue range
   (centred on a class hue, +-`_HUE_SPREAD` per image), and the hue additionally drifts across the
-  image along a random direction, so a colorizer must recognise the class and use position; it cannot
-  paint one constant colour per class.
+  image along a random direction, so a colorizer must recognise the class and use position; it
+  cannot paint one constant colour per class.
 - The background has a random hue, low saturation and a darker value, so foreground and background
-  differ in lightness (the L input shows the shape) and the background colour itself is unpredictable.
+  differ in lightness (the L input shows the shape) and the background colour itself is
+  unpredictable.
 - Mild per-pixel noise avoids perfectly flat regions.
 With more classes than names, shapes repeat with other hue centres (class = shape + hue range).
 """
@@ -78,7 +79,9 @@ def class_hue(label: int, num_classes: int) -> float:
     return label / num_classes
 
 
-def generate_image(seed: int, split: str, index: int, size: int, num_classes: int) -> tuple[np.ndarray, int]:
+def generate_image(
+    seed: int, split: str, index: int, size: int, num_classes: int
+) -> tuple[np.ndarray, int]:
     """The (uint8 RGB (size, size, 3), label) of one element. Pure function of its arguments."""
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
     label = int(rng.integers(num_classes))
@@ -88,7 +91,9 @@ def generate_image(seed: int, split: str, index: int, size: int, num_classes: in
 
     direction = rng.uniform(0, 2 * np.pi)
     ramp = (xx - 0.5) * np.cos(direction) + (yy - 0.5) * np.sin(direction)  # in about [-0.7, 0.7]
-    fg_hue = class_hue(label, num_classes) + rng.uniform(-_HUE_SPREAD, _HUE_SPREAD) + _HUE_DRIFT * ramp
+    fg_hue = (
+        class_hue(label, num_classes) + rng.uniform(-_HUE_SPREAD, _HUE_SPREAD) + _HUE_DRIFT * ramp
+    )
     fg_sat = np.full_like(yy, rng.uniform(0.55, 0.9))
     fg_val = rng.uniform(0.75, 0.95) - 0.1 * ramp  # a little shading
     bg_hue = np.full_like(yy, rng.uniform(0, 1))
@@ -106,7 +111,9 @@ def generate_image(seed: int, split: str, index: int, size: int, num_classes: in
 class SyntheticSource:
     """grain random-access source of {"rgb", "label", "key"} records (see the module docstring)."""
 
-    def __init__(self, *, split: str, size: int, num_examples: int, num_classes: int = 5, seed: int = 0):
+    def __init__(
+        self, *, split: str, size: int, num_examples: int, num_classes: int = 5, seed: int = 0
+    ):
         if split not in _SPLIT_IDS:
             raise ValueError(f"synthetic split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
         if num_classes < 2:
@@ -117,7 +124,8 @@ class SyntheticSource:
         self.num_classes = int(num_classes)
         self.seed = int(seed)
         self.class_names = tuple(
-            SHAPE_NAMES[c % len(SHAPE_NAMES)] + ("" if c < len(SHAPE_NAMES) else f"_{c // len(SHAPE_NAMES)}")
+            SHAPE_NAMES[c % len(SHAPE_NAMES)]
+            + ("" if c < len(SHAPE_NAMES) else f"_{c // len(SHAPE_NAMES)}")
             for c in range(num_classes)
         )
 
@@ -133,6 +141,7 @@ class SyntheticSource:
 
     def __repr__(self) -> str:
         return (
-            f"SyntheticSource(split={self.split!r}, size={self.size}, num_examples={self.num_examples}, "
+            f"SyntheticSource(split={self.split!r}, size={self.size}, "
+            f"num_examples={self.num_examples}, "
             f"num_classes={self.num_classes}, seed={self.seed})"
         )

@@ -1,10 +1,12 @@
-"""Any tfds image-classification dataset, read with `tfds.data_source` (array_record, no TensorFlow).
+"""Any tfds image-classification dataset, read with `tfds.data_source` (array_record, no
+TensorFlow).
 
 Named `tfds_source` so it never shadows the `tensorflow_datasets` package. The dataset must have
 been prepared in the array_record format (`tfds build --file_format=array_record`, or
 `builder.download_and_prepare(file_format="array_record")`); imagenet2012 needs its tars in the
-manual directory first (docs/data.md). Images are read as their encoded bytes (tfds decoding skipped)
-and decoded by `mtcolor.data.decode` like files, so bad records are skipped and counted the same way.
+manual directory first (docs/data.md). Images are read as their encoded bytes (tfds decoding
+skipped) and decoded by `mtcolor.data.decode` like files, so bad records are skipped and counted
+the same way.
 
 A class subset (names from the label feature, e.g. wnids for imagenet2012, or the paper's class
 names) is relabelled 0..k-1 in the order given. Selecting it needs every record's label: the first
@@ -36,7 +38,8 @@ def _not_prepared_message(name: str, data_dir: str | None, error: Exception) -> 
     hint = (
         "imagenet2012 must be downloaded by hand: put ILSVRC2012_img_train.tar and "
         "ILSVRC2012_img_val.tar in <data_dir>/downloads/manual/ and run "
-        f"`tfds build imagenet2012 --data_dir={where} --file_format=array_record` (see docs/data.md)"
+        f"`tfds build imagenet2012 --data_dir={where} --file_format=array_record` "
+        "(see docs/data.md)"
         if name.startswith("imagenet2012")
         else f"prepare it with `tfds build {name} --data_dir={where} --file_format=array_record`"
     )
@@ -66,7 +69,9 @@ class TfdsSource:
         features = source.dataset_info.features
         for key in (image_key, label_key):
             if key is not None and key not in features:
-                raise KeyError(f"tfds dataset {name!r} has no feature {key!r}; it has {list(features.keys())}")
+                raise KeyError(
+                    f"tfds dataset {name!r} has no feature {key!r}; it has {list(features.keys())}"
+                )
         self.version = str(source.dataset_info.version)
 
         if label_key is None:  # unlabeled: every record, label 0
@@ -92,7 +97,9 @@ class TfdsSource:
                     missing.append(c)
             if missing:
                 raise unknown_classes_error(
-                    missing, f"tfds dataset {name!r} (feature {label_key!r})", all_names,
+                    missing,
+                    f"tfds dataset {name!r} (feature {label_key!r})",
+                    all_names,
                     available_label="available names",
                 )
             self.class_names = tuple(classes)
@@ -100,7 +107,9 @@ class TfdsSource:
             self._label_map = {original: new for new, original in enumerate(wanted)}
             self._indices = np.flatnonzero(np.isin(labels, wanted)).astype(np.int64)
             if not len(self._indices):
-                raise ValueError(f"tfds {name!r} split {split!r} has no records of classes {list(classes)}")
+                raise ValueError(
+                    f"tfds {name!r} split {split!r} has no records of classes {list(classes)}"
+                )
         self._length = len(source) if self._indices is None else len(self._indices)
         self._source = source
 
@@ -125,7 +134,9 @@ class TfdsSource:
             labels = np.load(path)
             if len(labels) == len(source):
                 return labels
-        labels = np.fromiter((int(source[i][self.label_key]) for i in range(len(source))), np.int64, len(source))
+        labels = np.fromiter(
+            (int(source[i][self.label_key]) for i in range(len(source))), np.int64, len(source)
+        )
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.{os.getpid()}.tmp.npy"
@@ -153,7 +164,11 @@ class TfdsSource:
         label = 0 if self.label_key is None else int(example[self.label_key])
         if self._label_map is not None:
             label = self._label_map[label]
-        return {"encoded": example[self.image_key], "label": label, "key": f"tfds:{self.name}/{self.split}[{original}]"}
+        return {
+            "encoded": example[self.image_key],
+            "label": label,
+            "key": f"tfds:{self.name}/{self.split}[{original}]",
+        }
 
     def __repr__(self) -> str:
         return f"TfdsSource({self.name!r}, split={self.split!r}, num_examples={len(self)})"

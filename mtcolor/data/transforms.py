@@ -20,9 +20,19 @@ from mtcolor.data.decode import BadImageError
 class DecodeAndResize(grain.transforms.Map):
     """Source record -> {"rgb" uint8 (S, S, 3), "label", "key"} or {"reason", "detail", "key"}."""
 
-    def __init__(self, *, size: int, resize_mode: str, min_image_side: int, max_image_pixels: int, jpeg_draft: bool):
+    def __init__(
+        self,
+        *,
+        size: int,
+        resize_mode: str,
+        min_image_side: int,
+        max_image_pixels: int,
+        jpeg_draft: bool,
+    ):
         if resize_mode not in decode_lib.RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {decode_lib.RESIZE_MODES}, got {resize_mode!r}")
+            raise ValueError(
+                f"resize_mode must be one of {decode_lib.RESIZE_MODES}, got {resize_mode!r}"
+            )
         self.size = size
         self.resize_mode = resize_mode
         self.min_image_side = min_image_side
@@ -34,7 +44,11 @@ class DecodeAndResize(grain.transforms.Map):
             if "rgb" in record:
                 rgb = decode_lib.resize_array(record["rgb"], self.size, self.resize_mode)
             else:
-                data = record["encoded"] if "encoded" in record else decode_lib.read_file(record["path"])
+                data = (
+                    record["encoded"]
+                    if "encoded" in record
+                    else decode_lib.read_file(record["path"])
+                )
                 rgb = decode_lib.decode_image(
                     data,
                     size=self.size,
@@ -59,7 +73,8 @@ class RandomHorizontalFlip(grain.transforms.RandomMap):
 
 
 class ToNormalizedLab(grain.transforms.Map):
-    """{"rgb"} -> {"L": (S, S, 1) L/50-1, "ab": (S, S, 2) ab/110} float32; optional grayscale filter."""
+    """{"rgb"} -> {"L": (S, S, 1) L/50-1, "ab": (S, S, 2) ab/110} float32; optional grayscale
+    filter."""
 
     def __init__(self, grayscale_filter_threshold: float | None = None):
         self.grayscale_filter_threshold = grayscale_filter_threshold
@@ -71,8 +86,17 @@ class ToNormalizedLab(grain.transforms.Map):
         if self.grayscale_filter_threshold is not None:
             chroma = mean_chroma(ab_norm)
             if chroma < self.grayscale_filter_threshold:
-                return {"reason": NEAR_GRAYSCALE, "detail": f"mean chroma {chroma:.2f}", "key": record["key"]}
-        return {"L": L_norm, "ab": ab_norm, "label": np.int32(record["label"]), "key": record["key"]}
+                return {
+                    "reason": NEAR_GRAYSCALE,
+                    "detail": f"mean chroma {chroma:.2f}",
+                    "key": record["key"],
+                }
+        return {
+            "L": L_norm,
+            "ab": ab_norm,
+            "label": np.int32(record["label"]),
+            "key": record["key"],
+        }
 
 
 def mean_chroma(ab_normalized: np.ndarray) -> float:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,8 +152,11 @@ def summarize_variant(variant: str, experiment: str, runs: Iterable[RunMetrics])
         used.append(run.seed)
         if run.status == "in progress":
             in_progress.append(run.seed)
-        missing = [k for k in expected if k not in run.metrics or run.metrics[k] is None
-                   or not math.isfinite(run.metrics[k])]
+        missing = [
+            k
+            for k in expected
+            if k not in run.metrics or run.metrics[k] is None or not math.isfinite(run.metrics[k])
+        ]
         if missing:
             problems.append(f"seed {run.seed}: incomplete, missing {', '.join(missing)}")
         for k in expected:
@@ -232,7 +235,7 @@ def build_table(
     for run in runs:
         by_variant.setdefault(run.variant, []).append(run)
     rows = {name: summarize_variant(name, exp, by_variant.get(name, [])) for name, exp in variants}
-    for name, exp in variants:
+    for name, _exp in variants:
         if not by_variant.get(name):
             rows[name].problems.append("no runs")
     reference_names = set(references.values())
@@ -243,10 +246,12 @@ def build_table(
             row.kind = "reference"
         if exp == "multitask":
             row.delta_m, row.delta_m_per_task, row.delta_m_note = delta_m(
-                {k: row.mean(k) for k in METRIC_BY_KEY}, single)
+                {k: row.mean(k) for k in METRIC_BY_KEY}, single
+            )
     base = baseline_row(r for r in runs if r.usable)
     base.delta_m, base.delta_m_per_task, base.delta_m_note = delta_m(
-        {k: base.mean(k) for k in METRIC_BY_KEY}, single)
+        {k: base.mean(k) for k in METRIC_BY_KEY}, single
+    )
     return [rows[name] for name, _ in variants] + [base]
 
 
@@ -274,16 +279,23 @@ def table_markdown(rows: Sequence[Row], header: str = "") -> str:
     lines = [header, ""] if header else []
     cols = ["variant", "experiment", "seeds"] + [m.label.replace("|", "\\|") for m in METRICS]
     cols += ["Delta_m (%)", "Delta_m cls / col (%)", "notes"]
-    lines += ["| " + " | ".join(cols) + " |",
-              "|---|---|---|" + "---:|" * (len(METRICS) + 2) + "---|"]
+    lines += [
+        "| " + " | ".join(cols) + " |",
+        "|---|---|---|" + "---:|" * (len(METRICS) + 2) + "---|",
+    ]
     for row in rows:
-        seeds = "" if row.kind == "baseline" else ",".join(
-            f"{s}*" if s in row.seeds_in_progress else str(s) for s in row.seeds_used) or "none"
+        seeds = (
+            ""
+            if row.kind == "baseline"
+            else ",".join(f"{s}*" if s in row.seeds_in_progress else str(s) for s in row.seeds_used)
+            or "none"
+        )
         cells = [row.variant, row.experiment, seeds]
         cells += [_fmt(row.stats.get(m.key), m.scale) for m in METRICS]
         cells.append(_fmt_delta(row))
         per_task = " / ".join(
-            f"{row.delta_m_per_task[t]:+.2f}" if t in row.delta_m_per_task else "-" for t in TASKS)
+            f"{row.delta_m_per_task[t]:+.2f}" if t in row.delta_m_per_task else "-" for t in TASKS
+        )
         cells.append(per_task if row.experiment in ("multitask", "baseline") else "n/a")
         notes = list(row.problems)
         if row.delta_m_note:
@@ -301,9 +313,13 @@ def table_records(rows: Sequence[Row]) -> list[dict]:
     """One flat dict per row (for CSV and JSON): <metric>_mean, <metric>_std, <metric>_n, ..."""
     records = []
     for row in rows:
-        rec: dict = {"variant": row.variant, "experiment": row.experiment, "kind": row.kind,
-                     "seeds": " ".join(map(str, row.seeds_used)),
-                     "seeds_in_progress": " ".join(map(str, row.seeds_in_progress))}
+        rec: dict = {
+            "variant": row.variant,
+            "experiment": row.experiment,
+            "kind": row.kind,
+            "seeds": " ".join(map(str, row.seeds_used)),
+            "seeds_in_progress": " ".join(map(str, row.seeds_in_progress)),
+        }
         for m in METRICS:
             stat = row.stats.get(m.key)
             rec[f"{m.key}_mean"] = None if stat is None else stat.mean

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -91,25 +91,34 @@ def evaluate_model(
     if len({e.metric_name for e in extractors}) != len(extractors):
         raise ValueError("two feature extractors share a metric name")
     predict = jax.jit(lambda v, L: model.apply(v, L, train=False))
-    task_terms = jax.jit(lambda outputs, batch: {
-        task.name: (task.per_example(outputs[task.name], batch, train=False),
-                    task.example_mask(batch))
-        for task in tasks})
+    task_terms = jax.jit(
+        lambda outputs, batch: {
+            task.name: (
+                task.per_example(outputs[task.name], batch, train=False),
+                task.example_mask(batch),
+            )
+            for task in tasks
+        }
+    )
     colorization_metrics = make_colorization_metrics_fn() if colorizing is not None else None
     means = metrics.MeanAccumulator()
     task_means = {task.name: metrics.MeanAccumulator() for task in tasks}
     labels, predictions = [], []
     rows = ("model", "grayscale_baseline", "ground_truth")
     features: dict[str, dict[str, list[np.ndarray]]] = {
-        e.metric_name: {row: [] for row in rows} for e in extractors}
+        e.metric_name: {row: [] for row in rows} for e in extractors
+    }
     num_examples = 0
     for batch in batches:
         L = jnp.asarray(batch["L"])
         mask = np.asarray(batch.get("mask", np.ones(L.shape[0], np.float32))) > 0
         num_examples += int(mask.sum())
         outputs = predict(variables, L)
-        arrays = {k: jnp.asarray(v) for k, v in batch.items()
-                  if k != "mask" and np.asarray(v).dtype.kind in "biuf"}
+        arrays = {
+            k: jnp.asarray(v)
+            for k, v in batch.items()
+            if k != "mask" and np.asarray(v).dtype.kind in "biuf"
+        }
         task_masks = {}
         for name, (terms, task_mask) in jax.device_get(task_terms(outputs, arrays)).items():
             task_masks[name] = mask & (np.asarray(task_mask) > 0)
@@ -124,11 +133,18 @@ def evaluate_model(
             means.update(jax.device_get(values), mask)
             for extractor in extractors:
                 for name, rgb in images.items():
-                    features[extractor.metric_name][name].append(np.asarray(extractor.features(rgb))[mask])
+                    features[extractor.metric_name][name].append(
+                        np.asarray(extractor.features(rgb))[mask]
+                    )
 
-    result: dict = {"experiment": experiment, "num_examples": num_examples,
-                    "tasks": {name: acc.result() for name, acc in task_means.items()},
-                    "model": {}, "grayscale_baseline": {}, "ground_truth": {}}
+    result: dict = {
+        "experiment": experiment,
+        "num_examples": num_examples,
+        "tasks": {name: acc.result() for name, acc in task_means.items()},
+        "model": {},
+        "grayscale_baseline": {},
+        "ground_truth": {},
+    }
     for key, value in means.result().items():
         row, name = key.split("/")
         result[row][name] = value
@@ -140,10 +156,14 @@ def evaluate_model(
         counts = metrics.confusion_matrix(labels_all, predictions_all, num_classes)
         names = class_names or [str(i) for i in range(num_classes)]
         result["model"]["accuracy"] = metrics.accuracy_from_confusion(counts)
-        result["model"]["per_class_accuracy"] = dict(zip(names, metrics.per_class_accuracy(counts).tolist()))
+        result["model"]["per_class_accuracy"] = dict(
+            zip(names, metrics.per_class_accuracy(counts).tolist())
+        )
         result["model"]["confusion_matrix"] = counts.tolist()
         majority = int(np.bincount(labels_all, minlength=num_classes).argmax())
-        baseline_counts = metrics.confusion_matrix(labels_all, np.full_like(labels_all, majority), num_classes)
+        baseline_counts = metrics.confusion_matrix(
+            labels_all, np.full_like(labels_all, majority), num_classes
+        )
         result["grayscale_baseline"]["accuracy"] = metrics.accuracy_from_confusion(baseline_counts)
         result["grayscale_baseline"]["accuracy_note"] = f"majority class ({names[majority]})"
         result["class_names"] = names
@@ -152,12 +172,16 @@ def evaluate_model(
         if not features[metric]["model"]:
             continue
         sets = {name: np.concatenate(f) for name, f in features[metric].items()}
-        result["model"][metric] = frechet.frechet_distance_of_features(sets["model"], sets["ground_truth"])
+        result["model"][metric] = frechet.frechet_distance_of_features(
+            sets["model"], sets["ground_truth"]
+        )
         result["grayscale_baseline"][metric] = frechet.frechet_distance_of_features(
-            sets["grayscale_baseline"], sets["ground_truth"])
+            sets["grayscale_baseline"], sets["ground_truth"]
+        )
         result["ground_truth"][metric] = 0.0
         result.setdefault("frechet", []).append(
-            {"metric": metric, "description": extractor.description, "num_images": num_examples})
+            {"metric": metric, "description": extractor.description, "num_images": num_examples}
+        )
     return result
 
 
@@ -179,8 +203,11 @@ def feature_extractors(config, fid_weights: str | None = None) -> list[frechet.F
     return extractors
 
 
-def default_feature_extractor(config, fid_weights: str | None = None) -> frechet.FeatureExtractor | None:
-    """FID when Inception weights are given, else the Frechet distance on ImageNet ResNet-18 features.
+def default_feature_extractor(
+    config, fid_weights: str | None = None
+) -> frechet.FeatureExtractor | None:
+    """FID when Inception weights are given, else the Frechet distance on ImageNet ResNet-18
+    features.
 
     The ResNet-18 weights are the ones the run was initialised from (config.model.pretrained, or the
     torchvision file when the run started from scratch); None if they cannot be found.
@@ -199,7 +226,9 @@ def default_feature_extractor(config, fid_weights: str | None = None) -> frechet
     try:
         variables = load_resnet18(pretrained or "torchvision", in_channels=3)
     except Exception as error:  # noqa: BLE001 - no weights offline: evaluate everything else
-        FRECHET_SKIPPED.append(f"frechet_resnet18_distance skipped: ImageNet ResNet-18 weights unavailable ({error})")
+        FRECHET_SKIPPED.append(
+            f"frechet_resnet18_distance skipped: ImageNet ResNet-18 weights unavailable ({error})"
+        )
         print(FRECHET_SKIPPED[-1])
         return None
     return frechet.resnet18_feature_extractor(variables)
@@ -220,8 +249,16 @@ def class_names_of(config) -> list[str] | None:
         return None
 
 
-def evaluate_workdir(workdir, split: str = "val", *, step=None, fid_weights: str | None = None,
-                     frechet_features: bool = True, batches=None, tasks=None) -> dict:
+def evaluate_workdir(
+    workdir,
+    split: str = "val",
+    *,
+    step=None,
+    fid_weights: str | None = None,
+    frechet_features: bool = True,
+    batches=None,
+    tasks=None,
+) -> dict:
     """Evaluates a run's checkpoint (latest, "best" or a step) on `split` of its own data config.
     `tasks`: the run's task list when it was trained with custom tasks."""
     from mtcolor import tasks as tasks_lib
@@ -244,11 +281,24 @@ def evaluate_workdir(workdir, split: str = "val", *, step=None, fid_weights: str
     names = class_names_of(config)
     num_classes = config.model.get("num_classes", None) if hasattr(config, "model") else None
     start = time.time()
-    result = evaluate_model(model, variables, tasks, batches, experiment=experiment,
-                            num_classes=num_classes or (len(names) if names else None),
-                            class_names=names, feature_extractor=extractors)
-    result.update({"workdir": str(workdir), "split": split, "checkpoint": "latest" if step is None else step,
-                   "eval_time_s": time.time() - start})
+    result = evaluate_model(
+        model,
+        variables,
+        tasks,
+        batches,
+        experiment=experiment,
+        num_classes=num_classes or (len(names) if names else None),
+        class_names=names,
+        feature_extractor=extractors,
+    )
+    result.update(
+        {
+            "workdir": str(workdir),
+            "split": split,
+            "checkpoint": "latest" if step is None else step,
+            "eval_time_s": time.time() - start,
+        }
+    )
     if skipped_reason:
         result["frechet_skipped"] = skipped_reason
     (workdir / f"eval_{split}.json").write_text(json.dumps(result, indent=2))
@@ -268,8 +318,13 @@ METRIC_COLUMNS = (
 
 
 def results_markdown(result: dict) -> str:
-    present = [c for c in METRIC_COLUMNS
-               if any(c[0] in result.get(row, {}) for row in ("model", "grayscale_baseline", "ground_truth"))]
+    present = [
+        c
+        for c in METRIC_COLUMNS
+        if any(
+            c[0] in result.get(row, {}) for row in ("model", "grayscale_baseline", "ground_truth")
+        )
+    ]
     lines = [
         f"# Evaluation: {result.get('workdir', '')} ({result.get('split', '')}, "
         f"{result['num_examples']} images, experiment {result['experiment']})",
@@ -277,8 +332,11 @@ def results_markdown(result: dict) -> str:
         "| row | " + " | ".join(c[1] for c in present) + " |",
         "|---|" + "---:|" * len(present),
     ]
-    for row, label in (("model", "model"), ("grayscale_baseline", "grayscale baseline (ab = 0)"),
-                       ("ground_truth", "ground truth")):
+    for row, label in (
+        ("model", "model"),
+        ("grayscale_baseline", "grayscale baseline (ab = 0)"),
+        ("ground_truth", "ground truth"),
+    ):
         cells = []
         for key, _, scale in present:
             value = result.get(row, {}).get(key)
@@ -287,18 +345,32 @@ def results_markdown(result: dict) -> str:
     model = result.get("model", {})
     if "per_class_accuracy" in model:
         lines += ["", "## Per-class accuracy", "", "| class | accuracy (%) |", "|---|---:|"]
-        lines += [f"| {name} | " + ("n/a (no examples)" if value != value else f"{100 * value:.1f}") + " |"
-                  for name, value in model["per_class_accuracy"].items()]
+        lines += [
+            f"| {name} | "
+            + ("n/a (no examples)" if value != value else f"{100 * value:.1f}")
+            + " |"
+            for name, value in model["per_class_accuracy"].items()
+        ]
         names = list(model["per_class_accuracy"])
-        lines += ["", "## Confusion matrix (rows: true class, columns: predicted)", "",
-                  "| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-        lines += [f"| {name} | " + " | ".join(str(c) for c in row) + " |"
-                  for name, row in zip(names, model["confusion_matrix"])]
+        lines += [
+            "",
+            "## Confusion matrix (rows: true class, columns: predicted)",
+            "",
+            "| | " + " | ".join(names) + " |",
+            "|---|" + "---:|" * len(names),
+        ]
+        lines += [
+            f"| {name} | " + " | ".join(str(c) for c in row) + " |"
+            for name, row in zip(names, model["confusion_matrix"])
+        ]
     if "accuracy_note" in result.get("grayscale_baseline", {}):
         lines += ["", f"Baseline accuracy: {result['grayscale_baseline']['accuracy_note']}."]
     if "frechet_skipped" in result:
         lines += ["", result["frechet_skipped"]]
     for entry in result.get("frechet", []):
-        lines += ["", f"{entry['metric']}: {entry['description']}, "
-                      f"{entry['num_images']} images (noisy and biased upwards at this size)."]
+        lines += [
+            "",
+            f"{entry['metric']}: {entry['description']}, "
+            f"{entry['num_images']} images (noisy and biased upwards at this size).",
+        ]
     return "\n".join(lines) + "\n"

@@ -77,8 +77,15 @@ class BasicConv(nn.Module):
     @nn.compact
     def __call__(self, x):
         (ph, pw) = self.padding
-        x = nn.Conv(self.features, self.kernel, strides=(self.stride, self.stride),
-                    padding=((ph, ph), (pw, pw)), use_bias=False, dtype=self.dtype, name="conv")(x)
+        x = nn.Conv(
+            self.features,
+            self.kernel,
+            strides=(self.stride, self.stride),
+            padding=((ph, ph), (pw, pw)),
+            use_bias=False,
+            dtype=self.dtype,
+            name="conv",
+        )(x)
         x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, dtype=self.dtype, name="bn")(x)
         return nn.relu(x)
 
@@ -178,12 +185,16 @@ class InceptionE(nn.Module):
         row, col = dict(kernel=(1, 3), padding=(0, 1)), dict(kernel=(3, 1), padding=(1, 0))
         b1 = c(320, 1, name="branch1x1")(x)
         b3 = c(384, 1, name="branch3x3_1")(x)
-        b3 = jnp.concatenate([c(384, **row, name="branch3x3_2a")(b3),
-                              c(384, **col, name="branch3x3_2b")(b3)], axis=-1)
+        b3 = jnp.concatenate(
+            [c(384, **row, name="branch3x3_2a")(b3), c(384, **col, name="branch3x3_2b")(b3)],
+            axis=-1,
+        )
         bd = c(448, 1, name="branch3x3dbl_1")(x)
         bd = c(384, 3, padding=(1, 1), name="branch3x3dbl_2")(bd)
-        bd = jnp.concatenate([c(384, **row, name="branch3x3dbl_3a")(bd),
-                              c(384, **col, name="branch3x3dbl_3b")(bd)], axis=-1)
+        bd = jnp.concatenate(
+            [c(384, **row, name="branch3x3dbl_3a")(bd), c(384, **col, name="branch3x3dbl_3b")(bd)],
+            axis=-1,
+        )
         pooled = max_pool(x, 3, 1, 1) if self.max_pool_branch else avg_pool_3x3_valid_only(x)
         bp = c(192, 1, name="branch_pool")(pooled)
         return jnp.concatenate([b1, b3, bd, bp], axis=-1)
@@ -203,8 +214,12 @@ class FIDInceptionV3(nn.Module):
     def __call__(self, rgb):
         x = rgb.astype(jnp.float32)
         if self.resize_input and x.shape[1:3] != (INPUT_SIZE, INPUT_SIZE):
-            x = jax.image.resize(x, (x.shape[0], INPUT_SIZE, INPUT_SIZE, x.shape[3]),
-                                 method="bilinear", antialias=False)
+            x = jax.image.resize(
+                x,
+                (x.shape[0], INPUT_SIZE, INPUT_SIZE, x.shape[3]),
+                method="bilinear",
+                antialias=False,
+            )
         x = (2.0 * x - 1.0).astype(self.dtype)
         c = lambda *a, **k: _conv(*a, dtype=self.dtype, **k)  # noqa: E731
         x = c(32, 3, stride=2, name="Conv2d_1a_3x3")(x)
@@ -233,7 +248,8 @@ class FIDInceptionV3(nn.Module):
 
 
 class FIDWeightsMismatchError(WeightsMismatchError):
-    """The state dict does not fit the FID Inception-v3 (lists missing/unexpected/mis-shaped keys)."""
+    """The state dict does not fit the FID Inception-v3 (lists missing/unexpected/mis-shaped
+    keys)."""
 
     model_name = "FID Inception-v3"
 
@@ -245,8 +261,11 @@ def expected_layout() -> dict[str, tuple[tuple[int, ...], str, tuple[str, ...]]]
     side: any architecture slip shows up as mismatches against the real weights, and the golden
     test checks the outputs against pytorch-fid itself.
     """
-    shapes = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32))
+    shapes = jax.eval_shape(
+        FIDInceptionV3().init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32),
+    )
     torch_field = {flax: torch for torch, (_, flax) in TORCH_BN_FIELDS.items()}
     layout = {}
     for collection in ("params", "batch_stats"):
@@ -257,7 +276,11 @@ def expected_layout() -> dict[str, tuple[tuple[int, ...], str, tuple[str, ...]]]
                 h, w, i, o = leaf.shape
                 layout[".".join(module) + ".weight"] = ((o, i, h, w), collection, names)
             else:
-                layout[".".join(module) + "." + torch_field[leaf_name]] = (tuple(leaf.shape), collection, names)
+                layout[".".join(module) + "." + torch_field[leaf_name]] = (
+                    tuple(leaf.shape),
+                    collection,
+                    names,
+                )
     return layout
 
 
@@ -265,7 +288,9 @@ def convert_fid_inception_state_dict(state_dict: Mapping[str, np.ndarray], *, pa
     """pytorch-fid's Inception state dict -> {"params", "batch_stats"} of `FIDInceptionV3`.
 
     Its `fc` (the 1008-way ImageNet classifier after pool3, where FID stops) is ignored."""
-    return convert_state_dict(state_dict, expected_layout(), error_type=FIDWeightsMismatchError, path=path)
+    return convert_state_dict(
+        state_dict, expected_layout(), error_type=FIDWeightsMismatchError, path=path
+    )
 
 
 def find_fid_inception_weights(*, download: bool = True, urlopen=None) -> Path:
@@ -273,10 +298,11 @@ def find_fid_inception_weights(*, download: bool = True, urlopen=None) -> Path:
     else downloaded there with its sha256 prefix (6726825d) checked."""
     return hub.find_hub_checkpoint(
         FID_WEIGHTS_URL,
-        how_to_fetch="`pip install pytorch-fid` and run `python -c \"from pytorch_fid.inception "
-        "import fid_inception_v3; fid_inception_v3()\"`",
+        how_to_fetch='`pip install pytorch-fid` and run `python -c "from pytorch_fid.inception '
+        'import fid_inception_v3; fid_inception_v3()"`',
         pass_path_hint="pass its path with --fid_weights PATH",
-        download=download, urlopen=urlopen,
+        download=download,
+        urlopen=urlopen,
     )
 
 
@@ -293,7 +319,8 @@ def load_fid_inception(weights="download", *, download: bool = True) -> dict:
 
 
 def fid_feature_extractor(variables):
-    """The "fid" `FeatureExtractor` (see `mtcolor.eval.frechet`) for loaded `FIDInceptionV3` variables.
+    """The "fid" `FeatureExtractor` (see `mtcolor.eval.frechet`) for loaded `FIDInceptionV3`
+    variables.
 
     The variables are a jit *argument*, not a closure: closed-over they would be baked into the
     compiled program as ~90 MB of constants, which XLA:CPU spends tens of seconds folding.

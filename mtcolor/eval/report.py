@@ -15,8 +15,8 @@ import csv
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -58,7 +58,10 @@ class Run:
             return f"finished, {self.summary.get('steps', '?')} steps"
         if self.scalars:
             last = self.scalars[-1]
-            return f"in progress, last logged step {last.get('step')} (epoch {_fmt_epoch(last.get('epoch'))})"
+            return (
+                f"in progress, last logged step {last.get('step')} "
+                f"(epoch {_fmt_epoch(last.get('epoch'))})"
+            )
         return "no scalars logged yet"
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +89,9 @@ class Run:
             value = row.get(f"{split}/{name}")
             if value is not None:
                 state = "final" if self.finished else "in progress"
-                return float(value), f"{state}, step {row.get('step')} (epoch {_fmt_epoch(row.get('epoch'))})"
+                return float(
+                    value
+                ), f"{state}, step {row.get('step')} (epoch {_fmt_epoch(row.get('epoch'))})"
         return None
 
 
@@ -119,7 +124,7 @@ def read_scalars(path: Path) -> list[dict]:
             continue
         if isinstance(row, dict):
             rows.append(row)
-    rows.sort(key=lambda row: (row.get("step", 0)))
+    rows.sort(key=lambda row: row.get("step", 0))
     return rows
 
 
@@ -161,7 +166,9 @@ def assign_roles(workdirs: Sequence) -> tuple[dict[str, Run], list[str]]:
         runs[run.experiment] = run
     for experiment in EXPERIMENTS:
         if experiment not in runs:
-            problems.append(f"MISSING: no {ROLE_LABEL[experiment]} run ({experiment}) among the workdirs")
+            problems.append(
+                f"MISSING: no {ROLE_LABEL[experiment]} run ({experiment}) among the workdirs"
+            )
     return runs, problems
 
 
@@ -232,9 +239,11 @@ def table_one_markdown(rows: list[TableRow], runs: dict[str, Run], problems: lis
         )
     lines += [
         "",
-        "Single-task accuracy comes from the classifier run, single-task L1 from the colorizer run.",
+        "Single-task accuracy comes from the classifier run, "
+        "single-task L1 from the colorizer run.",
         "L1 loss = 100 x mean |ab_pred - ab_true| on normalized ab (ab / 110), as in the paper.",
-        "Finished runs report summary.json's final values; runs in progress their latest logged values.",
+        "Finished runs report summary.json's final values; "
+        "runs in progress their latest logged values.",
         "",
         "## Runs",
         "",
@@ -249,7 +258,8 @@ def table_one_markdown(rows: list[TableRow], runs: dict[str, Run], problems: lis
     lines += ["", "## Sources", ""]
     for row in rows:
         lines.append(
-            f"- {row.subset} / {row.model}: accuracy from {row.accuracy_source}; L1 from {row.l1_source}"
+            f"- {row.subset} / {row.model}: accuracy from {row.accuracy_source}; "
+            f"L1 from {row.l1_source}"
         )
     if problems:
         lines += ["", "## Problems", ""] + [f"- {problem}" for problem in problems]
@@ -275,16 +285,20 @@ def _early_stopping_lines(run: Run) -> list[str]:
 def write_table_one_csv(rows: list[TableRow], path: Path):
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["subset", "model", "accuracy_pct", "l1_x100", "accuracy_source", "l1_source"])
+        writer.writerow(
+            ["subset", "model", "accuracy_pct", "l1_x100", "accuracy_source", "l1_source"]
+        )
         for row in rows:
-            writer.writerow([
-                row.subset,
-                row.model,
-                "" if row.accuracy_pct is None else repr(row.accuracy_pct),
-                "" if row.l1_x100 is None else repr(row.l1_x100),
-                row.accuracy_source,
-                row.l1_source,
-            ])
+            writer.writerow(
+                [
+                    row.subset,
+                    row.model,
+                    "" if row.accuracy_pct is None else repr(row.accuracy_pct),
+                    "" if row.l1_x100 is None else repr(row.l1_x100),
+                    row.accuracy_source,
+                    row.l1_source,
+                ]
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,7 +332,12 @@ def _l1_key(run: Run | None, split: str) -> str:
 def figure_specs(runs: dict[str, Run]) -> list[FigureSpec]:
     multi, colorizer = runs.get("multitask"), runs.get("colorization")
     multitask_val_losses = sorted(
-        {key for row in (multi.scalars if multi else []) for key in row if key.startswith("val/loss_")}
+        {
+            key
+            for row in (multi.scalars if multi else [])
+            for key in row
+            if key.startswith("val/loss_")
+        }
     ) or ["val/loss_l1", "val/loss_cls"]
     return [
         FigureSpec(
@@ -347,7 +366,9 @@ def figure_specs(runs: dict[str, Run]) -> list[FigureSpec]:
             "fig5_multitask_val_losses.png",
             "Fig. 5: multi-task model, validation losses",
             "loss (log scale)",
-            tuple(Curve("multitask", key, key.removeprefix("val/")) for key in multitask_val_losses),
+            tuple(
+                Curve("multitask", key, key.removeprefix("val/")) for key in multitask_val_losses
+            ),
             log_y=True,
         ),
         FigureSpec(
@@ -429,7 +450,9 @@ def lab_norm_to_rgb_numpy(L_norm, ab_norm) -> np.ndarray:
     return np.clip(lab_to_rgb(np.asarray(denormalize_lab(L_norm, ab_norm), np.float32)), 0.0, 1.0)
 
 
-def figure_two_grid(L_norm, ab_single, ab_multi, ab_true, path: Path, missing: dict[str, str] | None = None):
+def figure_two_grid(
+    L_norm, ab_single, ab_multi, ab_true, path: Path, missing: dict[str, str] | None = None
+):
     """Fig. 2: rows grayscale / single-task / multi-task / ground truth, one column per image.
 
     `ab_single` or `ab_multi` may be None (run missing): that row is drawn as a labelled gray strip.
@@ -452,15 +475,28 @@ def figure_two_grid(L_norm, ab_single, ab_multi, ab_true, path: Path, missing: d
             ax.set_yticks([])
             if ab is None:
                 ax.imshow(np.full(L_norm.shape[1:3], 0.85), cmap="gray", vmin=0, vmax=1)
-                ax.text(0.5, 0.5, "MISSING", transform=ax.transAxes, fontsize=8, color="red",
-                        ha="center", va="center")
+                ax.text(
+                    0.5,
+                    0.5,
+                    "MISSING",
+                    transform=ax.transAxes,
+                    fontsize=8,
+                    color="red",
+                    ha="center",
+                    va="center",
+                )
             else:
                 ax.imshow(lab_norm_to_rgb_numpy(L_norm[c], np.asarray(ab[c], np.float32)))
             if c == 0:
-                reason = f"\n({missing[FIG2_ROWS[r]]})" if ab is None and FIG2_ROWS[r] in missing else ""
+                reason = (
+                    f"\n({missing[FIG2_ROWS[r]]})" if ab is None and FIG2_ROWS[r] in missing else ""
+                )
                 ax.set_ylabel(FIG2_ROWS[r] + reason, fontsize=7)
-    fig.suptitle("Fig. 2: validation batch (top to bottom: grayscale, single-task, multi-task, ground truth)",
-                 fontsize=9)
+    fig.suptitle(
+        "Fig. 2: validation batch "
+        "(top to bottom: grayscale, single-task, multi-task, ground truth)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -508,7 +544,14 @@ def make_figure_two(runs: dict[str, Run], path: Path, num_images: int = 8) -> li
         except Exception as error:  # noqa: BLE001 - an in-progress run may have no checkpoint yet
             missing[row] = "no checkpoint yet"
             notes.append(f"fig2: row '{row}' empty: cannot load {run.workdir} ({error})")
-    figure_two_grid(L_norm, predictions.get("colorization"), predictions.get("multitask"), ab_true, path, missing)
+    figure_two_grid(
+        L_norm,
+        predictions.get("colorization"),
+        predictions.get("multitask"),
+        ab_true,
+        path,
+        missing,
+    )
     return notes
 
 
@@ -533,7 +576,9 @@ def make_report(workdirs: Sequence, out, *, figure_two: bool = True, num_images:
         files.append(out / spec.filename)
     if figure_two:
         try:
-            fig2_notes = make_figure_two(runs, out / "fig2_colorized_validation_batch.png", num_images)
+            fig2_notes = make_figure_two(
+                runs, out / "fig2_colorized_validation_batch.png", num_images
+            )
             problems.extend(fig2_notes)
             if (out / "fig2_colorized_validation_batch.png").exists():
                 files.append(out / "fig2_colorized_validation_batch.png")

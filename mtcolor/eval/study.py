@@ -31,8 +31,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from mtcolor.eval import compare
 from mtcolor.eval.report import read_scalars
@@ -75,7 +75,8 @@ def load_study(path) -> dict:
         variant.setdefault("overrides", {})
         if variant["experiment"] not in compare.EXPERIMENT_TASKS:
             raise ValueError(
-                f"variant {variant['name']}: unknown experiment {variant['experiment']}")
+                f"variant {variant['name']}: unknown experiment {variant['experiment']}"
+            )
     names = [v["name"] for v in study["variants"]]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate variant names in {path}: {names}")
@@ -85,8 +86,13 @@ def load_study(path) -> dict:
     return study
 
 
-def plan(study: dict, root, seeds: int | None = None, only: Sequence[str] | None = None,
-         extra_overrides: dict | None = None):
+def plan(
+    study: dict,
+    root,
+    seeds: int | None = None,
+    only: Sequence[str] | None = None,
+    extra_overrides: dict | None = None,
+):
     """The RunSpecs of the study (every variant, or those named in `only`), seeds 0..n-1.
     Overrides: the study's, then the variant's, then `extra_overrides` (the command line's)."""
     root = Path(root)
@@ -101,8 +107,12 @@ def plan(study: dict, root, seeds: int | None = None, only: Sequence[str] | None
         if only and variant["name"] not in only:
             continue
         for seed in range(num_seeds):
-            overrides = {**study["overrides"], **variant["overrides"], **(extra_overrides or {}),
-                         "seed": seed}
+            overrides = {
+                **study["overrides"],
+                **variant["overrides"],
+                **(extra_overrides or {}),
+                "seed": seed,
+            }
             workdir = root / variant["name"] / f"seed{seed}"
             specs.append(RunSpec(variant["name"], variant["experiment"], seed, workdir, overrides))
     return specs
@@ -111,8 +121,9 @@ def plan(study: dict, root, seeds: int | None = None, only: Sequence[str] | None
 def load_config(config_path: str):
     """The ConfigDict of a config file path ("file.py" or "file.py:arg"), as config_flags does."""
     path, _, arg = str(config_path).partition(":")
-    spec = importlib.util.spec_from_file_location(f"_config_{Path(path).stem}", REPO_ROOT / path
-                                                  if not Path(path).is_absolute() else path)
+    spec = importlib.util.spec_from_file_location(
+        f"_config_{Path(path).stem}", REPO_ROOT / path if not Path(path).is_absolute() else path
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg) if arg else module.get_config()
@@ -138,8 +149,14 @@ def unknown_overrides(config, overrides: dict) -> list[str]:
 
 
 def command(spec: RunSpec, study: dict, python: str = sys.executable) -> list[str]:
-    return [python, "-m", f"experiments.{spec.experiment}", f"--config={study['config']}",
-            f"--workdir={spec.workdir}", *spec.override_args()]
+    return [
+        python,
+        "-m",
+        f"experiments.{spec.experiment}",
+        f"--config={study['config']}",
+        f"--workdir={spec.workdir}",
+        *spec.override_args(),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +164,7 @@ def command(spec: RunSpec, study: dict, python: str = sys.executable) -> list[st
 
 
 def run_state(workdir) -> str:
-    """"finished", "failed: ...", "partial" (checkpoints, not finished: resumable, or in
+    """ "finished", "failed: ...", "partial" (checkpoints, not finished: resumable, or in
     progress), "started" (nothing usable yet) or "missing"."""
     workdir = Path(workdir)
     summary = workdir / "summary.json"
@@ -180,8 +197,9 @@ def _log_tail(path: Path, lines: int = 5) -> str:
     return (errors[-1] if errors else " | ".join(text[-lines:]))[-300:]
 
 
-def launch(spec: RunSpec, study: dict, cwd=REPO_ROOT, compilation_cache: str | None = None
-           ) -> tuple[str, float]:
+def launch(
+    spec: RunSpec, study: dict, cwd=REPO_ROOT, compilation_cache: str | None = None
+) -> tuple[str, float]:
     """Trains one run (a subprocess, stdout and stderr appended to <workdir>/log.txt; resumes
     from its checkpoints). Returns (state, seconds). A failure is written to failed.json.
 
@@ -194,8 +212,10 @@ def launch(spec: RunSpec, study: dict, cwd=REPO_ROOT, compilation_cache: str | N
         failed.unlink()  # retry
     unknown = unknown_overrides(load_config(study["config"]), spec.overrides)
     if unknown:
-        reason = (f"unknown config field(s) {', '.join(unknown)} (not in {study['config']}: "
-                  "this trainer has no such option)")
+        reason = (
+            f"unknown config field(s) {', '.join(unknown)} (not in {study['config']}: "
+            "this trainer has no such option)"
+        )
         failed.write_text(json.dumps({"reason": reason, "returncode": None}))
         return "failed: " + reason, 0.0
     cmd = command(spec, study)
@@ -207,8 +227,9 @@ def launch(spec: RunSpec, study: dict, cwd=REPO_ROOT, compilation_cache: str | N
         env = dict(os.environ)
         if compilation_cache:
             env.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(compilation_cache).resolve()))
-        code = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                              env=env).returncode
+        code = subprocess.run(
+            cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env
+        ).returncode
     seconds = time.time() - start
     if code != 0:
         reason = f"exit code {code}: {_log_tail(log)} (see {log})"
@@ -239,8 +260,14 @@ def evaluate(spec: RunSpec, split: str, frechet: bool = False) -> dict:
     return evaluate_workdir(spec.workdir, split, step="best", frechet_features=frechet)
 
 
-def collect(specs: Sequence[RunSpec], split: str, *, evaluate_runs: bool = True,
-            frechet: bool = False, log=print) -> list[compare.RunMetrics]:
+def collect(
+    specs: Sequence[RunSpec],
+    split: str,
+    *,
+    evaluate_runs: bool = True,
+    frechet: bool = False,
+    log=print,
+) -> list[compare.RunMetrics]:
     """RunMetrics of every spec: finished runs (and, marked, unfinished ones with a best
     checkpoint) evaluated on `split`; the others with their state."""
     out = []
@@ -250,23 +277,41 @@ def collect(specs: Sequence[RunSpec], split: str, *, evaluate_runs: bool = True,
         if state == "finished" or (state in ("partial", "started") and has_best):
             status = "finished" if state == "finished" else "in progress"
             if not evaluate_runs:
-                out.append(compare.RunMetrics(spec.variant, spec.seed, spec.experiment,
-                                              "not evaluated: --noevaluate"))
+                out.append(
+                    compare.RunMetrics(
+                        spec.variant, spec.seed, spec.experiment, "not evaluated: --noevaluate"
+                    )
+                )
                 continue
             try:
                 result = evaluate(spec, split, frechet)
             except Exception as error:  # noqa: BLE001 - report it in the table, go on
                 log(f"{spec.workdir}: evaluation failed: {error!r}")
-                out.append(compare.RunMetrics(spec.variant, spec.seed, spec.experiment,
-                                              f"not evaluated: {type(error).__name__}: {error}"))
+                out.append(
+                    compare.RunMetrics(
+                        spec.variant,
+                        spec.seed,
+                        spec.experiment,
+                        f"not evaluated: {type(error).__name__}: {error}",
+                    )
+                )
                 continue
             num_classes = (result.get("class_names") and len(result["class_names"])) or None
-            out.append(compare.RunMetrics(spec.variant, spec.seed, spec.experiment, status,
-                                          compare.metrics_from_eval(result),
-                                          compare.baseline_from_eval(result, num_classes)))
+            out.append(
+                compare.RunMetrics(
+                    spec.variant,
+                    spec.seed,
+                    spec.experiment,
+                    status,
+                    compare.metrics_from_eval(result),
+                    compare.baseline_from_eval(result, num_classes),
+                )
+            )
         else:
-            status = {"partial": "in progress, no best checkpoint yet",
-                      "started": "started, nothing saved yet"}.get(state, state)
+            status = {
+                "partial": "in progress, no best checkpoint yet",
+                "started": "started, nothing saved yet",
+            }.get(state, state)
             out.append(compare.RunMetrics(spec.variant, spec.seed, spec.experiment, status))
     return out
 
@@ -306,8 +351,13 @@ def plot_curves(specs: Sequence[RunSpec], keys: Sequence[str], path: Path, title
             steps, values = mean_curve(workdirs, key)
             if len(steps):
                 # Line styles cycle too: equal curves (fixed weights) stay visible.
-                ax.plot(steps, values, label=f"{variant} (n={len(workdirs)})", marker=".",
-                        linestyle=("-", "--", ":", "-.")[i % 4])
+                ax.plot(
+                    steps,
+                    values,
+                    label=f"{variant} (n={len(workdirs)})",
+                    marker=".",
+                    linestyle=("-", "--", ":", "-.")[i % 4],
+                )
                 drawn = True
         ax.set_xlabel("step")
         ax.set_title(key)
@@ -328,24 +378,31 @@ def plot_curves(specs: Sequence[RunSpec], keys: Sequence[str], path: Path, title
 
 def header(study: dict, split: str, study_path: str) -> str:
     if study.get("test_split") and split == study["test_split"]:
-        where = (f"held-out `{split}` split; checkpoints selected on `{study['eval_split']}`")
+        where = f"held-out `{split}` split; checkpoints selected on `{study['eval_split']}`"
     else:
-        where = (f"`{split}` split. **These are validation numbers that were also used to select "
-                 "each run's checkpoint (best on validation)**: the source has no separate test "
-                 "split, so they are optimistic")
-    return (f"# Study {study_path}\n\nBest-on-validation checkpoint of each run, evaluated on the "
-            f"{where}. Mean ± std (sample, ddof 1) over seeds; seeds marked * are still in "
-            "progress. Delta_m: Maninis et al. 2019 eq. 4 against the single-task references "
-            f"({', '.join(f'{t}: {n}' for t, n in study['references'].items())}), in %, "
-            "higher is better (see docs/compare.md).")
+        where = (
+            f"`{split}` split. **These are validation numbers that were also used to select "
+            "each run's checkpoint (best on validation)**: the source has no separate test "
+            "split, so they are optimistic"
+        )
+    return (
+        f"# Study {study_path}\n\nBest-on-validation checkpoint of each run, evaluated on the "
+        f"{where}. Mean ± std (sample, ddof 1) over seeds; seeds marked * are still in "
+        "progress. Delta_m: Maninis et al. 2019 eq. 4 against the single-task references "
+        f"({', '.join(f'{t}: {n}' for t, n in study['references'].items())}), in %, "
+        "higher is better (see docs/compare.md)."
+    )
 
 
 def write_outputs(study: dict, study_path: str, specs: Sequence[RunSpec], runs, root) -> list[Path]:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     split = study["test_split"] or study["eval_split"]
-    variants = [(v["name"], v["experiment"]) for v in study["variants"]
-                if any(s.variant == v["name"] for s in specs)]
+    variants = [
+        (v["name"], v["experiment"])
+        for v in study["variants"]
+        if any(s.variant == v["name"] for s in specs)
+    ]
     references = {t: n for t, n in study["references"].items()}
     rows = compare.build_table(variants, runs, references)
     files = []
@@ -364,10 +421,14 @@ def write_outputs(study: dict, study_path: str, specs: Sequence[RunSpec], runs, 
         writer.writeheader()
         writer.writerows(records)
     files.append(root / "compare.csv")
-    payload = {"study": study_path, "split": split, "rows": records,
-               "runs": [dataclasses.asdict(r) for r in runs],
-               "metrics": [dataclasses.asdict(m) for m in compare.METRICS],
-               "references": references}
+    payload = {
+        "study": study_path,
+        "split": split,
+        "rows": records,
+        "runs": [dataclasses.asdict(r) for r in runs],
+        "metrics": [dataclasses.asdict(m) for m in compare.METRICS],
+        "references": references,
+    }
     (root / "compare.json").write_text(json.dumps(payload, indent=1, default=str))
     files.append(root / "compare.json")
     curves = root / "val_curves.png"
@@ -380,10 +441,19 @@ def write_outputs(study: dict, study_path: str, specs: Sequence[RunSpec], runs, 
     return files
 
 
-def run_study(study_path: str, root, *, run: bool = False, seeds: int | None = None,
-              only: Sequence[str] | None = None, frechet: bool = False,
-              evaluate_runs: bool = True, extra_overrides: dict | None = None,
-              compilation_cache: str | None = "", log=print) -> list[Path]:
+def run_study(
+    study_path: str,
+    root,
+    *,
+    run: bool = False,
+    seeds: int | None = None,
+    only: Sequence[str] | None = None,
+    frechet: bool = False,
+    evaluate_runs: bool = True,
+    extra_overrides: dict | None = None,
+    compilation_cache: str | None = "",
+    log=print,
+) -> list[Path]:
     """Trains (with `run`) and compares a study; returns the files written. `compilation_cache`:
     "" for <root>/jax_cache, None to leave JAX's default (no persistent cache)."""
     study = load_study(study_path)
@@ -401,4 +471,3 @@ def run_study(study_path: str, root, *, run: bool = False, seeds: int | None = N
     split = study["test_split"] or study["eval_split"]
     runs = collect(specs, split, evaluate_runs=evaluate_runs, frechet=frechet, log=log)
     return write_outputs(study, str(study_path), specs, runs, root)
-

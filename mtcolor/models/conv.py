@@ -23,9 +23,19 @@ SMALL_MAP_PIXELS = 16
 _NHWC_HWIO = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                         precision=None, preferred_element_type=None):
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+):
     """``jax.lax.conv_general_dilated`` that computes stride-1 convs on tiny maps as one matmul.
 
     A drop-in for flax's ``nn.Conv(conv_general_dilated=...)``: same parameters, same result up to
@@ -48,9 +58,16 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     )
     if not plain:
         return jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-            batch_group_count=batch_group_count, precision=precision,
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            batch_group_count=batch_group_count,
+            precision=precision,
             preferred_element_type=preferred_element_type,
         )
     kh, kw, c_in, c_out = rhs.shape
@@ -63,6 +80,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         [padded[:, i : i + out_h, j : j + out_w] for i in range(kh) for j in range(kw)], axis=-1
     )
     return jnp.einsum(
-        "nhwk,ko->nhwo", columns, rhs.reshape(kh * kw * c_in, c_out),
-        precision=precision, preferred_element_type=preferred_element_type,
+        "nhwk,ko->nhwo",
+        columns,
+        rhs.reshape(kh * kw * c_in, c_out),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
     )

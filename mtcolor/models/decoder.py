@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax.numpy as jnp
 from flax import linen as nn
@@ -60,7 +61,10 @@ def conv_transpose_4x4_stride2(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarr
             window = padded[:, oy : oy + h + 1, ox : ox + w + 1]
             cols.append(
                 conv_general_dilated(
-                    window, jnp.transpose(phase_kernel, (0, 1, 3, 2)), (1, 1), ((0, 0), (0, 0)),
+                    window,
+                    jnp.transpose(phase_kernel, (0, 1, 3, 2)),
+                    (1, 1),
+                    ((0, 0), (0, 0)),
                     dimension_numbers=_NHWC_HWIO_NAMES,
                 )
             )
@@ -80,8 +84,12 @@ class ConvTranspose4x4Stride2(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        kernel = self.param("kernel", self.kernel_init, (4, 4, self.features, x.shape[-1]), jnp.float32)
-        return conv_transpose_4x4_stride2(jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype))
+        kernel = self.param(
+            "kernel", self.kernel_init, (4, 4, self.features, x.shape[-1]), jnp.float32
+        )
+        return conv_transpose_4x4_stride2(
+            jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype)
+        )
 
 
 class ColorDecoder(nn.Module):

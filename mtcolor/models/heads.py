@@ -15,7 +15,8 @@ from mtcolor.precision import at_least_float32
 
 
 class ClassHead(nn.Module):
-    """FC(hidden) -> ReLU -> FC(num_classes): (N, h, w, C) features -> (N, num_classes) float32 logits.
+    """FC(hidden) -> ReLU -> FC(num_classes): (N, h, w, C) features -> (N, num_classes) float32
+    logits.
 
     The paper's last layer has softmax activation; the module returns logits and the softmax lives
     in the cross-entropy loss (numerically stable), or `jax.nn.softmax` for probabilities.

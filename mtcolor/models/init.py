@@ -26,9 +26,9 @@ def init_variables(
     """Initialise `model` for (1, image_size, image_size, in_channels) inputs.
 
     Returns {"params": ..., "batch_stats": ...} (plain dicts). New layers get the pix2pix init built
-    into the modules. With `pretrained` (a path or "torchvision"), the ImageNet ResNet-18 weights from
-    `mtcolor.weights.load_resnet18` replace the backbone's params and batch_stats: the whole tree when
-    `model` is a `ResNet18`, else `variables[...]["backbone"]`.
+    into the modules. With `pretrained` (a path or "torchvision"), the ImageNet ResNet-18 weights
+    from `mtcolor.weights.load_resnet18` replace the backbone's params and batch_stats: the whole
+    tree when `model` is a `ResNet18`, else `variables[...]["backbone"]`.
     """
     params_rng, dropout_rng = jax.random.split(rng)
     dummy = jnp.zeros((1, image_size, image_size, in_channels), jnp.float32)
@@ -48,10 +48,18 @@ def init_variables(
     backbone = load_resnet18(pretrained, in_channels)
     if isinstance(model, ResNet18):
         _check_same_structure(variables, backbone, where="ResNet18")
-        return {"params": _to_dict(backbone["params"]), "batch_stats": _to_dict(backbone["batch_stats"])}
+        return {
+            "params": _to_dict(backbone["params"]),
+            "batch_stats": _to_dict(backbone["batch_stats"]),
+        }
     if "backbone" not in variables["params"]:
-        raise ValueError(f"{type(model).__name__} has no `backbone` submodule to load pretrained weights into")
-    current = {"params": variables["params"]["backbone"], "batch_stats": variables["batch_stats"]["backbone"]}
+        raise ValueError(
+            f"{type(model).__name__} has no `backbone` submodule to load pretrained weights into"
+        )
+    current = {
+        "params": variables["params"]["backbone"],
+        "batch_stats": variables["batch_stats"]["backbone"],
+    }
     _check_same_structure(current, backbone, where=f"{type(model).__name__}.backbone")
     variables["params"]["backbone"] = _to_dict(backbone["params"])
     variables["batch_stats"]["backbone"] = _to_dict(backbone["batch_stats"])
@@ -66,8 +74,14 @@ def _to_dict(tree):
 
 def _check_same_structure(expected, loaded, where: str) -> None:
     """Refuse loaded weights whose keys or shapes differ from the freshly initialised module's."""
-    exp = {jax.tree_util.keystr(p): jnp.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(expected)}
-    got = {jax.tree_util.keystr(p): jnp.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(loaded)}
+    exp = {
+        jax.tree_util.keystr(p): jnp.shape(v)
+        for p, v in jax.tree_util.tree_leaves_with_path(expected)
+    }
+    got = {
+        jax.tree_util.keystr(p): jnp.shape(v)
+        for p, v in jax.tree_util.tree_leaves_with_path(loaded)
+    }
     missing = sorted(set(exp) - set(got))
     unexpected = sorted(set(got) - set(exp))
     mismatched = sorted(k for k in set(exp) & set(got) if tuple(exp[k]) != tuple(got[k]))

@@ -32,10 +32,12 @@ def pix2pix_scale_init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
     return 1.0 + PIX2PIX_INIT_STD * jax.random.normal(key, shape, dtype)
 
 
-# torchvision ResNet: kaiming_normal_(mode="fan_out", nonlinearity="relu") = N(0, 2/fan_out), untruncated.
+# torchvision ResNet: kaiming_normal_(mode="fan_out", nonlinearity="relu") = N(0, 2/fan_out),
+# untruncated.
 torchvision_conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-# PyTorch nn.Linear default: kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in)), i.e. variance 1/(3 fan_in).
+# PyTorch nn.Linear default: kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in)), i.e. variance
+# 1/(3 fan_in).
 pytorch_dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 

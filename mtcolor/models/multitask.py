@@ -26,12 +26,16 @@ class MultiTaskModel(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False, backbone_train: bool | None = None) -> dict:
+    def __call__(
+        self, x: jnp.ndarray, train: bool = False, backbone_train: bool | None = None
+    ) -> dict:
         backbone = ResNet18(in_channels=self.in_channels, dtype=self.dtype, name="backbone")
         # The stage maps are intermediate values of the same forward pass: returning them costs
         # nothing, and heads that do not read them (the paper's) leave them unused.
         features, stages = backbone(
             x, train=train if backbone_train is None else backbone_train, return_stages=True
         )
-        return {task.name: task.head(features, stages, train=train, dtype=self.dtype)
-                for task in self.tasks}
+        return {
+            task.name: task.head(features, stages, train=train, dtype=self.dtype)
+            for task in self.tasks
+        }

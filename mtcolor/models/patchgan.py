@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 from flax import linen as nn
@@ -40,8 +41,14 @@ class PatchDiscriminator(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         conv = lambda features, stride, use_bias, name: nn.Conv(  # noqa: E731
-            features, (4, 4), strides=(stride, stride), padding=PATCH_PADDING, use_bias=use_bias,
-            dtype=self.dtype, kernel_init=self.kernel_init, name=name,
+            features,
+            (4, 4),
+            strides=(stride, stride),
+            padding=PATCH_PADDING,
+            use_bias=use_bias,
+            dtype=self.dtype,
+            kernel_init=self.kernel_init,
+            name=name,
             conv_general_dilated=conv_general_dilated,
         )
         x = jnp.asarray(x, self.dtype)

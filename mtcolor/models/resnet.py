@@ -5,7 +5,8 @@ by (0, 1) where torchvision pads (1, 1), which shifts the sampling grid. BatchNo
 flax momentum 0.9 (= PyTorch momentum 0.1). Parameter names are the interface that
 `mtcolor.weights` maps torchvision's state-dict keys onto:
 
-    conv1, bn1, layer{1..4}_{0,1}/{conv1,bn1,conv2,bn2}, layer{2,3,4}_0/{downsample_conv,downsample_bn}
+    conv1, bn1, layer{1..4}_{0,1}/{conv1,bn1,conv2,bn2},
+    layer{2,3,4}_0/{downsample_conv,downsample_bn}
 
 One difference remains with PyTorch and is inherent to flax: in training mode PyTorch updates
 `running_var` with the unbiased batch variance, flax with the biased one (n/(n-1) apart); the
@@ -15,7 +16,8 @@ normalisation itself (biased variance) is the same. See tests/test_models.py.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 from flax import linen as nn
@@ -44,7 +46,8 @@ def batch_norm(train: bool, dtype: Any, scale_init: Initializer, name: str) -> n
 
 
 class BasicBlock(nn.Module):
-    """torchvision BasicBlock: 3x3/stride conv-BN-ReLU, 3x3 conv-BN, + (downsampled) identity, ReLU."""
+    """torchvision BasicBlock: 3x3/stride conv-BN-ReLU, 3x3 conv-BN, + (downsampled) identity,
+    ReLU."""
 
     features: int
     strides: int = 1
@@ -56,7 +59,10 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         conv = functools.partial(
-            nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=self.kernel_init,
+            nn.Conv,
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=self.kernel_init,
             conv_general_dilated=conv_general_dilated,
         )
         bn = functools.partial(batch_norm, train, self.dtype, self.scale_init)
@@ -69,7 +75,9 @@ class BasicBlock(nn.Module):
 
         identity = x
         if self.downsample:
-            identity = conv(self.features, (1, 1), strides=s, padding=((0, 0), (0, 0)), name="downsample_conv")(x)
+            identity = conv(
+                self.features, (1, 1), strides=s, padding=((0, 0), (0, 0)), name="downsample_conv"
+            )(x)
             identity = bn("downsample_bn")(identity)
         return nn.relu(y + identity)
 
@@ -79,8 +87,8 @@ class ResNet18(nn.Module):
 
     Attributes:
       in_channels: 3 for RGB, 1 for the grayscale L channel (fastai `create_body(n_in=1)`; the
-        pretrained conv1 is then the sum of the RGB kernels, done by `mtcolor.weights`). Only used to
-        document/validate the input; flax infers conv1's input width from the data.
+        pretrained conv1 is then the sum of the RGB kernels, done by `mtcolor.weights`). Only used
+        to document/validate the input; flax infers conv1's input width from the data.
       dtype: computation dtype (params stay float32).
       kernel_init / scale_init: init of the convs and BN scales when NOT loading pretrained weights.
         Default: pix2pix N(0, 0.02) / N(1, 0.02), what the paper's reference applies to a
@@ -96,11 +104,19 @@ class ResNet18(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False, return_stages: bool = False):
         if x.shape[-1] != self.in_channels:
-            raise ValueError(f"ResNet18(in_channels={self.in_channels}) got input with {x.shape[-1]} channels")
+            raise ValueError(
+                f"ResNet18(in_channels={self.in_channels}) got input with {x.shape[-1]} channels"
+            )
         x = jnp.asarray(x, self.dtype)
         x = nn.Conv(
-            64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-            dtype=self.dtype, kernel_init=self.kernel_init, name="conv1",
+            64,
+            (7, 7),
+            strides=(2, 2),
+            padding=((3, 3), (3, 3)),
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=self.kernel_init,
+            name="conv1",
         )(x)
         x = nn.relu(batch_norm(train, self.dtype, self.scale_init, "bn1")(x))
         stem = x

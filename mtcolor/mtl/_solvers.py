@@ -146,10 +146,10 @@ def nash_weights(
     F(beta) = 1/2 beta^T K_n beta - sum(log beta), so damped Newton (Nesterov 2004, sec. 4.1.5:
     step 1/(1 + lambda) while the Newton decrement lambda >= 1/4, full steps after) converges
     globally from any positive start and quadratically near the solution, and never leaves
-    beta > 0. ridge * diag(K_n) (+ 1e-12) is added to K_n's diagonal so that a solution exists when K is singular in a
-    positive direction (two opposite gradients, where F is unbounded below, or zero gradients); it
-    moves a well-conditioned solution by O(ridge). `alpha0` (the previous solution) warm-starts
-    the iteration, as the official CCP loop does.
+    beta > 0. ridge * diag(K_n) (+ 1e-12) is added to K_n's diagonal so that a solution exists
+    when K is singular in a positive direction (two opposite gradients, where F is unbounded below,
+    or zero gradients); it moves a well-conditioned solution by O(ridge). `alpha0` (the previous
+    solution) warm-starts the iteration, as the official CCP loop does.
     """
     norm = jnp.linalg.norm(gram)
     norm = jnp.where(norm > jnp.finfo(jnp.float32).tiny, norm, 1.0)

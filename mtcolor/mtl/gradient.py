@@ -245,10 +245,10 @@ def nash_mtl(
 
     alpha solves K alpha = 1 / alpha, alpha > 0 (eq. 2; the fixed point the official code's CCP
     reaches, see `_solvers.nash_weights`), by damped Newton warm-started from the previous
-    solution like the official CCP loop; |alpha @ G| = sqrt(T) before clipping. It is recomputed every `update_weights_every` steps and
-    reused in between (official option). If |alpha @ G| > max_norm the weights are scaled down to
-    max_norm (torchjd's form of the official clip_grad_norm_ on the shared parameters; 0 turns it
-    off).
+    solution like the official CCP loop; |alpha @ G| = sqrt(T) before clipping. It is recomputed
+    every `update_weights_every` steps and reused in between (official option). If
+    |alpha @ G| > max_norm the weights are scaled down to max_norm (torchjd's form of the official
+    clip_grad_norm_ on the shared parameters; 0 turns it off).
     """
     if update_weights_every < 1:
         raise ValueError(

@@ -310,9 +310,10 @@ def famo(
 
     Base weights: the log makes each task's scale irrelevant, so b enters twice, as in the
     official code for b = 1 up to a constant: the logits start at log(b) - mean(log b) (softmax(z)
-    proportional to b; official: zeros) and the objective is multiplied by sum(b), so that at equal losses the
-    multipliers of the raw losses start at exactly b (official: sum to 1; a constant factor T for
-    b = 1, absorbed by the learning rate). `weights(state)` returns sum(b) softmax(z); the actual
+    proportional to b; official: zeros) and the objective is multiplied by sum(b), so that at
+    equal losses the multipliers of the raw losses start at exactly b (official: sum to 1; a
+    constant factor T for b = 1, absorbed by the learning rate). `weights(state)` returns
+    sum(b) softmax(z); the actual
     multiplier of the raw loss L_i at a step is weights_i / (c (L_i - m_i + eps)) (`task_terms`),
     c computed from softmax(z).
     gamma: the official code's default is 1e-5 and its experiments use 1e-3 to 1e-2 (the paper's

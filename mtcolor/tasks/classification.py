@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 
 from mtcolor.models.heads import ClassHead
+from mtcolor.tasks import losses
 from mtcolor.tasks.task import Critic, Task
-from mtcolor.train import losses
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -31,12 +32,18 @@ class Classification(Task):
 
     def head(self, features, stages, *, train: bool, dtype: Any):
         del stages
-        head = ClassHead(self.num_classes, pooling=self.pooling, hidden=self.hidden, dtype=dtype,
-                         name=self.head_name)
+        head = ClassHead(
+            self.num_classes,
+            pooling=self.pooling,
+            hidden=self.hidden,
+            dtype=dtype,
+            name=self.head_name,
+        )
         return head(features, train=train)
 
-    def per_example(self, output, batch: Mapping[str, jax.Array], *, train: bool,
-                    critic: Critic | None = None) -> dict[str, jax.Array]:
+    def per_example(
+        self, output, batch: Mapping[str, jax.Array], *, train: bool, critic: Critic | None = None
+    ) -> dict[str, jax.Array]:
         del train, critic
         loss_cls = losses.cross_entropy_per_example(output, batch["label"])
         return {

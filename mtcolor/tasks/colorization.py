@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from mtcolor.data.color import lab_norm_to_rgb_jax
 from mtcolor.models.decoder import ColorDecoder
 from mtcolor.models.patchgan import PatchDiscriminator
 from mtcolor.models.unet import UNetDecoder
 from mtcolor.precision import at_least_float32
+from mtcolor.tasks import losses
 from mtcolor.tasks.task import ADVERSARY_METRICS, Adversary, Critic, Task
-from mtcolor.train import losses
 
 DECODERS = ("plain", "unet")
 # Evaluation-only terms that put the model's numbers beside their baselines: the L1 of predicting
@@ -56,8 +59,9 @@ class Colorization(Task):
         decoder = ColorDecoder(dropout_rate=self.dropout_rate, dtype=dtype, name=self.head_name)
         return decoder(features, train=train)
 
-    def per_example(self, output, batch: Mapping[str, jax.Array], *, train: bool,
-                    critic: Critic | None = None) -> dict[str, jax.Array]:
+    def per_example(
+        self, output, batch: Mapping[str, jax.Array], *, train: bool, critic: Critic | None = None
+    ) -> dict[str, jax.Array]:
         l1 = losses.l1_per_example(output, batch["ab"])
         terms = {"l1": l1, "loss_l1": self.l1_weight * l1}
         loss = self.l1_weight * l1
@@ -94,9 +98,11 @@ class Colorization(Task):
         if "l1_gray" not in val:
             return None
         below = 1.0 - val["l1"] / val["l1_gray"] if val["l1_gray"] > 0 else 0.0
-        return (f"L1 x100 {100 * val['l1']:.1f} vs {100 * val['l1_gray']:.1f} predicting ab = 0 "
-                f"({below:.0%} below), colorfulness {val['colorfulness']:.1f} vs ground truth "
-                f"{val['colorfulness_true']:.1f}")
+        return (
+            f"L1 x100 {100 * val['l1']:.1f} vs {100 * val['l1_gray']:.1f} predicting ab = 0 "
+            f"({below:.0%} below), colorfulness {val['colorfulness']:.1f} vs ground truth "
+            f"{val['colorfulness_true']:.1f}"
+        )
 
     def critic_input(self, batch, prediction):
         L = batch["L"]
@@ -106,13 +112,20 @@ class Colorization(Task):
         return batch["ab"]
 
     def image_rows(self, batch, prediction):
-        from mtcolor.train.images import colorization_rows
-
         return colorization_rows(batch["L"], prediction, batch["ab"])
 
 
+def colorization_rows(L, ab_pred, ab_true) -> list[np.ndarray]:
+    """Three (N, H, W, 3) RGB float arrays in [0, 1]. The grayscale row is the Lab image with
+    a = b = 0, i.e. the neutral gray of the input's luminance."""
+    L = jnp.asarray(L, jnp.float32)
+    gray = lab_norm_to_rgb_jax(L, jnp.zeros(L.shape[:-1] + (2,), jnp.float32))
+    pred = lab_norm_to_rgb_jax(L, jnp.asarray(ab_pred, jnp.float32))
+    true = lab_norm_to_rgb_jax(L, jnp.asarray(ab_true, jnp.float32))
+    return [np.asarray(x) for x in (gray, pred, true)]
+
+
 def _baseline_terms(L: jax.Array, prediction: jax.Array, target: jax.Array) -> dict:  # noqa: N803
-    from mtcolor.data.color import lab_norm_to_rgb_jax
     from mtcolor.eval.metrics import colorfulness
 
     L, prediction, target = (at_least_float32(x) for x in (L, prediction, target))

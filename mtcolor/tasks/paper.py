@@ -1,8 +1,8 @@
 """The paper's three experiments as task lists, and their models.
 
-    multitask:      (Colorization, Classification)  the paper's proposed model, cls x10
-    colorization:   (Colorization,)                 the single-task cGAN colorizer
-    classification: (Classification,)               the single-task classifier, plain CE
+multitask:      (Colorization, Classification)  the paper's proposed model, cls x10
+colorization:   (Colorization,)                 the single-task cGAN colorizer
+classification: (Classification,)               the single-task classifier, plain CE
 """
 
 from __future__ import annotations
@@ -46,12 +46,20 @@ def experiment_tasks(
         raise ValueError(f"experiment must be one of {EXPERIMENTS}, got {experiment!r}")
     tasks = []
     if experiment in ("multitask", "colorization"):
-        adversary = Adversary(discriminator=PatchDiscriminator(dtype=dtype), gan_mode=gan_mode,
-                              weight=float(gan_weight))
+        adversary = Adversary(
+            discriminator=PatchDiscriminator(dtype=dtype),
+            gan_mode=gan_mode,
+            weight=float(gan_weight),
+        )
         tasks.append(Colorization(decoder=decoder, l1_weight=float(l1_weight), adversary=adversary))
     if experiment in ("multitask", "classification"):
-        tasks.append(Classification(num_classes=int(num_classes), pooling=pooling,
-                                    weight=classification_weight(experiment, cls_weight)))
+        tasks.append(
+            Classification(
+                num_classes=int(num_classes),
+                pooling=pooling,
+                weight=classification_weight(experiment, cls_weight),
+            )
+        )
     return check_tasks(tasks)
 
 
@@ -76,21 +84,36 @@ def tasks_from_config(config) -> tuple[Task, ...]:
 # The paper's three networks (models of the task lists above; they return {task name: output}).
 
 
-def multitask_generator(num_classes: int = 5, pooling: str = "flatten", decoder: str = "plain",
-                        dropout_rate: float = 0.5, dtype: Any = jnp.float32) -> MultiTaskModel:
+def multitask_generator(
+    num_classes: int = 5,
+    pooling: str = "flatten",
+    decoder: str = "plain",
+    dropout_rate: float = 0.5,
+    dtype: Any = jnp.float32,
+) -> MultiTaskModel:
     """L -> {"colorization": ab (N, H, W, 2), "classification": logits (N, num_classes)}."""
-    tasks = (Colorization(decoder=decoder, dropout_rate=dropout_rate),
-             Classification(num_classes=num_classes, pooling=pooling, weight=10.0))
+    tasks = (
+        Colorization(decoder=decoder, dropout_rate=dropout_rate),
+        Classification(num_classes=num_classes, pooling=pooling, weight=10.0),
+    )
     return MultiTaskModel(tasks=tasks, dtype=dtype)
 
 
-def colorizer(decoder: str = "plain", dropout_rate: float = 0.5, dtype: Any = jnp.float32) -> MultiTaskModel:
+def colorizer(
+    decoder: str = "plain", dropout_rate: float = 0.5, dtype: Any = jnp.float32
+) -> MultiTaskModel:
     """L -> {"colorization": ab (N, H, W, 2)}."""
-    return MultiTaskModel(tasks=(Colorization(decoder=decoder, dropout_rate=dropout_rate),), dtype=dtype)
+    return MultiTaskModel(
+        tasks=(Colorization(decoder=decoder, dropout_rate=dropout_rate),), dtype=dtype
+    )
 
 
-def classifier(num_classes: int = 5, in_channels: int = 1, pooling: str = "flatten",
-               dtype: Any = jnp.float32) -> MultiTaskModel:
+def classifier(
+    num_classes: int = 5, in_channels: int = 1, pooling: str = "flatten", dtype: Any = jnp.float32
+) -> MultiTaskModel:
     """L (or RGB with in_channels=3) -> {"classification": logits (N, num_classes)}."""
-    return MultiTaskModel(tasks=(Classification(num_classes=num_classes, pooling=pooling),),
-                          in_channels=in_channels, dtype=dtype)
+    return MultiTaskModel(
+        tasks=(Classification(num_classes=num_classes, pooling=pooling),),
+        in_channels=in_channels,
+        dtype=dtype,
+    )

@@ -18,7 +18,8 @@ the report iterate over tasks. Subclass :class:`Task` for a new one (see
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ Critic = Callable[[jax.Array], jax.Array]  # discriminator input -> patch logits
 class Adversary:
     """A task's adversarial part: the discriminator and its GAN loss (pix2pix, paper III-C).
 
-    ``gan_mode``: see ``mtcolor.train.losses.gan_per_example``; ``weight``: of the generator's GAN
+    ``gan_mode``: see ``mtcolor.tasks.losses.gan_per_example``; ``weight``: of the generator's GAN
     term inside the task's loss."""
 
     discriminator: nn.Module
@@ -83,7 +84,12 @@ class Task:
 
     # ---- losses and metrics ---------------------------------------------------------------
     def per_example(
-        self, output: Any, batch: Mapping[str, jax.Array], *, train: bool, critic: Critic | None = None
+        self,
+        output: Any,
+        batch: Mapping[str, jax.Array],
+        *,
+        train: bool,
+        critic: Critic | None = None,
     ) -> dict[str, jax.Array]:
         """Per-example (N,) terms; ``"loss"`` is the task's loss (before its weight), the others are
         logged under their names. ``train`` False adds evaluation-only terms; ``critic`` is the
@@ -151,10 +157,15 @@ def check_tasks(tasks) -> tuple[Task, ...]:
     tasks = tuple(tasks)
     if not tasks:
         raise ValueError("an experiment needs at least one task")
-    for what, values in (("names", [t.name for t in tasks]), ("head names", [t.head_name for t in tasks])):
+    for what, values in (
+        ("names", [t.name for t in tasks]),
+        ("head names", [t.head_name for t in tasks]),
+    ):
         if len(set(values)) != len(values):
             raise ValueError(f"task {what} must be distinct, got {values}")
     if "backbone" in [t.head_name for t in tasks]:
-        raise ValueError("'backbone' is the shared encoder's name; give the task another module_name")
+        raise ValueError(
+            "'backbone' is the shared encoder's name; give the task another module_name"
+        )
     adversarial_task(tasks)
     return tasks

@@ -28,7 +28,9 @@ import orbax.checkpoint as ocp
 STATE = "state"
 DATA_ITER = "data_iter"
 EXTRA = "extra"  # JSON: the data pipeline's bad-input counters
-DATA_POSITION = "data_position"  # JSON: a checkpoint_as_json iterator's state (mtcolor.data.resident)
+DATA_POSITION = (
+    "data_position"  # JSON: a checkpoint_as_json iterator's state (mtcolor.data.resident)
+)
 BEST_MODEL = "model"
 
 
@@ -123,14 +125,17 @@ def _position_of_another_process_count(manager, step: int) -> dict | None:
     directory = os.path.join(manager.directory, str(step), DATA_ITER)
     if not os.path.isdir(directory):
         return None
-    if os.path.exists(os.path.join(directory, _position_file(jax.process_index(), jax.process_count()))):
+    if os.path.exists(
+        os.path.join(directory, _position_file(jax.process_index(), jax.process_count()))
+    ):
         return None
     found = sorted(f for f in os.listdir(directory) if f.startswith("process_") and "-of-" in f)
     counts = sorted({int(f.split("-of-")[1].split(".")[0]) for f in found})
     if len(counts) != 1:
         raise ProcessCountChangedError(
             f"checkpoint {os.path.join(manager.directory, str(step))} holds data-iterator "
-            f"positions {found or 'of no process'}: cannot tell which to resume from")
+            f"positions {found or 'of no process'}: cannot tell which to resume from"
+        )
     saved_count = counts[0]
     # Every process of a run is at the same global batch; any one's position converts.
     name = _position_file(jax.process_index() % saved_count, saved_count)
@@ -142,9 +147,15 @@ def _position_of_another_process_count(manager, step: int) -> dict | None:
             f"{saved_count} process(es) and this run has {jax.process_count()}: its data-iterator "
             f"positions ({', '.join(found)}) are in an older format that cannot be converted. "
             "Resume with the same number of processes; the model itself loads anywhere "
-            "(load_for_inference, evaluate, colorize, report).")
-    logging.info("checkpoint %d was written by %d process(es); this run has %d: the data "
-                 "position is converted", step, saved_count, jax.process_count())
+            "(load_for_inference, evaluate, colorize, report)."
+        )
+    logging.info(
+        "checkpoint %d was written by %d process(es); this run has %d: the data "
+        "position is converted",
+        step,
+        saved_count,
+        jax.process_count(),
+    )
     return position
 
 
@@ -166,7 +177,7 @@ def _input_path_of(step_dir: str) -> str | None:
 
 
 def saved_input_path(workdir: str) -> str | None:
-    """"grain" or "resident": the input path that wrote the newest checkpoint of ``workdir``
+    """ "grain" or "resident": the input path that wrote the newest checkpoint of ``workdir``
     (None: no checkpoint, or one without a data position)."""
     directory = checkpoint_dir(workdir)
     if not os.path.isdir(directory):
@@ -184,7 +195,8 @@ def check_data_iterator_kind(manager, step: int, train_iter) -> None:
         raise InputPathChangedError(
             f"checkpoint {os.path.join(manager.directory, str(step))} was written by the {saved} "
             f"input path and this run reads data through the {wanted} one: resume with "
-            f"--config.data.input_path={saved} (or auto, which follows the checkpoints)")
+            f"--config.data.input_path={saved} (or auto, which follows the checkpoints)"
+        )
 
 
 class NoIntactCheckpointError(RuntimeError):
@@ -201,7 +213,8 @@ def restore_newest_intact(workdir: str, manager, abstract_state_at, train_iter=N
     step numbers). ``abstract_state_at(step)`` gives the state's structure at a step (the phase
     follows from it).
 
-    Returns (step, state, extra JSON or None, manager). Raises NoIntactCheckpointError naming every checkpoint if none restores.
+    Returns (step, state, extra JSON or None, manager). Raises NoIntactCheckpointError naming
+    every checkpoint if none restores.
     """
     damaged = []
     for step in sorted(manager.all_steps(), reverse=True):
@@ -213,8 +226,11 @@ def restore_newest_intact(workdir: str, manager, abstract_state_at, train_iter=N
             extra = restore_extra(manager, step)
         except Exception as error:  # noqa: BLE001 - any failure means: try the older one
             reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
-            logging.warning("checkpoint %s is damaged (%s); trying an older one",
-                            os.path.join(manager.directory, str(step)), reason)
+            logging.warning(
+                "checkpoint %s is damaged (%s); trying an older one",
+                os.path.join(manager.directory, str(step)),
+                reason,
+            )
             damaged.append((step, reason))
             continue
         if damaged:
@@ -224,7 +240,8 @@ def restore_newest_intact(workdir: str, manager, abstract_state_at, train_iter=N
     lines = "\n".join(f"  step {s}: {reason}" for s, reason in damaged)
     raise NoIntactCheckpointError(
         f"no checkpoint in {checkpoint_dir(workdir)} restores:\n{lines}\n"
-        "Nothing was changed. Move the checkpoints away to start the run again from step 0.")
+        "Nothing was changed. Move the checkpoints away to start the run again from step 0."
+    )
 
 
 def _set_aside(workdir: str, manager, steps):
@@ -284,7 +301,9 @@ def _restore_on_this_process(directory: str, step: int, item: str):
     and number of processes wrote it: the target is built from the checkpoint's own metadata
     (shapes, dtypes) with a one-device sharding. Restoring without a target would ask orbax for
     the saved topology, which fails ("Topology mismatch") for a multi-host run read on one host."""
-    manager = ocp.CheckpointManager(directory, item_handlers={item: ocp.StandardCheckpointHandler()})
+    manager = ocp.CheckpointManager(
+        directory, item_handlers={item: ocp.StandardCheckpointHandler()}
+    )
     try:
         metadata = manager.item_metadata(step)[item]
         here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

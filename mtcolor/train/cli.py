@@ -3,8 +3,7 @@
 import logging
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 
@@ -41,7 +40,8 @@ def exit_on_config_problems(config) -> None:
     exits with status 2 (no traceback, nothing written)."""
     import jax
 
-    from mtcolor.train import sharding, validation
+    from mtcolor import sharding
+    from mtcolor.train import validation
 
     # A multi-host run (config or environment) joins its peers first: jax.distributed must
     # precede every other JAX call, and the checks build the multi-task methods.
@@ -60,7 +60,7 @@ def _config_override_problems(config, argv) -> list[str]:
     for arg in argv[1:]:
         if not arg.startswith("--config."):
             continue
-        path = arg[len("--config."):].split("=", 1)[0]
+        path = arg[len("--config.") :].split("=", 1)[0]
         node, walked = config, []
         for part in path.split("."):
             fields = list(node.keys()) if hasattr(node, "keys") else []

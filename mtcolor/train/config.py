@@ -39,7 +39,7 @@ def base_config(experiment: str = "multitask") -> ml_collections.ConfigDict:
     config.model.dtype = "float32"
 
     config.loss = ml_collections.ConfigDict()
-    config.loss.gan_mode = "vanilla"  # "l1" | "vanilla" | "lsgan" (see mtcolor.train.losses)
+    config.loss.gan_mode = "vanilla"  # "l1" | "vanilla" | "lsgan" (see mtcolor.tasks.losses)
     config.loss.l1_weight = 100.0
     config.loss.gan_weight = 1.0
     # None: 10 for the multi-task model, 1 for the single-task classifier (paper III-C).

@@ -1,27 +1,11 @@
-"""Image grids of the paper's Fig. 2 kind: one column per validation example, rows = grayscale
-input, prediction, ground truth."""
+"""Image grids of the paper's Fig. 2 kind: one column per validation example, one row per picture
+a task draws (`Task.image_rows`; colorization: grayscale input, prediction, ground truth)."""
 
 from __future__ import annotations
 
 import os
 
 import numpy as np
-
-ROWS = ("input", "prediction", "ground truth")
-
-
-def colorization_rows(L, ab_pred, ab_true) -> list[np.ndarray]:
-    """Three (N, H, W, 3) RGB float arrays in [0, 1]. The grayscale row is the Lab image with
-    a = b = 0, i.e. the neutral gray of the input's luminance."""
-    import jax.numpy as jnp
-
-    from mtcolor.data.color import lab_norm_to_rgb_jax
-
-    L = jnp.asarray(L, jnp.float32)
-    gray = lab_norm_to_rgb_jax(L, jnp.zeros(L.shape[:-1] + (2,), jnp.float32))
-    pred = lab_norm_to_rgb_jax(L, jnp.asarray(ab_pred, jnp.float32))
-    true = lab_norm_to_rgb_jax(L, jnp.asarray(ab_true, jnp.float32))
-    return [np.asarray(x) for x in (gray, pred, true)]
 
 
 def make_grid(rows: list[np.ndarray], pad: int = 2, min_cell: int = 96) -> np.ndarray:

@@ -22,17 +22,17 @@ import json
 import logging
 import os
 import time
+
 import jax
 import numpy as np
 
+from mtcolor import sharding
 from mtcolor import tasks as tasks_lib
-from mtcolor.train import checkpointing
+from mtcolor.train import checkpointing, validation
 from mtcolor.train import images as images_lib
 from mtcolor.train import metrics as metrics_lib
-from mtcolor.train import sharding
 from mtcolor.train import state as state_lib
 from mtcolor.train import steps as steps_lib
-from mtcolor.train import validation
 
 BATCH_KEYS = ("L", "ab", "label", "mask", "has_label")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
@@ -17,13 +18,19 @@ import numpy as np
 # The discriminator step's metrics (mtcolor.tasks.ADVERSARY_METRICS), logged in training.
 from mtcolor.tasks.task import ADVERSARY_METRICS
 
+if TYPE_CHECKING:
+    # Annotations only: clu imports TensorFlow, so it is imported lazily where it is used.
+    from clu import metrics as clu_metrics
+
 
 def mask_name(name: str) -> str:
     """The eval-step key of the per-example mask a task's (or the total's) metrics average over."""
     return f"mask_{name}"
 
 
-def metric_names(objective, *, train: bool = False, discriminator: bool | None = None) -> tuple[str, ...]:
+def metric_names(
+    objective, *, train: bool = False, discriminator: bool | None = None
+) -> tuple[str, ...]:
     """The metric names of an objective, task by task, then the weighted total; ``train`` adds
     the discriminator step's metrics (unless ``discriminator`` is False: it stopped training with
     its task) and each task's loss weight (``weight_<task>``, logged every step: learned
@@ -52,7 +59,7 @@ def eval_masks(objective) -> dict[str, str]:
     return masks
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def collection_type(names: tuple[str, ...], masks: tuple[tuple[str, str], ...] = ()):
     """A clu Collection class with one masked Average per name (cached per name set). ``masks``:
     (name, mask key) pairs of the metrics averaged over their own mask rather than ``mask``."""
@@ -64,9 +71,7 @@ def collection_type(names: tuple[str, ...], masks: tuple[tuple[str, str], ...] =
         if name not in own_mask:
             return clu_metrics.Average.from_output(name)
         key = own_mask[name]
-        return clu_metrics.Average.from_fun(
-            lambda **out: {"values": out[name], "mask": out[key]}
-        )
+        return clu_metrics.Average.from_fun(lambda **out: {"values": out[name], "mask": out[key]})
 
     return clu_metrics.Collection.create(**{name: average(name) for name in names})
 
@@ -80,9 +85,9 @@ def from_step_outputs(names, outputs: dict, masks: dict | None = None):
     outputs = {k: np.asarray(v) for k, v in jax.device_get(outputs).items()}
     outputs = {k: (v.reshape(1) if v.ndim == 0 else v) for k, v in outputs.items()}
     keep = set(names) | {"mask"} | set((masks or {}).values())
-    return collection_type(tuple(names), tuple(sorted((masks or {}).items()))).single_from_model_output(
-        **{k: v for k, v in outputs.items() if k in keep}
-    )
+    return collection_type(
+        tuple(names), tuple(sorted((masks or {}).items()))
+    ).single_from_model_output(**{k: v for k, v in outputs.items() if k in keep})
 
 
 def compute(collection: clu_metrics.Collection) -> dict[str, float]:

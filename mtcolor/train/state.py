@@ -117,7 +117,7 @@ def objective_from_config(config, steps_per_epoch: int = 0, tasks=None) -> Objec
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mtl_methods(objective: Objective):
     """(LossWeighting, GradientCombination) the objective names (cached per objective).
 
@@ -288,7 +288,9 @@ def create_train_state(
         opt_state[DISCRIMINATOR] = optim.discriminator_tx(spec).init(params[DISCRIMINATOR])
     mtl_state = initial_mtl_state(objective)
     if config.train.get("early_stopping_patience") is not None:
-        mtl_state["early_stopping"] = early_stopping_init(objective, params[MODEL], batch_stats[MODEL])
+        mtl_state["early_stopping"] = early_stopping_init(
+            objective, params[MODEL], batch_stats[MODEL]
+        )
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

@@ -23,7 +23,8 @@ While the backbone is frozen its params are copied through unchanged (bitwise) a
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +33,7 @@ import optax
 from mtcolor import mtl
 from mtcolor import tasks as tasks_lib
 from mtcolor.precision import at_least_float32
-from mtcolor.train import losses
+from mtcolor.tasks import losses
 from mtcolor.train import metrics as metrics_lib
 from mtcolor.train import optim
 from mtcolor.train import state as state_lib
@@ -161,7 +162,9 @@ def _task_losses(state: TrainState, outputs, batch):
     metrics = {}
     for task in state.objective.tasks:
         terms = task.per_example(
-            outputs[task.name], batch, train=True,
+            outputs[task.name],
+            batch,
+            train=True,
             critic=critic if task.adversary is not None else None,
         )
         mask = task.example_mask(batch)
@@ -218,9 +221,7 @@ def _model_gradients(state: TrainState, forward: ModelForward, batch, rng):
             terms = weighting.task_terms(weighting_state, task_losses) * _active(state)
             return terms.sum(), (task_losses, metrics)
 
-        output_grads, (task_losses, metrics) = jax.grad(weighted_sum, has_aux=True)(
-            forward.outputs
-        )
+        output_grads, (task_losses, metrics) = jax.grad(weighted_sum, has_aux=True)(forward.outputs)
         (grads,) = forward.pullback(output_grads)
         return grads, task_losses, metrics, state.mtl["gradient"], None
 
@@ -248,8 +249,9 @@ def _model_gradients(state: TrainState, forward: ModelForward, batch, rng):
     grads = {name: jax.tree.map(lambda g: g.sum(0), tree) for name, tree in weighted.items()}
     grads[BACKBONE] = combined
     last = jax.tree.leaves(jacobian[BACKBONE].get(LAST_SHARED_BLOCK, jacobian[BACKBONE]))
-    norms = jnp.sqrt(sum(jnp.sum(jnp.square(g.reshape(g.shape[0], -1).astype(jnp.float32)), 1)
-                         for g in last))
+    norms = jnp.sqrt(
+        sum(jnp.sum(jnp.square(g.reshape(g.shape[0], -1).astype(jnp.float32)), 1) for g in last)
+    )
     return grads, task_losses, metrics, gradient_state, norms
 
 
@@ -271,10 +273,13 @@ def _freeze_stopped_heads(state: TrainState, updates, new_stats):
     old_stats = state.batch_stats[MODEL]
     for i, task in enumerate(state.objective.tasks):
         name = task.head_name
-        updates[name] = jax.tree.map(lambda u: u * active[i].astype(u.dtype), updates[name])
+        # Default arguments bind this iteration's i (jax.tree.map calls the lambdas right away).
+        updates[name] = jax.tree.map(lambda u, i=i: u * active[i].astype(u.dtype), updates[name])
         if name in new_stats:
             new_stats[name] = jax.tree.map(
-                lambda new, old: jnp.where(active[i] > 0, new, old), new_stats[name], old_stats[name]
+                lambda new, old, i=i: jnp.where(active[i] > 0, new, old),
+                new_stats[name],
+                old_stats[name],
             )
     return updates, new_stats
 
@@ -377,7 +382,9 @@ def eval_step(state: TrainState, batch):
     total_mask = mask
     for i, task in enumerate(obj.tasks):
         terms = task.per_example(
-            outputs[task.name], batch, train=False,
+            outputs[task.name],
+            batch,
+            train=False,
             critic=critic if task.adversary is not None else None,
         )
         example_mask = task.example_mask(batch)
@@ -397,14 +404,14 @@ def predict(state: TrainState, L):
     return outputs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jit_steps(mesh=None):
     """Jitted (train_step, eval_step, predict, discriminator_step, generator_step,
     classifier_step) with the state donated; with a mesh, outputs are replicated over it (the
     batch arrives sharded along "data", so XLA all-reduces gradients and BN batch statistics)."""
     kwargs = {}
     if mesh is not None:
-        from mtcolor.train import sharding
+        from mtcolor import sharding
 
         kwargs["out_shardings"] = sharding.replicated(mesh)
     return JittedSteps(

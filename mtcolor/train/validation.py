@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 _MISSING = object()
 
@@ -70,9 +71,16 @@ class _Checks:
         if not _is_int(value) or (minimum is not None and value < minimum):
             self.problem(path, value, f"must be {what}")
 
-    def number(self, path: str, *, above: float | None = None, at_least: float | None = None,
-               below: float | None = None, at_most: float | None = None,
-               optional: bool = False) -> None:
+    def number(
+        self,
+        path: str,
+        *,
+        above: float | None = None,
+        at_least: float | None = None,
+        below: float | None = None,
+        at_most: float | None = None,
+        optional: bool = False,
+    ) -> None:
         value = self.value(path)
         if value is _MISSING or (optional and value is None):
             return
@@ -135,22 +143,29 @@ def _check_top(c: _Checks) -> None:
     for path in ("image_size", "data.image_size"):
         size = c.value(path)
         if size is not _MISSING and (not _is_int(size) or size < 32 or size % 32):
-            c.problem(path, size, "must be a multiple of 32 and at least 32 (ResNet-18 halves "
-                                  "the image 5 times and the decoder doubles it back)")
+            c.problem(
+                path,
+                size,
+                "must be a multiple of 32 and at least 32 (ResNet-18 halves "
+                "the image 5 times and the decoder doubles it back)",
+            )
 
 
 def _check_data(c: _Checks, device_count: int | None, source: bool) -> None:
     from mtcolor.data.decode import RESIZE_MODES
-    from mtcolor.data.pipeline import UNLABELED_SOURCES
     from mtcolor.data.input_paths import INPUT_PATHS
+    from mtcolor.data.pipeline import UNLABELED_SOURCES
 
     if source:
         c.one_of("data.source", ("synthetic", "folder", "tfds"))
     c.integer("data.batch_size", 1)
     batch = c.value("data.batch_size")
     if device_count and _is_int(batch) and batch >= 1 and batch % device_count:
-        c.problem("data.batch_size", batch,
-                  f"must be divisible by the {device_count} devices (each takes an equal slice)")
+        c.problem(
+            "data.batch_size",
+            batch,
+            f"must be divisible by the {device_count} devices (each takes an equal slice)",
+        )
     c.one_of("data.resize_mode", RESIZE_MODES)
     for flag in ("data.random_flip", "data.shuffle", "data.jpeg_draft"):
         c.boolean(flag)
@@ -162,8 +177,11 @@ def _check_data(c: _Checks, device_count: int | None, source: bool) -> None:
     if classes not in (None, _MISSING) and (
         isinstance(classes, str) or not all(isinstance(x, str) for x in classes) or not classes
     ):
-        c.problem("data.classes", classes, "must be a non-empty list of wnids or class names, "
-                                           "or None for every class")
+        c.problem(
+            "data.classes",
+            classes,
+            "must be a non-empty list of wnids or class names, or None for every class",
+        )
     c.number("data.max_bad_fraction", at_least=0, at_most=1, optional=True)
     c.integer("data.bad_check_min_examples", 0)
     c.integer("data.min_image_side", 1)
@@ -176,8 +194,11 @@ def _check_data(c: _Checks, device_count: int | None, source: bool) -> None:
         c.integer("data.synthetic.num_classes", 2)
         train_size = c.value("data.synthetic.train_size")
         if _is_int(train_size) and _is_int(batch) and 1 <= train_size < batch:
-            c.problem("data.synthetic.train_size", train_size,
-                      f"must be at least data.batch_size ({batch}) for one training step")
+            c.problem(
+                "data.synthetic.train_size",
+                train_size,
+                f"must be at least data.batch_size ({batch}) for one training step",
+            )
     elif source == "folder":
         c.existing_dir("data.folder.train_root", "the training images, one folder per class")
         if c.value("data.folder.val_root"):
@@ -189,9 +210,12 @@ def _check_data(c: _Checks, device_count: int | None, source: bool) -> None:
     c.one_of("data.input_path", INPUT_PATHS)
     c.number("data.resident.max_memory_fraction", above=0, at_most=1)
     if c.value("data.input_path") == "resident" and unlabeled not in (None, _MISSING):
-        c.problem("data.input_path", "resident",
-                  "reads labelled data only; with data.unlabeled.source set use 'grain' or "
-                  "'auto' (which then chooses grain)")
+        c.problem(
+            "data.input_path",
+            "resident",
+            "reads labelled data only; with data.unlabeled.source set use 'grain' or "
+            "'auto' (which then chooses grain)",
+        )
     if unlabeled not in (None, _MISSING):
         c.number("data.unlabeled.fraction", above=0, below=1)
         c.number("data.unlabeled.grayscale_threshold", at_least=0, optional=True)
@@ -211,20 +235,30 @@ def _check_model(c: _Checks) -> None:
     if pretrained not in (None, _MISSING, "torchvision") and not os.path.isfile(
         os.path.expanduser(str(pretrained))
     ):
-        c.problem("model.pretrained", pretrained,
-                  'must be None, "torchvision" or the path of an existing .pth/.safetensors file')
+        c.problem(
+            "model.pretrained",
+            pretrained,
+            'must be None, "torchvision" or the path of an existing .pth/.safetensors file',
+        )
     synthetic_classes = c.value("data.synthetic.num_classes")
     num_classes = c.value("model.num_classes")
-    if (c.value("data.source") == "synthetic" and _is_int(synthetic_classes)
-            and _is_int(num_classes) and synthetic_classes > num_classes):
-        c.problem("model.num_classes", num_classes,
-                  f"must be at least data.synthetic.num_classes ({synthetic_classes})")
+    if (
+        c.value("data.source") == "synthetic"
+        and _is_int(synthetic_classes)
+        and _is_int(num_classes)
+        and synthetic_classes > num_classes
+    ):
+        c.problem(
+            "model.num_classes",
+            num_classes,
+            f"must be at least data.synthetic.num_classes ({synthetic_classes})",
+        )
 
 
 def _check_loss(c: _Checks) -> None:
     from mtcolor.mtl.gradient import GRADIENT_METHODS
     from mtcolor.mtl.weighting import WEIGHTING_METHODS
-    from mtcolor.train.losses import GAN_MODES
+    from mtcolor.tasks.losses import GAN_MODES
 
     c.one_of("loss.gan_mode", GAN_MODES)
     c.number("loss.l1_weight", above=0)
@@ -245,10 +279,18 @@ def _check_train(c: _Checks) -> None:
     c.integer("train.frozen_epochs", 0)
     c.integer("train.unfrozen_epochs", 0)
     frozen, unfrozen = c.value("train.frozen_epochs"), c.value("train.unfrozen_epochs")
-    if _is_int(frozen) and _is_int(unfrozen) and frozen >= 0 and unfrozen >= 0 \
-            and frozen + unfrozen == 0:
-        c.problem("train.unfrozen_epochs", unfrozen,
-                  "train.frozen_epochs + train.unfrozen_epochs must be at least 1")
+    if (
+        _is_int(frozen)
+        and _is_int(unfrozen)
+        and frozen >= 0
+        and unfrozen >= 0
+        and frozen + unfrozen == 0
+    ):
+        c.problem(
+            "train.unfrozen_epochs",
+            unfrozen,
+            "train.frozen_epochs + train.unfrozen_epochs must be at least 1",
+        )
     c.integer("train.evals_per_epoch", 1)
     c.integer("train.log_every_steps", 1)
     c.integer("train.checkpoint_every_steps", 1, optional=True)
@@ -274,12 +316,15 @@ def _check_methods(c: _Checks) -> None:
     except (ValueError, TypeError) as error:
         weighting = c.value("loss.weighting_options")
         gradient = c.value("loss.gradient_options")
-        c.problems.append(f"--config.loss.weighting_options={dict(weighting)!r} / "
-                          f"--config.loss.gradient_options={dict(gradient)!r}: {error}")
+        c.problems.append(
+            f"--config.loss.weighting_options={dict(weighting)!r} / "
+            f"--config.loss.gradient_options={dict(gradient)!r}: {error}"
+        )
 
 
-def config_problems(config, *, device_count: int | None = None,
-                    data_source: bool = True) -> list[str]:
+def config_problems(
+    config, *, device_count: int | None = None, data_source: bool = True
+) -> list[str]:
     """Every problem of ``config``, one line each ([] when it is fine). ``device_count``: the
     devices the global batch is split over (None: not checked). ``data_source=False`` skips the
     data.source fields (a library user's own data pipeline reads its data)."""
@@ -301,8 +346,9 @@ def check_config(config, *, device_count: int | None = None, data_source: bool =
         raise ConfigError(problems)
 
 
-def run_directory_problems(argument: str, path, *, step=None, step_argument: str = "checkpoint",
-                           checkpoints: bool = True) -> list[str]:
+def run_directory_problems(
+    argument: str, path, *, step=None, step_argument: str = "checkpoint", checkpoints: bool = True
+) -> list[str]:
     """Problems of a training run directory given as ``--<argument>`` (evaluate, report,
     colorize): it must exist and hold the run's config.json and checkpoints/ (and the checkpoint
     ``--<step_argument>``, an int step or "best", when one is asked for); ``checkpoints`` False:
@@ -310,19 +356,28 @@ def run_directory_problems(argument: str, path, *, step=None, step_argument: str
     path = os.fspath(path)
     problems = []
     if step not in (None, "best") and not str(step).isdigit():
-        problems.append(f"--{step_argument}={step!r}: must be 'best', a step number, or left out (latest)")
+        problems.append(
+            f"--{step_argument}={step!r}: must be 'best', a step number, or left out (latest)"
+        )
         step = None
     if not os.path.isdir(path):
         return [f"--{argument}={path!r}: no such run directory"] + problems
     needed = ("config.json", "checkpoints") if checkpoints else ("config.json",)
     missing = [name for name in needed if not os.path.exists(os.path.join(path, name))]
     if missing:
-        return [f"--{argument}={path!r}: not a training run (no {' or '.join(missing)} in it)"] + problems
+        return [
+            f"--{argument}={path!r}: not a training run (no {' or '.join(missing)} in it)"
+        ] + problems
     if step == "best":
         where = os.path.join(path, "checkpoints_best")
         if not (os.path.isdir(where) and os.listdir(where)):
-            problems.append(f"--{step_argument}=best: {path!r} has no best checkpoint (checkpoints_best/ is empty)")
+            problems.append(
+                f"--{step_argument}=best: {path!r} has no best checkpoint "
+                "(checkpoints_best/ is empty)"
+            )
     elif step is not None and not os.path.isdir(os.path.join(path, "checkpoints", str(step))):
         steps = sorted(int(s) for s in os.listdir(os.path.join(path, "checkpoints")) if s.isdigit())
-        problems.append(f"--{step_argument}={step}: {path!r} has no checkpoint of step {step} (it has {steps})")
+        problems.append(
+            f"--{step_argument}={step}: {path!r} has no checkpoint of step {step} (it has {steps})"
+        )
     return problems

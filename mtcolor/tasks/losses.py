@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+
 from mtcolor.precision import at_least_float32
 
 GAN_MODES = ("l1", "vanilla", "lsgan")
