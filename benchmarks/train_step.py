@@ -405,6 +405,7 @@ def main():
         for dtype in args.dtypes
     ]
     rows, checks = [], {}
+    common = dict(batch_size=args.batch_size, num_steps=args.steps, peak_tflops=args.peak_tflops)
     if args.reference == "torch":
         import torch
 
@@ -446,17 +447,9 @@ def main():
             f"{'XLA GFLOP':>10}{'pt GFLOP':>9}{'mt MB':>8}{'pt MB':>8}"
         )
         for size, experiment, phase, iteration, dtype in runs:
+            setting = dict(experiment=experiment, size=size, phase=phase, iteration=iteration)
             row = bench_against_torch(
-                experiment,
-                size,
-                args.batch_size,
-                args.steps,
-                args.rounds,
-                phase,
-                args.peak_tflops,
-                iteration,
-                dtype,
-                tdevice,
+                **setting, **common, rounds=args.rounds, dtype=dtype, device=tdevice
             )
             rows.append(row)
             spread = " ".join(f"{r:.2f}" for r in row["ratio_per_round"])
@@ -477,16 +470,8 @@ def main():
             f"{'step s':>9}{'steps/s':>9}{'img/s':>8}{'GFLOP':>9}{'TFLOP/s':>9}{'peak MB':>9}"
         )
         for size, experiment, phase, iteration, dtype in runs:
-            row = bench(
-                experiment,
-                size,
-                args.batch_size,
-                args.steps,
-                phase,
-                args.peak_tflops,
-                iteration,
-                dtype,
-            )
+            setting = dict(experiment=experiment, size=size, phase=phase, iteration=iteration)
+            row = bench(**setting, **common, dtype=dtype)
             rows.append(row)
             print(
                 f"{experiment:<15}{iteration:>12}{dtype:>10}{size:>5}{args.batch_size:>6}{phase:>6}"

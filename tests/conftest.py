@@ -69,3 +69,18 @@ def tree_with_bad_files(tmp_path):
     os.mkdir(root / "n01" / "unreadable.JPEG")  # a directory where a file is expected
     (root / "n01" / "notes.txt").write_text("not listed: not an image extension")
     return root
+
+
+@pytest.fixture()
+def tree_with_gray_photos(tmp_path):
+    """A class tree with 6 colourful images and 2 grayscale photos stored as RGB (gray0, gray1)."""
+    import numpy as np
+    from PIL import Image
+    from test_data_files import colorful, write_tree
+
+    root = tmp_path / "tree"
+    write_tree(root, {"a": 6})
+    for i in range(2):
+        gray = np.asarray(colorful(50 + i).convert("L").convert("RGB"))
+        Image.fromarray(gray).save(root / "a" / f"gray{i}.JPEG")
+    return root

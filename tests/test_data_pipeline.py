@@ -5,9 +5,8 @@ import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from PIL import Image
 from skimage import color as skcolor
-from test_data_files import bad_files, colorful, write_tree
+from test_data_files import bad_files
 
 from mtcolor.data import pipeline, transforms
 from mtcolor.data.synthetic import SyntheticSource
@@ -270,12 +269,8 @@ def test_too_many_bad_files_stop_training_naming_files(tree_with_bad_files):
         tracker.update(np.zeros(len(pipeline.SKIP_REASONS)), 85)  # 15 of 110 > 10%
 
 
-def test_grayscale_filter_drops_gray_photos_from_training_only(tmp_path):
-    root = tmp_path / "tree"
-    write_tree(root, {"a": 6})
-    for i in range(2):  # grayscale photos stored as RGB
-        gray = np.asarray(colorful(50 + i).convert("L").convert("RGB"))
-        Image.fromarray(gray).save(root / "a" / f"gray{i}.JPEG")
+def test_grayscale_filter_drops_gray_photos_from_training_only(tree_with_gray_photos):
+    root = tree_with_gray_photos
     config = small_config(
         source="folder", grayscale_filter_threshold=3.0, batch_size=2, shuffle=False
     )

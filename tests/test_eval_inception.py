@@ -1,6 +1,5 @@
 """The FID Inception-v3 against pytorch-fid (golden features), its weights loading and lookup."""
 
-import importlib.util
 import io
 import urllib.error
 from pathlib import Path
@@ -9,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixture_scripts import load_benchmark_script
 
 from mtcolor import weights
 from mtcolor.eval import frechet, inception
@@ -18,13 +18,7 @@ GOLDEN = ROOT / "tests" / "fixtures" / "inception_golden.npz"
 
 
 def _fixture_script():
-    # The seeded weight draw lives in the (torch-free at import) script that made the fixture.
-    spec = importlib.util.spec_from_file_location(
-        "make_inception_fixture", ROOT / "benchmarks" / "make_inception_fixture.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("make_inception_fixture")
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ Parameter counts are hand-computed literals (issue 2 / docs/architecture.md).
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixture_scripts import load_benchmark_script
 from flax import linen as nn
 
 import mtcolor.weights
@@ -41,12 +41,7 @@ TRAIN_RTOL = 1e-4
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location(
-        "make_golden_fixtures", ROOT / "benchmarks" / "make_golden_fixtures.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("make_golden_fixtures")
 
 
 golden_script = _load_script()

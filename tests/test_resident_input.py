@@ -11,7 +11,6 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 from skimage import color as skcolor
 from test_data_files import bad_files, colorful, write_tree
 
@@ -233,12 +232,10 @@ def test_bad_files_are_skipped_and_counted_as_the_grain_path_counts_them(
     assert not (tmp_path / "strict" / "cache").exists()  # nothing written
 
 
-def test_grayscale_filter_drops_gray_training_images_and_counts_them(tmp_path):
-    root = tmp_path / "tree"
-    write_tree(root, {"a": 6})
-    for i in range(2):  # grayscale photos stored as RGB
-        gray = np.asarray(colorful(50 + i).convert("L").convert("RGB"))
-        Image.fromarray(gray).save(root / "a" / f"gray{i}.JPEG")
+def test_grayscale_filter_drops_gray_training_images_and_counts_them(
+    tmp_path, tree_with_gray_photos
+):
+    root = tree_with_gray_photos
     config = folder_config(tmp_path, root, grayscale_filter_threshold=3.0, batch_size=2)
     assert resident.steps_per_epoch(config) == 3  # the 6 colour images
     it = resident.make_train_iterator(config, seed=0)

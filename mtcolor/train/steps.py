@@ -122,6 +122,17 @@ def _update_discriminator(state: TrainState, batch, outputs):
     return state, metrics
 
 
+def _task_terms(task, outputs: dict, batch: dict, critic, *, train: bool) -> dict:
+    """A task's per-example terms ("loss" and its metrics); only a task with an adversary gets
+    the critic (the discriminator applied to its output)."""
+    return task.per_example(
+        outputs[task.name],
+        batch,
+        train=train,
+        critic=critic if task.adversary is not None else None,
+    )
+
+
 def _critic(state: TrainState, *, train: bool):
     """The discriminator as the adversarial task's critic (its BN statistics updates, in train
     mode, are discarded: only the discriminator step changes them)."""
@@ -161,12 +172,7 @@ def _task_losses(state: TrainState, outputs, batch):
     task_losses = []
     metrics = {}
     for task in state.objective.tasks:
-        terms = task.per_example(
-            outputs[task.name],
-            batch,
-            train=True,
-            critic=critic if task.adversary is not None else None,
-        )
+        terms = _task_terms(task, outputs, batch, critic, train=True)
         mask = task.example_mask(batch)
         means = {name: tasks_lib.masked_mean(value, mask) for name, value in terms.items()}
         task_losses.append(means.pop("loss"))
@@ -381,12 +387,7 @@ def eval_step(state: TrainState, batch):
     total = jnp.zeros((L.shape[0],), jnp.float32)
     total_mask = mask
     for i, task in enumerate(obj.tasks):
-        terms = task.per_example(
-            outputs[task.name],
-            batch,
-            train=False,
-            critic=critic if task.adversary is not None else None,
-        )
+        terms = _task_terms(task, outputs, batch, critic, train=False)
         example_mask = task.example_mask(batch)
         task_mask = mask * example_mask
         total = total + weights[i] * jnp.where(task_mask > 0, terms.pop("loss"), 0.0)
