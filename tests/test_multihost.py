@@ -37,7 +37,12 @@ def _run_processes(workdir, count, *flags):
     procs = []
     for process_id in range(count):
         env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1")
-        env.pop("XLA_FLAGS", None)  # one CPU device per process
+        # One CPU device per process (the suite's other XLA flags stay).
+        env["XLA_FLAGS"] = " ".join(
+            flag
+            for flag in env.get("XLA_FLAGS", "").split()
+            if not flag.startswith("--xla_force_host_platform_device_count")
+        )
         if count > 1:
             env.update(
                 JAX_COORDINATOR_ADDRESS=f"localhost:{port}",

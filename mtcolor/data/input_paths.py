@@ -113,14 +113,6 @@ def max_memory_fraction(data_config) -> float:
     return float(DEFAULT_MAX_MEMORY_FRACTION if value is None else value)
 
 
-def resident_supports(data_config) -> tuple[bool, str]:
-    """(whether the resident path can read this data config, why not)."""
-    unlabeled = data_config.get("unlabeled")
-    if unlabeled is not None and unlabeled.get("source") is not None:
-        return False, "data.unlabeled mixes in a second stream, which only the grain path reads"
-    return True, ""
-
-
 def estimated_bytes(data_config) -> int:
     """Bytes of the uint8 train and val caches (files listed, before bad files are skipped)."""
     size = int(data_config.image_size)
@@ -158,7 +150,9 @@ def choose_input_path(data_config, *, resumed: str | None = None) -> tuple[str, 
         return wanted, "data.input_path"
     if resumed in ("grain", "resident"):
         return resumed, "auto: the path this run's checkpoints were written with"
-    ok, why_not = resident_supports(data_config)
+    from mtcolor.data import resident
+
+    ok, why_not = resident.supports(data_config)
     if not ok:
         choice, why = "grain", f"auto: {why_not}"
     else:

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtcolor import sharding
-from mtcolor.data import color, decoded_cache, input_paths
+from mtcolor.data import color, decoded_cache
 from mtcolor.data.bad_inputs import (
     BAD_REASONS,
     EXAMPLES_PER_REASON,
@@ -263,8 +263,16 @@ def process_rows(
 # The input-path functions (as mtcolor.data.pipeline's; mtcolor.data.input_paths.InputPipeline).
 
 
+def supports(data_config) -> tuple[bool, str]:
+    """(whether the resident path can read this data config, why not)."""
+    unlabeled = data_config.get("unlabeled")
+    if unlabeled is not None and unlabeled.get("source") is not None:
+        return False, "data.unlabeled mixes in a second stream, which only the grain path reads"
+    return True, ""
+
+
 def _check_supported(data_config) -> None:
-    ok, why_not = input_paths.resident_supports(data_config)
+    ok, why_not = supports(data_config)
     if not ok:
         raise ValueError(f"data.input_path 'resident': {why_not}; use 'grain' or 'auto'")
 
@@ -480,5 +488,6 @@ __all__ = [
     "make_train_iterator",
     "num_examples",
     "process_rows",
+    "supports",
     "steps_per_epoch",
 ]
