@@ -159,6 +159,18 @@ class MtcolorRun:
         return seconds
 
 
+def _setting(experiment, iteration, dtype, size, batch_size, phase) -> dict:
+    """The columns that name what a row measured."""
+    return {
+        "experiment": experiment,
+        "iteration": iteration,
+        "dtype": dtype,
+        "image_size": size,
+        "batch_size": batch_size,
+        "phase": phase,
+    }
+
+
 def bench(
     experiment: str,
     size: int,
@@ -173,12 +185,7 @@ def bench(
     seconds = mt.run(num_steps) / num_steps
     memory_mb, memory_kind = peak_memory()
     row = {
-        "experiment": experiment,
-        "iteration": iteration,
-        "dtype": dtype,
-        "image_size": size,
-        "batch_size": batch_size,
-        "phase": phase,
+        **_setting(experiment, iteration, dtype, size, batch_size, phase),
         "compile_s": mt.compile_s,
         "step_s": seconds,
         "steps_per_s": 1 / seconds,
@@ -264,12 +271,7 @@ def bench_against_torch(
     mt_ips, torch_ips = images / sum(mt_seconds), images / sum(torch_seconds)
     step_s = sum(mt_seconds) / (num_steps * rounds)
     row = {
-        "experiment": experiment,
-        "iteration": iteration,
-        "dtype": dtype,
-        "image_size": size,
-        "batch_size": batch_size,
-        "phase": phase,
+        **_setting(experiment, iteration, dtype, size, batch_size, phase),
         "steps_per_round": num_steps,
         "rounds": rounds,
         "compile_s": mt.compile_s,
