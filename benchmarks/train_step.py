@@ -171,6 +171,19 @@ def _setting(experiment, iteration, dtype, size, batch_size, phase) -> dict:
     }
 
 
+# The table columns that name what a row measured (_setting's fields).
+SETTING_HEADER = (
+    f"{'experiment':<15}{'iteration':>12}{'dtype':>10}{'px':>5}{'batch':>6}{'phase':>6}"
+)
+
+
+def setting_columns(row: dict) -> str:
+    return (
+        f"{row['experiment']:<15}{row['iteration']:>12}{row['dtype']:>10}{row['image_size']:>5}"
+        f"{row['batch_size']:>6}{row['phase']:>6}"
+    )
+
+
 def bench(
     experiment: str,
     size: int,
@@ -398,8 +411,8 @@ def main():
         "processor": platform.processor() or platform.machine(),
         "jax": jax.__version__,
     }
-    runs = [
-        (size, experiment, phase, iteration, dtype)
+    runs = [  # one row each
+        dict(experiment=experiment, size=size, phase=phase, iteration=iteration, dtype=dtype)
         for size in sorted(args.sizes)
         for experiment in args.experiments
         for phase in args.phase
@@ -425,7 +438,9 @@ def main():
         if tdevice.type == "cuda":
             machine["torch_device_name"] = torch.cuda.get_device_name(tdevice)
         print(f"# {machine}")
-        for size, experiment, phase in dict.fromkeys((s, e, p) for s, e, p, _, _ in runs):
+        for size, experiment, phase in dict.fromkeys(
+            (r["size"], r["experiment"], r["phase"]) for r in runs
+        ):
             key = f"{experiment}/{size}px/phase{phase}"
             if args.skip_check:
                 checks[key] = "skipped"
@@ -444,20 +459,15 @@ def main():
                 flush=True,
             )
         print(
-            f"{'experiment':<15}{'iteration':>12}{'dtype':>10}{'px':>5}{'batch':>6}{'phase':>6}"
-            f"{'compile s':>10}{'mt img/s':>9}{'pt img/s':>9}{'mt/pt':>7}{' (rounds)':<19}"
-            f"{'XLA GFLOP':>10}{'pt GFLOP':>9}{'mt MB':>8}{'pt MB':>8}"
+            f"{SETTING_HEADER}{'compile s':>10}{'mt img/s':>9}{'pt img/s':>9}{'mt/pt':>7}"
+            f"{' (rounds)':<19}{'XLA GFLOP':>10}{'pt GFLOP':>9}{'mt MB':>8}{'pt MB':>8}"
         )
-        for size, experiment, phase, iteration, dtype in runs:
-            setting = dict(experiment=experiment, size=size, phase=phase, iteration=iteration)
-            row = bench_against_torch(
-                **setting, **common, rounds=args.rounds, dtype=dtype, device=tdevice
-            )
+        for setting in runs:
+            row = bench_against_torch(**setting, **common, rounds=args.rounds, device=tdevice)
             rows.append(row)
             spread = " ".join(f"{r:.2f}" for r in row["ratio_per_round"])
             print(
-                f"{experiment:<15}{iteration:>12}{dtype:>10}{size:>5}{args.batch_size:>6}{phase:>6}"
-                f"{row['compile_s']:>10.1f}{row['images_per_s']:>9.1f}"
+                f"{setting_columns(row)}{row['compile_s']:>10.1f}{row['images_per_s']:>9.1f}"
                 f"{row['torch_images_per_s']:>9.1f}{row['ratio_mtcolor_over_torch']:>7.2f}"
                 f"{' (' + spread + ')':<19}{row['iteration_gflop']:>10.1f}"
                 f"{row['torch_gflop_flopcounter']:>9.1f}{row['peak_memory_mb']:>8.0f}"
@@ -467,17 +477,14 @@ def main():
     else:
         print(f"# {machine}")
         print(
-            f"{'experiment':<15}{'iteration':>12}{'dtype':>10}{'px':>5}{'batch':>6}{'phase':>6}"
-            f"{'compile s':>10}"
+            f"{SETTING_HEADER}{'compile s':>10}"
             f"{'step s':>9}{'steps/s':>9}{'img/s':>8}{'GFLOP':>9}{'TFLOP/s':>9}{'peak MB':>9}"
         )
-        for size, experiment, phase, iteration, dtype in runs:
-            setting = dict(experiment=experiment, size=size, phase=phase, iteration=iteration)
-            row = bench(**setting, **common, dtype=dtype)
+        for setting in runs:
+            row = bench(**setting, **common)
             rows.append(row)
             print(
-                f"{experiment:<15}{iteration:>12}{dtype:>10}{size:>5}{args.batch_size:>6}{phase:>6}"
-                f"{row['compile_s']:>10.1f}{row['step_s']:>9.3f}{row['steps_per_s']:>9.2f}"
+                f"{setting_columns(row)}{row['compile_s']:>10.1f}{row['step_s']:>9.3f}{row['steps_per_s']:>9.2f}"
                 f"{row['images_per_s']:>8.1f}{row['iteration_gflop']:>9.1f}"
                 f"{row['achieved_tflops']:>9.3f}{row['peak_memory_mb']:>9.0f}",
                 flush=True,
