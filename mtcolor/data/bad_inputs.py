@@ -127,7 +127,7 @@ class BadInputTracker:
         self.num_good = int(state["good"])
 
 
-def tracker_for(data_config) -> BadInputTracker:
+def make_bad_input_tracker(data_config) -> BadInputTracker:
     """The tracker a training loop keeps for a run: data.max_bad_fraction after
     data.bad_check_min_examples files."""
     return BadInputTracker(

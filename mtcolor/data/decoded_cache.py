@@ -29,7 +29,7 @@ import numpy as np
 
 from mtcolor.data import color, pipeline, sources
 from mtcolor.data import decode as decode_lib
-from mtcolor.data.bad_inputs import example_line, tracker_for
+from mtcolor.data.bad_inputs import example_line, make_bad_input_tracker
 from mtcolor.data.transforms import DecodeAndResize, mean_chroma
 
 _log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def _build(source, data_config, split: str, path: str, digest: str) -> CachedSpl
         )
     )
     iterator = iter(pipeline.to_iter_dataset(ds, data_config, workers=data_config.worker_count))
-    tracker = tracker_for(data_config)
+    tracker = make_bad_input_tracker(data_config)
     num_files = len(source)
     rgb = np.empty((num_files, size, size, 3), np.uint8)
     labels, chroma, keys, skipped = [], [], [], []

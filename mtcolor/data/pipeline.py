@@ -51,7 +51,7 @@ from mtcolor.data.bad_inputs import (
     SKIP_REASONS,
     BadInputTracker,
     TooManyBadInputsError,
-    tracker_for,
+    make_bad_input_tracker,
 )
 from mtcolor.data.batching import BatchLayout, BatchSlots, SkipCountBatcher
 from mtcolor.data.config import SPLITS, default_data_config
@@ -312,11 +312,6 @@ def make_eval_iterator(
             tracker_args=_tracker_args(data_config, enforce=False),
         )
     )
-
-
-def make_bad_input_tracker(data_config) -> BadInputTracker:
-    """The tracker a training loop keeps to log skipped files and enforce data.max_bad_fraction."""
-    return tracker_for(data_config)
 
 
 __all__ = [

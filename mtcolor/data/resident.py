@@ -56,10 +56,9 @@ from mtcolor.data.bad_inputs import (
     EXAMPLES_PER_REASON,
     NEAR_GRAYSCALE,
     SKIP_REASONS,
-    BadInputTracker,
     TooManyBadInputsError,
     example_line,
-    tracker_for,
+    make_bad_input_tracker,
 )
 from mtcolor.data.config import SPLITS
 
@@ -354,7 +353,7 @@ class ResidentTrainIterator:
             for line in [x for r, x in lines if r == reason][:EXAMPLES_PER_REASON]
         )
         # The grain iterator enforces the ceiling itself too ("even if nobody else looks").
-        self._tracker = tracker_for(data_config)
+        self._tracker = make_bad_input_tracker(data_config)
         self.epoch = 0
         self.index = 0
 
@@ -414,11 +413,6 @@ class ResidentTrainIterator:
 
     def close(self) -> None:
         pass
-
-
-def make_bad_input_tracker(data_config) -> BadInputTracker:
-    """The tracker a training loop keeps to log skipped files and enforce data.max_bad_fraction."""
-    return tracker_for(data_config)
 
 
 def make_train_iterator(
