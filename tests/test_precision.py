@@ -112,3 +112,26 @@ def test_bfloat16_train_step_keeps_state_and_losses_float32():
         assert value.dtype == jnp.float32 and np.isfinite(float(value)), name
     moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params)
     assert all(jax.tree.leaves(moved["model"]["backbone"]))
+
+
+def test_a_float64_step_keeps_the_stored_dtypes_and_compiles_once():
+    """The float64 tests (tests/test_multihost.py, tests/test_train_sharding.py) compute in
+    float64 over float32 parameters. flax's BatchNorm update returned float64 statistics, so the
+    second step saw new input types and compiled again (and evaluation once per phase). A step
+    returns the dtypes it takes: one compile for every step of a phase."""
+    config = _config("float64")
+    config.experiment = "colorization"  # the smallest model with BatchNorm in G and D
+    with jax.enable_x64(True):
+        state = state_lib.create_train_state(config, jax.random.PRNGKey(0), backbone_frozen=False)
+        rng = np.random.default_rng(0)
+        batch = {
+            "L": rng.uniform(-1, 1, (4, 32, 32, 1)).astype(np.float32),
+            "ab": rng.uniform(-0.4, 0.4, (4, 32, 32, 2)).astype(np.float32),
+        }
+        step = jax.jit(steps.train_step)
+        new_state, _ = step(state, batch)
+        newer_state, _ = step(new_state, batch)
+        assert step._cache_size() == 1
+    stored = jax.tree.map(lambda leaf: leaf.dtype, state.batch_stats)
+    assert jax.tree.map(lambda leaf: leaf.dtype, newer_state.batch_stats) == stored
+    assert set(jax.tree.leaves(stored)) == {jnp.dtype(jnp.float32)}

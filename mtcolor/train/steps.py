@@ -46,6 +46,14 @@ def iteration_rng(state: TrainState) -> jax.Array:
     return jax.random.fold_in(state.rng, state.step)
 
 
+def _stored_like(new_stats, old_stats):
+    """New BatchNorm statistics in the dtypes the state stores. flax's update mixes the stored
+    float32 statistics with the batch's in the compute dtype, so a float64 model would return
+    float64 statistics: the next step would then see other input types and compile the whole
+    step again (and evaluation too), and the checkpoint would change dtype mid-run."""
+    return jax.tree.map(lambda new, old: new.astype(old.dtype), new_stats, old_stats)
+
+
 def _apply_model(state: TrainState, params, batch_stats, L, *, train: bool, rng=None):
     """Model forward -> ({task name: output}, new_batch_stats)."""
     variables = {"params": params, "batch_stats": batch_stats}
@@ -59,7 +67,7 @@ def _apply_model(state: TrainState, params, batch_stats, L, *, train: bool, rng=
         rngs={"dropout": rng},
         mutable=["batch_stats"],
     )
-    return out, mutated["batch_stats"]
+    return out, _stored_like(mutated["batch_stats"], batch_stats)
 
 
 def _apply_discriminator(state: TrainState, params, batch_stats, x, *, train: bool):
@@ -68,7 +76,7 @@ def _apply_discriminator(state: TrainState, params, batch_stats, x, *, train: bo
     if not train:
         return state.discriminator.apply(variables, x, train=False), batch_stats
     logits, mutated = state.discriminator.apply(variables, x, train=True, mutable=["batch_stats"])
-    return logits, mutated["batch_stats"]
+    return logits, _stored_like(mutated["batch_stats"], batch_stats)
 
 
 def _mean_sigmoid(logits):
