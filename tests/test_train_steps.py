@@ -185,6 +185,31 @@ def test_eval_step_masks_padded_rows(phase1_update):
     assert value == pytest.approx(float(np.mean(full["l1"][:2])), rel=1e-6)
 
 
+def test_evaluation_compiles_once_for_both_phases(phase1_update):
+    """Phase 2 changes the optimizer (the backbone gets Adam state), which evaluation does not
+    read: jitted evaluation and prediction of a phase-2 state reuse the phase-1 compilation
+    (counted as traces: the persistent compilation cache would hide a second compile)."""
+    _, state, _ = phase1_update
+    phase2 = sharding.replicate(state_lib.unfreeze_backbone(_copy(state)), MESH)
+    assert jax.tree.structure(phase2.opt_state) != jax.tree.structure(state.opt_state)
+    fns, batch = _fns(), _batch(3)
+    traces, listening = [], [True]  # jax.monitoring has no public way to remove a listener
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, _secs, **_: (
+            traces.append(event)
+            if listening[0] and event == "/jax/core/compile/jaxpr_trace_duration"
+            else None
+        )
+    )
+    try:
+        jax.block_until_ready((fns.eval_step(state, batch), fns.predict(state, batch["L"])))
+        first = len(traces)
+        jax.block_until_ready((fns.eval_step(phase2, batch), fns.predict(phase2, batch["L"])))
+    finally:
+        listening[0] = False
+    assert first >= 2 and len(traces) == first, (first, len(traces))
+
+
 def _two_step_iteration(state, batch):
     """The iteration as two pure updates, each with its own generator forward (same key)."""
     fns = _fns()

@@ -426,12 +426,28 @@ def jit_steps(mesh=None):
     return JittedSteps(
         iteration_rng=jax.jit(iteration_rng, **kwargs),
         train_step=jax.jit(train_step, donate_argnums=0, **kwargs),
-        eval_step=jax.jit(eval_step, **kwargs),
-        predict=jax.jit(predict, **kwargs),
+        eval_step=_on_evaluation_view(jax.jit(eval_step, **kwargs)),
+        predict=_on_evaluation_view(jax.jit(predict, **kwargs)),
         discriminator_step=jax.jit(discriminator_step, donate_argnums=0, **kwargs),
         generator_step=jax.jit(generator_step, donate_argnums=0, **kwargs),
         classifier_step=jax.jit(classifier_step, donate_argnums=0, **kwargs),
     )
+
+
+def evaluation_view(state: TrainState) -> TrainState:
+    """The state without what only training reads (the optimizer's state and spec). Phase 2
+    changes both (the backbone gets Adam state; the spec is part of the jit key), so jitted
+    evaluation and prediction of the whole state compiled again at the phase change; on this view
+    one compilation serves both phases."""
+    return state.replace(opt_state=None, optimizer=None)
+
+
+def _on_evaluation_view(jitted: Callable) -> Callable:
+    @functools.wraps(jitted)
+    def call(state: TrainState, *args):
+        return jitted(evaluation_view(state), *args)
+
+    return call
 
 
 class JittedSteps(NamedTuple):
