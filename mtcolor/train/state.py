@@ -310,7 +310,13 @@ def _init(module, rng, size, in_channels, pretrained):
     from mtcolor import models
 
     if pretrained is None:
-        return jax.jit(lambda r: models.init_variables(module, r, size, in_channels, None))(rng)
+        init = jax.jit(lambda r: models.init_variables(module, r, size, in_channels, None))
+        if jax.default_backend() != "cpu":
+            return init(rng)
+        # It runs once, so compile for compile time: XLA:CPU at LLVM -O0 compiles the multi-task
+        # model's init in 5 s instead of 15 s and runs it in 1.4 s instead of 0.2 s (demo config).
+        options = {"xla_backend_optimization_level": 0}
+        return init.lower(rng).compile(compiler_options=options)(rng)
     return models.init_variables(module, rng, size, in_channels, pretrained=pretrained)
 
 
