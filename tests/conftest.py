@@ -25,6 +25,13 @@ import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
 
+# Caches the code under test writes by default (the resident input path's decoded images,
+# mtcolor.data.decoded_cache) go to a directory of this session, not the user's ~/.cache.
+if "MTCOLOR_TEST_KEEP_XDG_CACHE" not in os.environ:
+    _xdg = tempfile.mkdtemp(prefix="mtcolor-test-xdg-cache-")
+    atexit.register(shutil.rmtree, _xdg, ignore_errors=True)
+    os.environ["XDG_CACHE_HOME"] = _xdg
+
 # One persistent compilation cache for the session and the subprocesses it starts (the killed-run
 # test runs the real entry point, the sharding test its own interpreter): a program compiled once
 # (same HLO, e.g. the tiny multi-task steps built by several tests) is not compiled again. Compiling

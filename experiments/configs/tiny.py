@@ -12,6 +12,10 @@ def get_config():
     config.data.synthetic.val_size = 6  # 2 batches, the second padded
     config.data.worker_count = 0
     config.data.read_threads = 1
+    # The grain path, not "auto" (which picks the device-resident one for this small set): the
+    # resume and multi-host tests check grain's iterator positions; tests/test_resident_input.py
+    # trains and resumes the resident path.
+    config.data.input_path = "grain"
     config.model.pretrained = None
     config.train.frozen_epochs = 1
     config.train.unfrozen_epochs = 1

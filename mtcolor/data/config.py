@@ -63,10 +63,12 @@ def default_data_config() -> ml_collections.ConfigDict:
     # decoded once into a cache file, kept on the devices, batches (flip, Lab) made on device;
     # labelled data only (not with data.unlabeled). "auto": resident when the uint8 images fit
     # in resident.max_memory_fraction of a device's memory (CPU: host RAM) and data.unlabeled is
-    # off, else grain; a resumed run keeps the path its checkpoints were written with.
-    c.input_path = "grain"
+    # off, else grain; a resumed run keeps the path its checkpoints were written with. The log's
+    # "input path:" line says which and why.
+    c.input_path = "auto"
     c.resident = ml_collections.ConfigDict()
-    # Where the decoded caches live ("" : ~/.cache/mtcolor/resident); one .npz per split, named by
+    # Where the decoded caches live ("": $XDG_CACHE_HOME/mtcolor/resident, by default
+    # ~/.cache/mtcolor/resident); one .npz per split, named by
     # the source and a digest of its files (paths, sizes, mtimes), the image size and decode
     # options.
     c.resident.cache_dir = ""

@@ -34,15 +34,21 @@ from mtcolor.data.transforms import DecodeAndResize, mean_chroma
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "mtcolor", "resident")
+
+def default_cache_dir() -> str:
+    """$XDG_CACHE_HOME/mtcolor/resident (default ~/.cache/mtcolor/resident), as torch's hub cache
+    follows XDG_CACHE_HOME (mtcolor.hub)."""
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "mtcolor", "resident")
+
+
 # Bumped whenever the file layout or the meaning of a field changes: old caches are then rebuilt.
 FORMAT_VERSION = 1
 
 
 def cache_directory(data_config) -> str:
-    """data.resident.cache_dir, "~" expanded ("": ~/.cache/mtcolor/resident)."""
+    """data.resident.cache_dir, "~" expanded ("": `default_cache_dir()`)."""
     options = data_config.get("resident")
-    directory = (options.get("cache_dir") if options is not None else None) or DEFAULT_CACHE_DIR
+    directory = (options.get("cache_dir") if options is not None else None) or default_cache_dir()
     return os.path.expanduser(str(directory))
 
 
