@@ -1,4 +1,4 @@
-"""Wall time of whole training epochs, data included: the device-resident input path vs grain.
+"""Wall time of whole training epochs, data included: mtcolor's input paths vs the tutorial's.
 
 On the 1,300 real photos of ../shared/data/imagenet-val-1300 (227 px JPEGs, labels.csv), for each
 image size and each input path, an epoch is ``steps_per_epoch`` (1300 // batch) iterations of
@@ -14,6 +14,11 @@ data plus training; the first epoch also counts the data module's start-up:
   not repeated (its epochs are the ones above);
 - ``grain``: the pipeline's start-up (worker_count 0, read_threads 2 unless given) and its epochs.
 
+- ``torch (tutorial data path)`` (``--reference torch``, needs the ``bench`` extra): what a user of
+  the paper's reference tutorial waits for: PIL open, bicubic resize, random flip and skimage
+  ``rgb2lab`` per image in a ``DataLoader`` with as many workers as cores, feeding
+  ``benchmarks/torch_reference.py``'s eager iteration of the same model (warmed up first).
+
 ``--modes data`` times the same epochs without training (the input path's own cost; no model is
 built); ``--modes train data`` does both.
 
@@ -21,13 +26,13 @@ built); ``--modes train data`` does both.
     python benchmarks/epoch.py --sizes 128 256 --epochs 2 --modes train data
     python benchmarks/epoch.py --modes data --epochs 3   # input paths alone, whole epochs
     python benchmarks/epoch.py --steps-per-epoch 5    # a smoke run (partial epochs, marked)
+    python benchmarks/epoch.py --sizes 128 256 --reference torch   # side by side with torch
 
 Prints a table and writes JSON (default benchmarks/results/epoch.json). No TensorFlow.
 
 Extending: each input path is a ``Runner`` in ``RUNNERS`` (a name and a function that runs
-``epochs`` epochs and returns per-epoch seconds); ``--reference`` is the hook for a side-by-side
-reference implementation (e.g. ``--reference torch``, a runner registered in ``REFERENCES``), timed
-with the same images, sizes, batch and epochs and printed in the same table.
+``epochs`` epochs and returns per-epoch seconds); a reference implementation is a runner in
+``REFERENCES``, timed with the same images, sizes, batch and epochs and printed in the same table.
 """
 
 from __future__ import annotations
@@ -118,6 +123,7 @@ class Trainer:
             "label": np.zeros((batch,), np.int32),
             "has_label": np.ones((batch,), np.float32),
         }
+        self.dummy = dummy
         start = time.perf_counter()
         # Train steps donate the state: compile on a copy.
         state, metrics = loop.train_iteration(
@@ -209,8 +215,90 @@ RUNNERS = {
     ],
     "grain": [Runner("grain", _grain)],
 }
-# Reference implementations timed side by side (--reference NAME); none in this package.
-REFERENCES: dict[str, list[Runner]] = {}
+
+
+# ---- the reference: the tutorial's data path feeding the PyTorch iteration ------------------
+
+
+def _torch_tutorial(setting, trainer):
+    """The paper's reference tutorial's input side as it writes it: a torch ``Dataset`` that per
+    image opens the file with PIL, resizes it bicubically to size x size, flips it at random and
+    converts it with skimage's ``rgb2lab`` (L/50 - 1, ab/110), in a ``DataLoader`` with as many
+    workers as cores (shuffled, whole batches; new workers each epoch, as the tutorial's loader
+    starts them). With a trainer, each batch feeds ``benchmarks/torch_reference.py``'s eager
+    iteration of the same model (torch's default threads). torch is imported here only."""
+    import torch
+    import torch_reference  # benchmarks/, the script's directory (as train_step.py imports it)
+    from PIL import Image
+    from skimage.color import rgb2lab
+
+    class TutorialDataset(torch.utils.data.Dataset):
+        def __init__(self, files, labels, size):
+            self.files, self.labels, self.size = files, labels, size
+
+        def __len__(self):
+            return len(self.files)
+
+        def __getitem__(self, index):
+            image = Image.open(self.files[index]).convert("RGB")
+            image = image.resize((self.size, self.size), Image.BICUBIC)
+            if np.random.random() < 0.5:
+                image = image.transpose(Image.FLIP_LEFT_RIGHT)
+            lab = rgb2lab(np.asarray(image)).astype("float32")
+            lab = torch.from_numpy(lab.transpose(2, 0, 1))
+            return {
+                "L": lab[[0]] / 50.0 - 1.0,
+                "ab": lab[[1, 2]] / 110.0,
+                "label": self.labels[index],
+            }
+
+    with open(setting.labels_csv) as f:
+        rows = [line.rstrip("\n").split(",") for line in f][1:]
+    classes = sorted({int(r[1]) for r in rows})
+    files = [os.path.join(setting.images_dir, r[0]) for r in rows]
+    labels = [classes.index(int(r[1])) for r in rows]
+    loader = torch.utils.data.DataLoader(
+        TutorialDataset(files, labels, setting.image_size),
+        batch_size=setting.batch_size,
+        shuffle=True,
+        num_workers=os.cpu_count(),
+        drop_last=True,
+    )
+    experiment = None
+    if trainer is not None:
+        state = trainer.initial
+        spec = torch_reference.spec_from_tasks(
+            state.objective.tasks, setting.image_size, setting.phase == 1, state.optimizer
+        )
+        experiment = torch_reference.TorchExperiment(spec)
+        experiment.run(  # warm-up, not timed (as mtcolor's compilation is not)
+            {k: v for k, v in experiment.batch(trainer.dummy).items()}, 2
+        )
+    start = time.perf_counter()
+    batches = iter(loader)  # workers start here, as in the tutorial's first loop
+    startup_s = time.perf_counter() - start
+    epochs = []
+    for epoch in range(setting.epochs):
+        begin = time.perf_counter()
+        if epoch:
+            batches = iter(loader)
+        last = None
+        for _ in range(setting.steps_per_epoch):
+            batch = next(batches)
+            last = experiment.train_iteration(batch) if experiment else batch
+        if experiment is not None:
+            loss = float(last["loss_g"])  # waits for the last iteration (CPU: already done)
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"torch: non-finite loss {loss}")
+        epochs.append(time.perf_counter() - begin)
+        print(f"#   epoch {len(epochs)}: {epochs[-1]:.1f} s", flush=True)
+    return {"startup_s": startup_s, "epoch_s": epochs}
+
+
+# Reference implementations timed side by side (--reference NAME, needs torch: the `bench` extra).
+REFERENCES: dict[str, list[Runner]] = {
+    "torch": [Runner("torch (tutorial data path)", _torch_tutorial)],
+}
 
 
 def main() -> None:
@@ -235,7 +323,8 @@ def main() -> None:
         nargs="*",
         default=[],
         choices=sorted(REFERENCES),
-        help="reference implementations to time alongside (none registered here)",
+        help="reference implementations to time alongside (torch: the tutorial's data path + "
+        "benchmarks/torch_reference.py's iteration; needs the bench extra)",
     )
     parser.add_argument(
         "--modes",
