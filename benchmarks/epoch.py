@@ -271,9 +271,8 @@ def _torch_tutorial(setting, trainer):
             state.objective.tasks, setting.image_size, setting.phase == 1, state.optimizer
         )
         experiment = torch_reference.TorchExperiment(spec)
-        experiment.run(  # warm-up, not timed (as mtcolor's compilation is not)
-            {k: v for k, v in experiment.batch(trainer.dummy).items()}, 2
-        )
+        # Warm-up, not timed (as mtcolor's compilation is not).
+        experiment.run(experiment.batch(trainer.dummy), 2)
     start = time.perf_counter()
     batches = iter(loader)  # workers start here, as in the tutorial's first loop
     startup_s = time.perf_counter() - start
