@@ -539,3 +539,50 @@ def test_tiny_map_conv_equals_xla_convolution_with_gradients(map_hw, kernel, pad
     assert rel_err(got, want) < EVAL_RTOL
     for g, r in zip(got_grads, want_grads):
         assert rel_err(g, r) < EVAL_RTOL
+
+
+@pytest.mark.parametrize(
+    "map_hw, kernel, strides, padding, c_in",
+    [
+        ((32, 32), 4, (2, 2), ((1, 1), (1, 1)), 3),  # PatchGAN conv1 (RGB in)
+        ((17, 15), 4, (1, 1), ((1, 1), (1, 1)), 5),  # PatchGAN conv4, non-square
+        ((33, 33), 2, (1, 1), ((0, 0), (0, 0)), 6),  # decoder phase conv
+        ((32, 32), 7, (2, 2), ((3, 3), (3, 3)), 1),  # ResNet stem (grayscale)
+        ((32, 30), 3, (2, 2), ((1, 1), (1, 1)), 4),  # ResNet stride-2 3x3
+        ((32, 32), 1, (2, 2), ((0, 0), (0, 0)), 4),  # ResNet downsample
+        ((31, 32), 3, (2, 1), ((0, 2), (1, 0)), 4),  # uneven strides and padding
+    ],
+)
+def test_large_map_conv_kernel_gradient_equals_xla(map_hw, kernel, strides, padding, c_in):
+    # On CPU, mtcolor.models.conv computes the kernel gradient of convs with large output maps as
+    # one matmul per kernel tap; XLA's own convolution (and its autodiff) is the reference, for the
+    # output and both gradients, in float64 so that only a wrong formula could differ.
+    from mtcolor.models import conv as conv_module
+
+    rng = np.random.default_rng(4)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(2, *map_hw, c_in)), jnp.float64)
+        w = jnp.asarray(rng.normal(size=(kernel, kernel, c_in, 3)), jnp.float64)
+        dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+
+        def loss(fn, x, w):
+            y = fn(x, w, strides, padding, dimension_numbers=dn)
+            return jnp.sum(jnp.sin(y)), y
+
+        def value_and_grads(fn):
+            return jax.jit(jax.value_and_grad(lambda x, w: loss(fn, x, w), (0, 1), has_aux=True))
+
+        (_, got), got_grads = value_and_grads(conv_module.conv_general_dilated)(x, w)
+        (_, want), want_grads = value_and_grads(jax.lax.conv_general_dilated)(x, w)
+        # The form under test is the one that ran: the kernel gradient is made of dots.
+        jaxpr = jax.make_jaxpr(jax.grad(lambda w: loss(conv_module.conv_general_dilated, x, w)[0]))(
+            w
+        )
+    out_pixels = got.shape[1] * got.shape[2]
+    assert out_pixels >= conv_module.KERNEL_GRADIENT_MIN_OUTPUT_PIXELS
+    assert "dot_general" in str(jaxpr)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    for g, r in zip(got_grads, want_grads):
+        assert g.dtype == r.dtype == np.float64
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)

@@ -10,15 +10,31 @@ or faster in every case measured, forward and backward, and at 8x8 the two were 
 switch is by map size. GPUs and TPUs get the same (equal) result through the same code; the form
 only matters where XLA's convolution emitter is slow, and the cost of im2col on a map this small
 is negligible everywhere.
+
+Every other NHWC convolution keeps XLA's own convolution, forward and input gradient, but on CPU
+its kernel (weight) gradient is computed as one matrix product per kernel tap: XLA:CPU lowers the
+kernel gradient to a convolution whose window is the whole output map, and runs it at 3-35 GFLOP/s
+where the forward runs at 70-90 (measured here, batch 16: the PatchGAN's 4x4/2 conv 64 -> 128 at
+256 px 1.33 s vs 0.46 s as matmuls, the decoder's last phase convs at 256 px 1.15 s vs 0.23 s,
+the PatchGAN's 4x4 conv 256 -> 512 at 256 px 2.41 s vs 0.67 s; benchmarks/conv_kernel_grad.py).
+Other backends keep XLA's kernel gradient (cuDNN's), chosen at lowering time.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
 # Largest input map (H * W) computed as im2col: 4x4. Measured equal speed at 8x8, faster below.
 SMALL_MAP_PIXELS = 16
+
+# Smallest output map (H * W) whose kernel gradient is computed as matmuls on CPU: 14x14. On 8x8
+# output maps XLA's kernel gradient was as fast (each form 4-20 ms per conv at batch 16, within
+# noise), and each matmul form adds kh * kw dots to compile; from 15x15 (the PatchGAN's 4x4 conv
+# 256 -> 512 at 128 px: 0.29 s vs 0.18 s) up the matmuls won.
+KERNEL_GRADIENT_MIN_OUTPUT_PIXELS = 14 * 14
 
 _NHWC_HWIO = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
@@ -36,27 +52,38 @@ def conv_general_dilated(
     precision=None,
     preferred_element_type=None,
 ):
-    """``jax.lax.conv_general_dilated`` that computes stride-1 convs on tiny maps as one matmul.
+    """``jax.lax.conv_general_dilated`` in the forms that keep XLA:CPU on its fast path.
 
     A drop-in for flax's ``nn.Conv(conv_general_dilated=...)``: same parameters, same result up to
     float32 summation order. Stride-1 NHWC convs whose input map has at most SMALL_MAP_PIXELS
-    pixels become a matmul over the kh*kw shifted copies of the zero-padded map (im2col); every
-    other shape goes to XLA's convolution.
+    pixels become a matmul over the kh*kw shifted copies of the zero-padded map (im2col); other
+    NHWC convs with explicit padding are XLA's convolution with the kernel gradient of
+    :func:`kernel_gradient` on CPU; every other form goes to XLA's convolution as it is.
     """
     plain = (
         lhs.ndim == 4
         and rhs.ndim == 4
         and dimension_numbers is not None
         and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC_HWIO
-        and tuple(window_strides) == (1, 1)
-        and lhs.shape[1] * lhs.shape[2] <= SMALL_MAP_PIXELS
         and not isinstance(padding, str)
         and (lhs_dilation is None or tuple(lhs_dilation) == (1, 1))
         and (rhs_dilation is None or tuple(rhs_dilation) == (1, 1))
         and feature_group_count == 1
         and batch_group_count == 1
     )
-    if not plain:
+    tiny_map = tuple(window_strides) == (1, 1) and lhs.shape[1] * lhs.shape[2] <= SMALL_MAP_PIXELS
+    if (
+        plain
+        and not tiny_map
+        and preferred_element_type is None
+        and _explicit_nonnegative(padding)
+        and _output_pixels(lhs.shape, rhs.shape, window_strides, padding)
+        >= KERNEL_GRADIENT_MIN_OUTPUT_PIXELS
+    ):
+        return _conv_with_matmul_kernel_gradient(
+            lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)), precision
+        )
+    if not (plain and tiny_map):
         return jax.lax.conv_general_dilated(
             lhs,
             rhs,
@@ -86,3 +113,91 @@ def conv_general_dilated(
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
+
+
+def _output_pixels(lhs_shape, rhs_shape, window_strides, padding) -> int:
+    (top, bottom), (left, right) = padding
+    out_h = (lhs_shape[1] + top + bottom - rhs_shape[0]) // window_strides[0] + 1
+    out_w = (lhs_shape[2] + left + right - rhs_shape[1]) // window_strides[1] + 1
+    return out_h * out_w
+
+
+def _explicit_nonnegative(padding) -> bool:
+    return all(len(pair) == 2 and min(pair) >= 0 for pair in padding)
+
+
+def _nhwc_conv(lhs, rhs, window_strides, padding, precision):
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, dimension_numbers=_NHWC_HWIO, precision=precision
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_with_matmul_kernel_gradient(lhs, rhs, window_strides, padding, precision):
+    """XLA's NHWC convolution whose kernel gradient is, on CPU, :func:`kernel_gradient`."""
+    return _nhwc_conv(lhs, rhs, window_strides, padding, precision)
+
+
+def _conv_forward(lhs, rhs, window_strides, padding, precision):
+    return _nhwc_conv(lhs, rhs, window_strides, padding, precision), (lhs, rhs)
+
+
+def _conv_backward(window_strides, padding, precision, residuals, out_grad):
+    lhs, rhs = residuals
+    (lhs_grad,) = jax.linear_transpose(
+        lambda x: _nhwc_conv(x, rhs, window_strides, padding, precision), lhs
+    )(out_grad)
+
+    def xla_kernel_gradient(lhs, out_grad):
+        return jax.linear_transpose(
+            lambda w: _nhwc_conv(lhs, w, window_strides, padding, precision), rhs
+        )(out_grad)[0]
+
+    def matmul_kernel_gradient(lhs, out_grad):
+        grad = kernel_gradient(lhs, out_grad, rhs.shape, window_strides, padding, precision)
+        return grad.astype(rhs.dtype)
+
+    rhs_grad = jax.lax.platform_dependent(
+        lhs, out_grad, cpu=matmul_kernel_gradient, default=xla_kernel_gradient
+    )
+    return lhs_grad, rhs_grad
+
+
+_conv_with_matmul_kernel_gradient.defvjp(_conv_forward, _conv_backward)
+
+
+def kernel_gradient(lhs, out_grad, kernel_shape, window_strides, padding, precision=None):
+    """The gradient of an NHWC/HWIO convolution's kernel, as one matmul per kernel tap.
+
+    Tap (i, j) of the kernel gradient is sum over (n, y, x) of the input pixel that tap reads,
+    ``padded[n, i + sy * y, j + sx * x, :]``, times the output gradient ``out_grad[n, y, x, :]``:
+    a (c_out, P) x (P, c_in) product over the P = N * out_h * out_w output pixels, whose input
+    operand is a strided slice of the padded input (a copy of whole channel rows). Both operands
+    stay pixel-major, the layout XLA:CPU's dot reads without a transposing copy (profiled: a
+    channel-major operand made XLA fuse a slow element-wise transpose into every slice).
+    Accumulates in at least float32; returns (kh, kw, c_in, c_out).
+    """
+    kh, kw, c_in, c_out = kernel_shape
+    n, out_h, out_w, _ = out_grad.shape
+    sy, sx = window_strides
+    padded = jnp.pad(lhs, ((0, 0), padding[0], padding[1], (0, 0)))
+    pixels_by_out_channel = out_grad.reshape(-1, c_out).T
+    accumulate = jnp.promote_types(jnp.result_type(lhs, out_grad), jnp.float32)
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            reads = jax.lax.slice(
+                padded,
+                (0, i, j, 0),
+                (n, i + sy * (out_h - 1) + 1, j + sx * (out_w - 1) + 1, c_in),
+                (1, sy, sx, 1),
+            )
+            taps.append(
+                jnp.dot(
+                    pixels_by_out_channel,
+                    reads.reshape(-1, c_in),
+                    precision=precision,
+                    preferred_element_type=accumulate,
+                )
+            )
+    return jnp.stack(taps).reshape(kh, kw, c_out, c_in).transpose(0, 1, 3, 2)
