@@ -542,27 +542,30 @@ def test_tiny_map_conv_equals_xla_convolution_with_gradients(map_hw, kernel, pad
 
 
 @pytest.mark.parametrize(
-    "map_hw, kernel, strides, padding, c_in",
+    "map_hw, kernel, strides, padding, c_in, c_out",
     [
-        ((32, 32), 4, (2, 2), ((1, 1), (1, 1)), 3),  # PatchGAN conv1 (RGB in)
-        ((17, 15), 4, (1, 1), ((1, 1), (1, 1)), 5),  # PatchGAN conv4, non-square
-        ((33, 33), 2, (1, 1), ((0, 0), (0, 0)), 6),  # decoder phase conv
-        ((32, 32), 7, (2, 2), ((3, 3), (3, 3)), 1),  # ResNet stem (grayscale)
-        ((32, 30), 3, (2, 2), ((1, 1), (1, 1)), 4),  # ResNet stride-2 3x3
-        ((32, 32), 1, (2, 2), ((0, 0), (0, 0)), 4),  # ResNet downsample
-        ((31, 32), 3, (2, 1), ((0, 2), (1, 0)), 4),  # uneven strides and padding
+        ((32, 32), 4, (2, 2), ((1, 1), (1, 1)), 3, 8),  # PatchGAN conv1 (RGB in)
+        ((17, 15), 4, (1, 1), ((1, 1), (1, 1)), 5, 8),  # PatchGAN conv4, non-square
+        ((33, 33), 2, (1, 1), ((0, 0), (0, 0)), 12, 8),  # decoder phase conv (c_in > c_out)
+        ((32, 32), 7, (2, 2), ((3, 3), (3, 3)), 1, 8),  # ResNet stem (grayscale)
+        ((32, 30), 3, (2, 2), ((1, 1), (1, 1)), 4, 9),  # ResNet stride-2 3x3
+        ((32, 32), 1, (2, 2), ((0, 0), (0, 0)), 4, 8),  # ResNet downsample
+        ((31, 32), 3, (2, 1), ((0, 2), (1, 0)), 4, 8),  # uneven strides and padding
+        ((20, 20), 3, (1, 1), ((1, 1), (1, 1)), 8, 8),  # stride 1, as many in as out channels
+        ((17, 16), 3, (1, 1), ((2, 0), (1, 1)), 10, 8),  # stride 1, more in, uneven padding
     ],
 )
-def test_large_map_conv_kernel_gradient_equals_xla(map_hw, kernel, strides, padding, c_in):
+def test_large_map_conv_kernel_gradient_equals_xla(map_hw, kernel, strides, padding, c_in, c_out):
     # On CPU, mtcolor.models.conv computes the kernel gradient of convs with large output maps as
-    # one matmul per kernel tap; XLA's own convolution (and its autodiff) is the reference, for the
+    # one matmul per kernel tap (copying the input's pixels, or with stride 1 and c_in > c_out the
+    # output gradient's); XLA's own convolution (and its autodiff) is the reference, for the
     # output and both gradients, in float64 so that only a wrong formula could differ.
     from mtcolor.models import conv as conv_module
 
     rng = np.random.default_rng(4)
     with jax.enable_x64(True):
         x = jnp.asarray(rng.normal(size=(2, *map_hw, c_in)), jnp.float64)
-        w = jnp.asarray(rng.normal(size=(kernel, kernel, c_in, 3)), jnp.float64)
+        w = jnp.asarray(rng.normal(size=(kernel, kernel, c_in, c_out)), jnp.float64)
         dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
 
         def loss(fn, x, w):

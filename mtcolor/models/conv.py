@@ -35,6 +35,11 @@ SMALL_MAP_PIXELS = 16
 # noise), and each matmul form adds kh * kw dots to compile; from 15x15 (the PatchGAN's 4x4 conv
 # 256 -> 512 at 128 px: 0.29 s vs 0.18 s) up the matmuls won.
 KERNEL_GRADIENT_MIN_OUTPUT_PIXELS = 14 * 14
+# Fewest output channels for the matmul kernel gradient: with one or two (the decoder's to_ab,
+# 32 -> 2; the PatchGAN's last conv, 512 -> 1) each tap's product reads the whole input to fill a
+# 1-2 row result, and XLA's form was as fast or faster (256 px, batch 16: 248 vs 251 ms, 64 vs
+# 88 ms).
+KERNEL_GRADIENT_MIN_OUT_CHANNELS = 8
 
 _NHWC_HWIO = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
@@ -79,6 +84,7 @@ def conv_general_dilated(
         and _explicit_nonnegative(padding)
         and _output_pixels(lhs.shape, rhs.shape, window_strides, padding)
         >= KERNEL_GRADIENT_MIN_OUTPUT_PIXELS
+        and rhs.shape[3] >= KERNEL_GRADIENT_MIN_OUT_CHANNELS
     ):
         return _conv_with_matmul_kernel_gradient(
             lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)), precision
@@ -169,35 +175,56 @@ _conv_with_matmul_kernel_gradient.defvjp(_conv_forward, _conv_backward)
 def kernel_gradient(lhs, out_grad, kernel_shape, window_strides, padding, precision=None):
     """The gradient of an NHWC/HWIO convolution's kernel, as one matmul per kernel tap.
 
-    Tap (i, j) of the kernel gradient is sum over (n, y, x) of the input pixel that tap reads,
-    ``padded[n, i + sy * y, j + sx * x, :]``, times the output gradient ``out_grad[n, y, x, :]``:
-    a (c_out, P) x (P, c_in) product over the P = N * out_h * out_w output pixels, whose input
-    operand is a strided slice of the padded input (a copy of whole channel rows). Both operands
-    stay pixel-major, the layout XLA:CPU's dot reads without a transposing copy (profiled: a
-    channel-major operand made XLA fuse a slow element-wise transpose into every slice).
-    Accumulates in at least float32; returns (kh, kw, c_in, c_out).
+    Tap (i, j) of the kernel gradient is the sum over output pixels (n, y, x) of the input pixel
+    that tap reads, ``padded[n, i + sy * y, j + sx * x, :]``, times ``out_grad[n, y, x, :]``: a
+    (c_out, P) x (P, c_in) product. One of its operands is a copy made per tap, and copies, not
+    products, are what these cost most (a 256 px multi-task step: 3.2 s of slices, 1.6 s of dots),
+    so the copy is of the side with fewer channels:
+
+      * the input's pixels each tap reads, a strided slice of the padded input (P = the output
+        pixels), when c_in <= c_out or the stride is not 1;
+      * else (stride 1, c_out < c_in: the decoder's last phase convs, 64 -> 32) the output
+        gradient placed at offset (i, j) on a zero map the size of the padded input, against the
+        padded input itself (P = its pixels): at 256 px 0.19 s against 0.27 s for slices of the
+        input and 1.62 s for XLA's kernel gradient.
+
+    Both operands stay pixel-major, the layout XLA:CPU's dot reads without a transposing copy
+    (profiled: a channel-major operand made XLA fuse a slow element-wise transpose into every
+    slice). Accumulates in at least float32; returns (kh, kw, c_in, c_out).
     """
     kh, kw, c_in, c_out = kernel_shape
     n, out_h, out_w, _ = out_grad.shape
     sy, sx = window_strides
     padded = jnp.pad(lhs, ((0, 0), padding[0], padding[1], (0, 0)))
-    pixels_by_out_channel = out_grad.reshape(-1, c_out).T
     accumulate = jnp.promote_types(jnp.result_type(lhs, out_grad), jnp.float32)
+
+    def product(pixels_by_out_channel, pixels_by_in_channel):
+        return jnp.dot(
+            pixels_by_out_channel.T,
+            pixels_by_in_channel,
+            precision=precision,
+            preferred_element_type=accumulate,
+        )
+
     taps = []
-    for i in range(kh):
-        for j in range(kw):
-            reads = jax.lax.slice(
-                padded,
-                (0, i, j, 0),
-                (n, i + sy * (out_h - 1) + 1, j + sx * (out_w - 1) + 1, c_in),
-                (1, sy, sx, 1),
-            )
-            taps.append(
-                jnp.dot(
-                    pixels_by_out_channel,
-                    reads.reshape(-1, c_in),
-                    precision=precision,
-                    preferred_element_type=accumulate,
+    if (sy, sx) == (1, 1) and c_out < c_in:
+        _, padded_h, padded_w, _ = padded.shape  # out_h + kh - 1, out_w + kw - 1
+        input_pixels = padded.reshape(-1, c_in)
+        for i in range(kh):
+            for j in range(kw):
+                placed = jnp.pad(
+                    out_grad, ((0, 0), (i, padded_h - out_h - i), (j, padded_w - out_w - j), (0, 0))
                 )
-            )
+                taps.append(product(placed.reshape(-1, c_out), input_pixels))
+    else:
+        out_pixels = out_grad.reshape(-1, c_out)
+        for i in range(kh):
+            for j in range(kw):
+                reads = jax.lax.slice(
+                    padded,
+                    (0, i, j, 0),
+                    (n, i + sy * (out_h - 1) + 1, j + sx * (out_w - 1) + 1, c_in),
+                    (1, sy, sx, 1),
+                )
+                taps.append(product(out_pixels, reads.reshape(-1, c_in)))
     return jnp.stack(taps).reshape(kh, kw, c_out, c_in).transpose(0, 1, 3, 2)

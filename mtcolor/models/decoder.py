@@ -145,6 +145,7 @@ class ColorDecoder(nn.Module):
             padding=((1, 1), (1, 1)),
             dtype=self.dtype,
             kernel_init=self.kernel_init,
+            conv_general_dilated=conv_general_dilated,
             name="to_ab",
         )(x)
         return at_least_float32(jnp.tanh(x))

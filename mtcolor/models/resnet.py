@@ -116,6 +116,7 @@ class ResNet18(nn.Module):
             use_bias=False,
             dtype=self.dtype,
             kernel_init=self.kernel_init,
+            conv_general_dilated=conv_general_dilated,
             name="conv1",
         )(x)
         x = nn.relu(batch_norm(train, self.dtype, self.scale_init, "bn1")(x))
