@@ -14,10 +14,10 @@ is negligible everywhere.
 Every other NHWC convolution keeps XLA's own convolution, forward and input gradient, but on CPU
 its kernel (weight) gradient is computed as one matrix product per kernel tap: XLA:CPU lowers the
 kernel gradient to a convolution whose window is the whole output map, and runs it at 3-35 GFLOP/s
-where the forward runs at 70-90 (measured here, batch 16: the PatchGAN's 4x4/2 conv 64 -> 128 at
-256 px 1.33 s vs 0.46 s as matmuls, the decoder's last phase convs at 256 px 1.15 s vs 0.23 s,
-the PatchGAN's 4x4 conv 256 -> 512 at 256 px 2.41 s vs 0.67 s; benchmarks/conv_kernel_grad.py).
-Other backends keep XLA's kernel gradient (cuDNN's), chosen at lowering time.
+where the forward runs at 70-110 (measured here, batch 16, 256 px: the PatchGAN's 4x4/2 conv
+64 -> 128 1.86 s vs 0.51 s as matmuls, each of the decoder's last phase convs 1.72 s vs 0.19 s,
+the PatchGAN's 4x4 conv 256 -> 512 2.73 s vs 0.80 s; benchmarks/conv_kernel_grad.py,
+docs/benchmarks.md). Other backends keep XLA's kernel gradient (cuDNN's), chosen at lowering time.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ SMALL_MAP_PIXELS = 16
 # Smallest output map (H * W) whose kernel gradient is computed as matmuls on CPU: 14x14. On 8x8
 # output maps XLA's kernel gradient was as fast (each form 4-20 ms per conv at batch 16, within
 # noise), and each matmul form adds kh * kw dots to compile; from 15x15 (the PatchGAN's 4x4 conv
-# 256 -> 512 at 128 px: 0.29 s vs 0.18 s) up the matmuls won.
+# 256 -> 512 at 128 px: 0.22 s vs 0.15 s) up the matmuls won.
 KERNEL_GRADIENT_MIN_OUTPUT_PIXELS = 14 * 14
 # Fewest output channels for the matmul kernel gradient: with one or two (the decoder's to_ab,
 # 32 -> 2; the PatchGAN's last conv, 512 -> 1) each tap's product reads the whole input to fill a
