@@ -78,6 +78,7 @@ class Setting:
     read_threads: int
     worker_count: int
     cache_dir: str
+    loader_start: str = "auto"  # the torch reference's DataLoader workers: auto, fork or spawn
 
 
 def data_config(setting: Setting, input_path: str):
@@ -229,40 +230,27 @@ def _torch_tutorial(setting, trainer):
     iteration of the same model (torch's default threads). torch is imported here only."""
     import torch
     import torch_reference  # benchmarks/, the script's directory (as train_step.py imports it)
-    from PIL import Image
-    from skimage.color import rgb2lab
-
-    class TutorialDataset(torch.utils.data.Dataset):
-        def __init__(self, files, labels, size):
-            self.files, self.labels, self.size = files, labels, size
-
-        def __len__(self):
-            return len(self.files)
-
-        def __getitem__(self, index):
-            image = Image.open(self.files[index]).convert("RGB")
-            image = image.resize((self.size, self.size), Image.BICUBIC)
-            if np.random.random() < 0.5:
-                image = image.transpose(Image.FLIP_LEFT_RIGHT)
-            lab = rgb2lab(np.asarray(image)).astype("float32")
-            lab = torch.from_numpy(lab.transpose(2, 0, 1))
-            return {
-                "L": lab[[0]] / 50.0 - 1.0,
-                "ab": lab[[1, 2]] / 110.0,
-                "label": self.labels[index],
-            }
 
     with open(setting.labels_csv) as f:
         rows = [line.rstrip("\n").split(",") for line in f][1:]
     classes = sorted({int(r[1]) for r in rows})
     files = [os.path.join(setting.images_dir, r[0]) for r in rows]
     labels = [classes.index(int(r[1])) for r in rows]
+    start_method = setting.loader_start
+    if start_method == "auto":
+        # The tutorial forks its workers (Linux's default). A process that has started JAX on a
+        # GPU must not fork: on an H200 the forked workers hung (no batch in 2 minutes). There
+        # the workers are spawned and kept across epochs, so their start-up (importing torch and
+        # skimage in each) is paid once, in the start-up column, and never in an epoch.
+        start_method = "fork" if jax.default_backend() == "cpu" else "spawn"
     loader = torch.utils.data.DataLoader(
-        TutorialDataset(files, labels, setting.image_size),
+        torch_reference.TutorialDataset(files, labels, setting.image_size),
         batch_size=setting.batch_size,
         shuffle=True,
         num_workers=os.cpu_count(),
         drop_last=True,
+        multiprocessing_context=start_method,
+        persistent_workers=start_method == "spawn",
     )
     experiment = None
     if trainer is not None:
@@ -341,6 +329,13 @@ def main() -> None:
     )
     parser.add_argument("--read-threads", type=int, default=2)
     parser.add_argument("--worker-count", type=int, default=0)
+    parser.add_argument(
+        "--loader-start",
+        default="auto",
+        choices=["auto", "fork", "spawn"],
+        help="with --reference torch: how the DataLoader starts its workers (auto: fork as the "
+        "tutorial does when JAX runs on the CPU, spawn and keep them when it runs on a GPU)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "epoch.json"))
     args = parser.parse_args()
@@ -397,6 +392,7 @@ def main() -> None:
                 read_threads=args.read_threads,
                 worker_count=args.worker_count,
                 cache_dir=os.path.join(cache_root, str(size)),
+                loader_start=args.loader_start,
             )
             trainer = None
             if "train" in args.modes:

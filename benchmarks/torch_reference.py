@@ -791,3 +791,32 @@ def check_equivalence(
             f"phase {phase}):\n  " + "\n  ".join(failures)
         )
     return diffs
+
+
+class TutorialDataset(torch.utils.data.Dataset):
+    """The reference tutorial's training set as it writes it: per image, open the file with PIL,
+    resize it bicubically to ``size`` x ``size``, flip it at random, convert it with skimage's
+    ``rgb2lab`` and scale (L/50 - 1, ab/110). At module level so that spawned ``DataLoader``
+    workers can unpickle it (benchmarks/epoch.py)."""
+
+    def __init__(self, files, labels, size):
+        self.files, self.labels, self.size = files, labels, size
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        from PIL import Image
+        from skimage.color import rgb2lab
+
+        image = Image.open(self.files[index]).convert("RGB")
+        image = image.resize((self.size, self.size), Image.BICUBIC)
+        if np.random.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        lab = rgb2lab(np.asarray(image)).astype("float32")
+        lab = torch.from_numpy(lab.transpose(2, 0, 1))
+        return {
+            "L": lab[[0]] / 50.0 - 1.0,
+            "ab": lab[[1, 2]] / 110.0,
+            "label": self.labels[index],
+        }

@@ -5,12 +5,12 @@ For the three experiments at each image size: one iteration of ``mtcolor.train.l
 the cGAN models; the classifier's update otherwise; jitted with the state donated, the batch
 sharded over every local device). ``--iterations one_forward two_forward`` adds, in the same run,
 the earlier form: the D step and the G step as two compiled calls, each with its own generator
-forward. on the paper's models (flatten class head,
-float32, random init). Reports the compile time (lowering + compiling the steps), steps/s and
-images/s over timed iterations after a warm-up, XLA's FLOP count of one iteration and the FLOP/s
-achieved (MFU when ``--peak_tflops`` is given), and peak memory: the device allocator's peak where
-the backend reports it (GPU/TPU), else the process's peak RSS (CPU; monotone over the run, so rows
-go from the cheapest to the most expensive).
+forward. On the paper's models (flatten class head, float32 unless ``--dtypes``, random init).
+Reports the compile time (lowering + compiling the steps), steps/s and images/s over timed
+iterations after a warm-up, XLA's FLOP count of one iteration (model FLOPs, see ``step_flops``) and
+the FLOP/s achieved (MFU when ``--peak_tflops`` is given), and peak memory: the device allocator's
+peak where the backend reports it (GPU/TPU), else the process's peak RSS (CPU; monotone over the
+run, so rows go from the cheapest to the most expensive).
 
 ``--reference torch`` times, in the same run, the same models and iteration in PyTorch eager
 (``benchmarks/torch_reference.py``; needs the ``bench`` extra): for each experiment, phase (both
@@ -20,6 +20,11 @@ copies mtcolor's initial weights into torch and alternates blocks of ``--steps``
 each, ``--rounds`` times, after a warm-up. torch runs on CUDA when available (else CPU, default
 threads), mtcolor on JAX's default backend; ``--dtypes bfloat16`` runs torch under
 ``torch.autocast(bfloat16)``. The ratio is mtcolor's images/s over torch's.
+
+``--upsample_forms dilated phases`` times the iteration with each of the decoder's two forms of
+the transposed conv on this backend (``mtcolor.models.decoder.UPSAMPLE_FORMS``; ``auto``, the
+default, is the form mtcolor picks for the backend), so the per-backend choice is checked on the
+whole iteration, not just on the decoder's blocks alone (``benchmarks/decoder_upsample.py``).
 
     python benchmarks/train_step.py                          # 128 and 256 px, batch 16, phase 2
     python benchmarks/train_step.py --sizes 64 --steps 3 --phase 1 --out /tmp/train_step.json
@@ -47,6 +52,7 @@ import jax
 import numpy as np
 
 from mtcolor import sharding
+from mtcolor.models import decoder
 from mtcolor.train import config as config_lib
 from mtcolor.train import loop, steps
 from mtcolor.train import state as state_lib
@@ -75,8 +81,14 @@ def process_peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def step_flops(compiled) -> float:
-    cost = compiled.cost_analysis()
+def step_flops(lowered) -> float:
+    """The iteration's model FLOPs: XLA's cost analysis of the lowered (not yet optimized) program.
+
+    Not the compiled program's: on a GPU its convolutions are cuDNN custom calls, which XLA's cost
+    analysis does not count (an H200 reported 11.9 GFLOP for a 256 px batch-16 iteration that
+    torch's FlopCounterMode counts at 1141). On CPU the two agree (64 px: 60.0 vs 60.6 GFLOP).
+    """
+    cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
@@ -135,15 +147,17 @@ class MtcolorRun:
         rng = fns.iteration_rng(self.state)
         start = time.perf_counter()
         if iteration == "one_forward":
-            compiled = [fns.train_step.lower(self.state, self.batch).compile()]
+            lowered = [fns.train_step.lower(self.state, self.batch)]
             self.run_iteration = loop.train_iteration
         else:
-            compiled = [fns.generator_step.lower(self.state, self.batch, rng).compile()]
+            lowered = [fns.generator_step.lower(self.state, self.batch, rng)]
             if self.state.discriminator is not None:
-                compiled.append(fns.discriminator_step.lower(self.state, self.batch, rng).compile())
+                lowered.append(fns.discriminator_step.lower(self.state, self.batch, rng))
             self.run_iteration = two_forward_iteration
+        for program in lowered:
+            program.compile()
         self.compile_s = time.perf_counter() - start
-        self.flops = sum(step_flops(c) for c in compiled)
+        self.flops = sum(step_flops(program) for program in lowered)
         self.run(1)  # warm-up (and jit cache fill)
 
     def run(self, num_steps: int) -> float:
@@ -159,12 +173,34 @@ class MtcolorRun:
         return seconds
 
 
-def _setting(experiment, iteration, dtype, size, batch_size, phase) -> dict:
+UPSAMPLE_FORMS = ("auto", "dilated", "phases")
+# mtcolor's own choice per backend, before any row swaps one.
+_MTCOLOR_UPSAMPLE_FORMS = dict(decoder.UPSAMPLE_FORMS)
+
+
+def _backend_upsample_key() -> str:
+    platform = jax.devices()[0].platform
+    return platform if platform in decoder.UPSAMPLE_FORMS else "default"
+
+
+def used_upsample_form(form: str) -> str:
+    """The decoder form a row runs: ``form``, or the backend's own for ``auto``."""
+    return _MTCOLOR_UPSAMPLE_FORMS[_backend_upsample_key()] if form == "auto" else form
+
+
+def set_upsample_form(form: str) -> None:
+    """Make this backend's decoder use ``form`` in what is traced from now on."""
+    decoder.UPSAMPLE_FORMS[_backend_upsample_key()] = form
+    jax.clear_caches()
+
+
+def _setting(experiment, iteration, dtype, size, batch_size, phase, upsample_form) -> dict:
     """The columns that name what a row measured."""
     return {
         "experiment": experiment,
         "iteration": iteration,
         "dtype": dtype,
+        "upsample_form": upsample_form,
         "image_size": size,
         "batch_size": batch_size,
         "phase": phase,
@@ -173,14 +209,15 @@ def _setting(experiment, iteration, dtype, size, batch_size, phase) -> dict:
 
 # The table columns that name what a row measured (_setting's fields).
 SETTING_HEADER = (
-    f"{'experiment':<15}{'iteration':>12}{'dtype':>10}{'px':>5}{'batch':>6}{'phase':>6}"
+    f"{'experiment':<15}{'iteration':>12}{'dtype':>10}{'upsample':>9}{'px':>5}{'batch':>6}"
+    f"{'phase':>6}"
 )
 
 
 def setting_columns(row: dict) -> str:
     return (
-        f"{row['experiment']:<15}{row['iteration']:>12}{row['dtype']:>10}{row['image_size']:>5}"
-        f"{row['batch_size']:>6}{row['phase']:>6}"
+        f"{row['experiment']:<15}{row['iteration']:>12}{row['dtype']:>10}"
+        f"{row['upsample_form']:>9}{row['image_size']:>5}{row['batch_size']:>6}{row['phase']:>6}"
     )
 
 
@@ -193,12 +230,13 @@ def bench(
     peak_tflops: float | None,
     iteration: str = "one_forward",
     dtype: str = "float32",
+    upsample_form: str = "auto",
 ) -> dict:
     mt = MtcolorRun(experiment, size, batch_size, phase, iteration, dtype)
     seconds = mt.run(num_steps) / num_steps
     memory_mb, memory_kind = peak_memory()
     row = {
-        **_setting(experiment, iteration, dtype, size, batch_size, phase),
+        **_setting(experiment, iteration, dtype, size, batch_size, phase, upsample_form),
         "compile_s": mt.compile_s,
         "step_s": seconds,
         "steps_per_s": 1 / seconds,
@@ -250,6 +288,7 @@ def bench_against_torch(
     iteration: str,
     dtype: str,
     device,
+    upsample_form: str = "auto",
 ) -> dict:
     """mtcolor's jitted iteration and the torch eager one, same weights and batch, timed in
     alternating blocks of ``num_steps`` iterations (``rounds`` blocks each, the one going first
@@ -284,7 +323,7 @@ def bench_against_torch(
     mt_ips, torch_ips = images / sum(mt_seconds), images / sum(torch_seconds)
     step_s = sum(mt_seconds) / (num_steps * rounds)
     row = {
-        **_setting(experiment, iteration, dtype, size, batch_size, phase),
+        **_setting(experiment, iteration, dtype, size, batch_size, phase, upsample_form),
         "steps_per_round": num_steps,
         "rounds": rounds,
         "compile_s": mt.compile_s,
@@ -358,6 +397,14 @@ def main():
         help="config.model.dtype: each is timed in the same run",
     )
     parser.add_argument(
+        "--upsample_forms",
+        nargs="+",
+        default=["auto"],
+        choices=UPSAMPLE_FORMS,
+        help="the decoder's transposed-conv form on this backend, each timed in the same run "
+        "(auto: the one mtcolor picks; see mtcolor.models.decoder.UPSAMPLE_FORMS)",
+    )
+    parser.add_argument(
         "--reference",
         choices=REFERENCES,
         default=None,
@@ -412,12 +459,20 @@ def main():
         "jax": jax.__version__,
     }
     runs = [  # one row each
-        dict(experiment=experiment, size=size, phase=phase, iteration=iteration, dtype=dtype)
+        dict(
+            experiment=experiment,
+            size=size,
+            phase=phase,
+            iteration=iteration,
+            dtype=dtype,
+            upsample_form=upsample_form,
+        )
         for size in sorted(args.sizes)
         for experiment in args.experiments
         for phase in args.phase
         for iteration in args.iterations
         for dtype in args.dtypes
+        for upsample_form in args.upsample_forms
     ]
     rows, checks = [], {}
     common = dict(batch_size=args.batch_size, num_steps=args.steps, peak_tflops=args.peak_tflops)
@@ -463,7 +518,9 @@ def main():
             f"{' (rounds)':<19}{'XLA GFLOP':>10}{'pt GFLOP':>9}{'mt MB':>8}{'pt MB':>8}"
         )
         for setting in runs:
+            set_upsample_form(used_upsample_form(setting["upsample_form"]))
             row = bench_against_torch(**setting, **common, rounds=args.rounds, device=tdevice)
+            row["upsample_form_used"] = decoder.UPSAMPLE_FORMS[_backend_upsample_key()]
             rows.append(row)
             spread = " ".join(f"{r:.2f}" for r in row["ratio_per_round"])
             print(
@@ -481,7 +538,9 @@ def main():
             f"{'step s':>9}{'steps/s':>9}{'img/s':>8}{'GFLOP':>9}{'TFLOP/s':>9}{'peak MB':>9}"
         )
         for setting in runs:
+            set_upsample_form(used_upsample_form(setting["upsample_form"]))
             row = bench(**setting, **common)
+            row["upsample_form_used"] = decoder.UPSAMPLE_FORMS[_backend_upsample_key()]
             rows.append(row)
             print(
                 f"{setting_columns(row)}{row['compile_s']:>10.1f}{row['step_s']:>9.3f}{row['steps_per_s']:>9.2f}"

@@ -193,10 +193,24 @@ def test_transposed_conv_padding_matches_pytorch(golden):
 
 
 def test_stride_one_transposed_conv_matches_pytorch(golden):
-    # The decoder's fast form (four stride-1 2x2 convs) against torch's ConvTranspose2d itself.
+    # The decoder's layer, in this backend's form, against torch's ConvTranspose2d itself.
     weight = seeded(golden, "convT")["weight"]  # PyTorch (in, out, kh, kw)
     layer = decoder_module.ConvTranspose4x4Stride2(4)
     out = layer.apply({"params": {"kernel": weight.transpose(2, 3, 1, 0)}}, golden["convT_x"])
+    assert out.shape == (2, 10, 14, 4)
+    assert rel_err(out, golden["convT_y"]) < EVAL_RTOL
+
+
+@pytest.mark.parametrize("form", ["phases", "dilated"])
+def test_each_transposed_conv_form_matches_pytorch(golden, form):
+    # Both forms that backends choose between (decoder.UPSAMPLE_FORMS), whichever this backend
+    # runs: the CPU suite must also vouch for the form GPUs take.
+    weight = seeded(golden, "convT")["weight"]  # PyTorch (in, out, kh, kw)
+    fn = {
+        "phases": decoder_module.conv_transpose_phases,
+        "dilated": decoder_module.conv_transpose_dilated,
+    }[form]
+    out = fn(jnp.asarray(golden["convT_x"]), jnp.asarray(weight.transpose(2, 3, 1, 0)))
     assert out.shape == (2, 10, 14, 4)
     assert rel_err(out, golden["convT_y"]) < EVAL_RTOL
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -30,16 +31,59 @@ _PHASE_TAPS = {0: ((-1, 3), (0, 1)), 1: ((0, 2), (1, 0))}
 _PHASE_START = {r: taps[0][1] for r, taps in _PHASE_TAPS.items()}  # 3 and 2
 
 
+# The form each backend computes ConvTranspose2d(4, 2, 1) in, chosen at lowering time
+# (jax.lax.platform_dependent), by measurement (docs/benchmarks.md):
+#   "phases": four stride-1 2x2 convolutions (conv_transpose_phases).
+#   "dilated": XLA's own transposed convolution (conv_transpose_dilated), what nn.ConvTranspose
+#     runs: an input-dilated convolution (cuDNN's on a GPU).
+# The phases won on both backends measured. XLA:CPU: the dilated form's weight gradient falls off
+# its fast convolution path (the four decoder blocks at 128 px, batch 16, forward + backward: 1.7 s
+# vs 0.15 s). NVIDIA H200 (XLA:GPU, cuDNN), 256 px, batch 16: the multi-task iteration 1.39x faster
+# in bfloat16 and 1.36x in float32 (benchmarks/train_step.py --upsample_forms dilated phases); the
+# decoder's blocks alone 2.8-2.9x (benchmarks/decoder_upsample.py), the dilated form winning only on
+# the two smallest maps (0.2 vs 0.4 ms). TPUs ("default") are not measured; they take the phases
+# too. Benchmarks swap an entry to time the other form (then jax.clear_caches()).
+UPSAMPLE_FORMS = {"cpu": "phases", "default": "phases"}
+
+
 def conv_transpose_4x4_stride2(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-    """PyTorch's ConvTranspose2d(kernel 4, stride 2, padding 1, no bias) as four stride-1 2x2 convs.
+    """PyTorch's ConvTranspose2d(kernel 4, stride 2, padding 1, no bias), in each backend's faster
+    form (``UPSAMPLE_FORMS``); both forms give the same result up to float32 summation order.
 
     ``kernel`` has flax's ``ConvTranspose(transpose_kernel=True)`` layout (4, 4, out, in), i.e.
     PyTorch's (in, out, kh, kw) weight transposed (2, 3, 1, 0), so checkpoints are interchangeable
-    with ``nn.ConvTranspose``. Why not ``nn.ConvTranspose``: XLA lowers it to an input-dilated
-    convolution whose weight gradient falls off XLA:CPU's fast convolution path (measured here at
-    128 px, batch 16: forward + backward of the four decoder blocks 1.7 s vs 0.15 s in this form).
-    Each output phase (even/odd row x even/odd column) is an ordinary stride-1 2x2 convolution of
-    the input, so the same FLOPs as an efficient transposed conv, with fast gradients everywhere.
+    with ``nn.ConvTranspose``.
+    """
+    forms = {"phases": conv_transpose_phases, "dilated": conv_transpose_dilated}
+    return jax.lax.platform_dependent(
+        x,
+        kernel,
+        cpu=forms[UPSAMPLE_FORMS["cpu"]],
+        default=forms[UPSAMPLE_FORMS["default"]],
+    )
+
+
+def conv_transpose_dilated(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """ConvTranspose2d(4, 2, 1) as XLA's transposed convolution, exactly what
+    ``nn.ConvTranspose(..., padding=UPSAMPLE_PADDING, transpose_kernel=True)`` computes."""
+    return jax.lax.conv_transpose(
+        x,
+        kernel,
+        (2, 2),
+        UPSAMPLE_PADDING,
+        dimension_numbers=_NHWC_HWIO_NAMES,
+        transpose_kernel=True,
+    )
+
+
+def conv_transpose_phases(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """ConvTranspose2d(4, 2, 1) as four stride-1 2x2 convolutions, one per output phase.
+
+    Why on CPU: XLA lowers ``nn.ConvTranspose`` to an input-dilated convolution whose weight
+    gradient falls off XLA:CPU's fast convolution path (measured here at 128 px, batch 16: forward
+    + backward of the four decoder blocks 1.7 s vs 0.15 s in this form). Each output phase (even/odd
+    row x even/odd column) is an ordinary stride-1 2x2 convolution of the input, so the same FLOPs
+    as an efficient transposed conv, with fast gradients everywhere.
     The phase kernels are strided slices of ``kernel`` (not sixteen gathered taps): with taps, the
     kernel gradient was a sum of sixteen scattered pieces that XLA fused, transposed, into each of
     Adam's three update fusions and recomputed there (about 0.8 s of a 1 s generator step at
