@@ -4,8 +4,8 @@
 # .whl/, see below; no TensorFlow anywhere). Runs the named parts in the order given, each under
 # its own time limit and all under one deadline, and writes each part's log and JSON to $OUT.
 #
-#   bash benchmarks/gpu_run.sh torch epoch mfu upsample          # first call
-#   bash benchmarks/gpu_run.sh upsample_ab three_runs            # second call, same warm machine
+#   bash benchmarks/gpu_run.sh torch mfu upsample epoch          # first call (440 s on an H200)
+#   bash benchmarks/gpu_run.sh upsample_ab three_runs profile    # second call, same warm machine
 #
 # Parts:
 #   torch        multi-task iteration vs PyTorch eager on the same GPU, 256 px, batch 16, both
@@ -17,6 +17,8 @@
 #   upsample_ab  the whole bf16 iteration with each form (train_step.py --upsample_forms)
 #   three_runs   the classifier and colorizer iterations (the multi-task one is in `torch`), for
 #                the projected wall time of the paper's three runs
+#   profile      where the bf16 iteration at batch 256 spends its time (benchmarks/profile_step.py):
+#                the next step towards the MFU target
 #
 # Wheels, made on a machine with pip access, from the repository root:
 #   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all: \
@@ -92,6 +94,8 @@ for name in "$@"; do
     three_runs) part three_runs 150 $PY benchmarks/train_step.py --sizes "$SIZE" \
       --experiments classification colorization --phase 1 2 --dtypes bfloat16 --steps "$STEPS" \
       --out "$OUT/three_runs.json" ;;
+    profile) part profile 120 $PY benchmarks/profile_step.py --size "$SIZE" --phase 2 \
+      --dtype bfloat16 --batch_size "$MFU_BATCH" --steps 3 --top 40 --out "$OUT/profile.json" ;;
     *) echo "unknown part: $name" ;;
   esac
 done
