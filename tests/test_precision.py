@@ -28,8 +28,11 @@ def _matmul_input_dtypes(fn, *args):
             if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
                 found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
             for param in eqn.params.values():
-                if hasattr(param, "jaxpr"):
-                    walk(param.jaxpr if hasattr(param.jaxpr, "eqns") else param.jaxpr.jaxpr)
+                # A cond's branches come as a tuple (the decoder's per-backend forms,
+                # lax.platform_dependent); every branch must compute in the configured dtype.
+                for inner in param if isinstance(param, tuple) else (param,):
+                    if hasattr(inner, "jaxpr"):
+                        walk(inner.jaxpr if hasattr(inner.jaxpr, "eqns") else inner.jaxpr.jaxpr)
 
     walk(jax.make_jaxpr(fn)(*args).jaxpr)
     return found
