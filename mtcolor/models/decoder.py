@@ -79,11 +79,10 @@ def conv_transpose_dilated(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
 def conv_transpose_phases(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
     """ConvTranspose2d(4, 2, 1) as four stride-1 2x2 convolutions, one per output phase.
 
-    Why on CPU: XLA lowers ``nn.ConvTranspose`` to an input-dilated convolution whose weight
-    gradient falls off XLA:CPU's fast convolution path (measured here at 128 px, batch 16: forward
-    + backward of the four decoder blocks 1.7 s vs 0.15 s in this form). Each output phase (even/odd
-    row x even/odd column) is an ordinary stride-1 2x2 convolution of the input, so the same FLOPs
-    as an efficient transposed conv, with fast gradients everywhere.
+    Each output phase (even/odd row x even/odd column) is an ordinary stride-1 2x2 convolution of
+    the input: the same FLOPs as an efficient transposed conv, with fast gradients everywhere,
+    where XLA's input-dilated form of ``nn.ConvTranspose`` has a weight gradient off XLA:CPU's
+    fast path and was slower on a GPU too (``UPSAMPLE_FORMS`` gives the measurements).
     The phase kernels are strided slices of ``kernel`` (not sixteen gathered taps): with taps, the
     kernel gradient was a sum of sixteen scattered pieces that XLA fused, transposed, into each of
     Adam's three update fusions and recomputed there (about 0.8 s of a 1 s generator step at
