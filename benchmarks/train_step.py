@@ -189,9 +189,12 @@ def used_upsample_form(form: str) -> str:
 
 
 def set_upsample_form(form: str) -> None:
-    """Make this backend's decoder use ``form`` in what is traced from now on."""
-    decoder.UPSAMPLE_FORMS[_backend_upsample_key()] = form
-    jax.clear_caches()
+    """Make this backend's decoder use ``form`` in what is traced from now on (dropping what
+    was traced with another form; nothing when the form is unchanged)."""
+    key = _backend_upsample_key()
+    if decoder.UPSAMPLE_FORMS[key] != form:
+        decoder.UPSAMPLE_FORMS[key] = form
+        jax.clear_caches()
 
 
 def _setting(experiment, iteration, dtype, size, batch_size, phase, upsample_form) -> dict:

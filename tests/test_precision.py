@@ -28,8 +28,8 @@ def _matmul_input_dtypes(fn, *args):
             if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
                 found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
             for param in eqn.params.values():
-                # A cond's branches come as a tuple (the decoder's per-backend forms,
-                # lax.platform_dependent); every branch must compute in the configured dtype.
+                # A cond's branches come as a tuple (the decoder's per-backend forms when they
+                # differ, lax.platform_dependent); each branch must compute in the configured dtype.
                 for inner in param if isinstance(param, tuple) else (param,):
                     if hasattr(inner, "jaxpr"):
                         walk(inner.jaxpr if hasattr(inner.jaxpr, "eqns") else inner.jaxpr.jaxpr)

@@ -55,12 +55,10 @@ def conv_transpose_4x4_stride2(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarr
     with ``nn.ConvTranspose``.
     """
     forms = {"phases": conv_transpose_phases, "dilated": conv_transpose_dilated}
-    return jax.lax.platform_dependent(
-        x,
-        kernel,
-        cpu=forms[UPSAMPLE_FORMS["cpu"]],
-        default=forms[UPSAMPLE_FORMS["default"]],
-    )
+    cpu, default = forms[UPSAMPLE_FORMS["cpu"]], forms[UPSAMPLE_FORMS["default"]]
+    if cpu is default:  # one form everywhere: no per-platform branch to trace twice
+        return cpu(x, kernel)
+    return jax.lax.platform_dependent(x, kernel, cpu=cpu, default=default)
 
 
 def conv_transpose_dilated(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
