@@ -221,6 +221,9 @@ RUNNERS = {
 # ---- the reference: the tutorial's data path feeding the PyTorch iteration ------------------
 
 
+LOADER_TIMEOUT_S = 120
+
+
 def _torch_tutorial(setting, trainer):
     """The paper's reference tutorial's input side as it writes it: a torch ``Dataset`` that per
     image opens the file with PIL, resizes it bicubically to size x size, flips it at random and
@@ -251,6 +254,8 @@ def _torch_tutorial(setting, trainer):
         drop_last=True,
         multiprocessing_context=start_method,
         persistent_workers=start_method == "spawn",
+        # A batch that takes this long means a stuck worker: fail with torch's error, not hang.
+        timeout=LOADER_TIMEOUT_S,
     )
     experiment = None
     if trainer is not None:
@@ -304,7 +309,13 @@ def main() -> None:
         default=None,
         help="default: a whole epoch (images // batch); fewer for a smoke run",
     )
-    parser.add_argument("--paths", nargs="+", default=["resident", "grain"], choices=list(RUNNERS))
+    parser.add_argument(
+        "--paths",
+        nargs="*",
+        default=["resident", "grain"],
+        choices=list(RUNNERS),
+        help="mtcolor's input paths to time (none: only --reference)",
+    )
     parser.add_argument(
         "--reference",
         nargs="*",

@@ -12,13 +12,16 @@
 #                phases, float32 and bfloat16 (torch autocast), after the equivalence check
 #   epoch        whole epochs on the 1,300 photos (carried in .gpudata/), mtcolor's resident path
 #                vs the tutorial's data path (DataLoader, one worker per core) + torch, 256 px
+#   torch_fill   the `mfu` row side by side with PyTorch autocast (same batch; the equivalence check
+#                is the `torch` part's, at batch 16)
+#   epoch_torch  the `epoch` part's PyTorch reference alone
 #   mfu          bf16 multi-task iteration at a batch that fills the chip (256), XLA's FLOPs / peak
 #   upsample     the decoder's two transposed-conv forms alone (benchmarks/decoder_upsample.py)
 #   upsample_ab  the whole bf16 iteration with each form (train_step.py --upsample_forms)
 #   three_runs   the classifier and colorizer iterations (the multi-task one is in `torch`), for
 #                the projected wall time of the paper's three runs
 #   profile      where the bf16 iteration at batch 256 spends its time (benchmarks/profile_step.py):
-#                the next step towards the MFU target
+#                kernels by category, the FLOP and byte floors, and the MFU (as `mfu` does)
 #
 # Wheels, made on a machine with pip access, from the repository root:
 #   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all: \
@@ -30,7 +33,7 @@ OUT=${OUT:-/tmp/gpu-out}
 DEADLINE_S=${DEADLINE_S:-540}
 mkdir -p "$OUT"
 START=$(date +%s)
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1
 # JAX would otherwise take 75% of the GPU's memory at start-up and starve torch in the same process.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 # Parts compile some of the same programs (the bf16 iteration at batch 16): compile each once.
@@ -67,7 +70,9 @@ part() {  # part NAME LIMIT_S COMMAND...: run under min(LIMIT_S, time left), log
   if [ "$left" -lt 30 ]; then echo "=== $name: skipped, ${left} s left"; return; fi
   [ "$limit" -gt "$left" ] && limit=$left
   echo "=== $name (limit ${limit} s, $(($(date +%s) - START)) s in)"
-  timeout "$limit" "$@" > "/tmp/$name.log" 2>&1
+  # SIGABRT first: Python's faulthandler (PYTHONFAULTHANDLER) prints every thread's stack, so a
+  # part that hangs says where.
+  timeout -s ABRT -k 15 "$limit" "$@" > "/tmp/$name.log" 2>&1
   local status=$?
   { echo "=== $name: exit $status"; cat "/tmp/$name.log"; } >> "$OUT/parts.log"
   echo "=== $name: exit $status after $(($(date +%s) - START)) s"
@@ -79,6 +84,11 @@ for name in "$@"; do
     torch) part torch 240 $PY benchmarks/train_step.py --reference torch --sizes "$SIZE" \
       --experiments multitask --phase 1 2 --dtypes float32 bfloat16 --steps "$STEPS" --rounds 3 \
       --out "$OUT/train_step_torch.json" ;;
+    torch_fill) part torch_fill 150 $PY benchmarks/train_step.py --reference torch --sizes "$SIZE" \
+      --experiments multitask --phase 2 --dtypes bfloat16 --batch_size "$MFU_BATCH" --steps 5 \
+      --rounds 2 --skip_check --out "$OUT/train_step_torch_fill.json" ;;
+    epoch_torch) part epoch_torch 150 $PY benchmarks/epoch.py --data "$DATA" --sizes "$SIZE" \
+      --paths --reference torch --epochs 2 --out "$OUT/epoch_torch.json" ;;
     epoch) part epoch 150 $PY benchmarks/epoch.py --data "$DATA" --sizes "$SIZE" \
       --paths resident --reference torch --epochs 2 --out "$OUT/epoch.json" ;;
     mfu) part mfu 120 $PY benchmarks/train_step.py --sizes "$SIZE" --experiments multitask \
@@ -95,7 +105,8 @@ for name in "$@"; do
       --experiments classification colorization --phase 1 2 --dtypes bfloat16 --steps "$STEPS" \
       --out "$OUT/three_runs.json" ;;
     profile) part profile 120 $PY benchmarks/profile_step.py --size "$SIZE" --phase 2 \
-      --dtype bfloat16 --batch_size "$MFU_BATCH" --steps 3 --top 40 --out "$OUT/profile.json" ;;
+      --dtype bfloat16 --batch_size "$MFU_BATCH" --steps 3 --top 40 --out "$OUT/profile.json" \
+      --peak_tflops "$PEAK_BF16" --trace_copy "$OUT/profile_trace.json.gz" ;;
     *) echo "unknown part: $name" ;;
   esac
 done

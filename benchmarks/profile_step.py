@@ -24,6 +24,8 @@ import glob
 import gzip
 import json
 import os
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -46,8 +48,8 @@ _ENCLOSING = ("$", "ThunkExecutor::Execute")
 
 
 def summarize(trace_dir: str, steps: int) -> tuple[list[dict], dict]:
-    """Complete ('X') events of the trace summed by (process, name), per iteration, enclosing
-    events (``_ENCLOSING``) left out."""
+    """Complete ('X') events of the trace summed by (process, thread, name), per iteration,
+    enclosing events (``_ENCLOSING``) left out."""
     files = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)
     if not files:
         raise FileNotFoundError(f"no *.trace.json.gz under {trace_dir}")
@@ -58,24 +60,75 @@ def summarize(trace_dir: str, steps: int) -> tuple[list[dict], dict]:
         for e in events
         if e.get("ph") == "M" and e.get("name") == "process_name"
     }
+    thread_names = {
+        (e["pid"], e.get("tid")): e["args"]["name"]
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "thread_name"
+    }
     total_us = collections.Counter()
     count = collections.Counter()
     for e in events:
         if e.get("ph") != "X" or e["name"].startswith(_ENCLOSING):
             continue
-        key = (process_names.get(e["pid"], str(e["pid"])), e["name"])
+        where = process_names.get(e["pid"], str(e["pid"]))
+        # Device events by stream (kernels) or XLA's aggregate lines; host threads summed.
+        thread = thread_names.get((e["pid"], e.get("tid")), "") if _on_device(where) else ""
+        key = (where, thread, e["name"])
         total_us[key] += e.get("dur", 0)
         count[key] += 1
     rows = [
         {
             "where": where,
+            "thread": thread,
             "name": name,
+            "category": category(where, thread, name),
             "ms_per_iteration": us / 1000 / steps,
-            "count_per_iteration": count[(where, name)] / steps,
+            "count_per_iteration": count[(where, thread, name)] / steps,
         }
-        for (where, name), us in total_us.most_common()
+        for (where, thread, name), us in total_us.most_common()
     ]
     return rows, {"trace_file": files[0]}
+
+
+# GPU kernel names, by what they do: cuDNN/cuBLAS/CUTLASS convolution and matmul kernels
+# (sm90_xmma_fprop_implicit_gemm..., cutlass3x_sm90_..., ...dgrad/wgrad...), layout changes
+# (XLA's transposes and copies, cuDNN's own nchwToNhwc), XLA's reduction fusions (BatchNorm
+# statistics, losses) and the rest (elementwise fusions: BatchNorm's normalize, activations, Adam).
+_CATEGORIES = (
+    ("layout copy", re.compile(r"transpose|copy|memcpy|memset|nchwTo|nhwcTo|ToNhwc|ToNchw", re.I)),
+    (
+        "convolution/matmul",
+        re.compile(
+            r"xmma|gemm|gmma|cudnn|cutlass|conv(?!ert)|fprop|dgrad|wgrad|implicit|winograd", re.I
+        ),
+    ),
+    ("reduction fusion", re.compile(r"reduc", re.I)),
+)
+
+
+def _on_device(where: str) -> bool:
+    return where.startswith("/device:")
+
+
+def category(where: str, thread: str, name: str) -> str:
+    """What a trace event is: 'host' off the device; an aggregate line of XLA's (modules, ops),
+    which repeats the kernels' time; else one of ``_CATEGORIES`` or 'elementwise fusion'."""
+    if not _on_device(where):
+        return "host"
+    if "stream" not in thread.lower():
+        return f"aggregate ({thread})"
+    for label, pattern in _CATEGORIES:
+        if pattern.search(name):
+            return label
+    return "elementwise fusion"
+
+
+def memory_bytes(compiled) -> float:
+    """XLA's 'bytes accessed' of the compiled (fused) program: each fusion's operands and outputs,
+    the memory traffic the program moves at the least."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("bytes accessed", float("nan"))) if cost else float("nan")
 
 
 def main():
@@ -88,6 +141,13 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--trace_dir", default=None, help="default: a new temporary directory")
+    parser.add_argument("--trace_copy", default=None, help="also copy the trace file here")
+    parser.add_argument(
+        "--peak_tflops", type=float, default=989.0, help="the chip's peak, for the FLOP floor"
+    )
+    parser.add_argument(
+        "--peak_tb_s", type=float, default=3.35, help="memory bandwidth, for the byte floor"
+    )
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "profile_step.json")
     )
@@ -102,20 +162,52 @@ def main():
     traced_s = (time.perf_counter() - start) / args.steps
     jax.profiler.stop_trace()
     rows, files = summarize(trace_dir, args.steps)
+    if args.trace_copy:  # the device tool brings back files under $OUT only
+        shutil.copy(files["trace_file"], args.trace_copy)
 
     device = jax.devices()[0]
+    traced_ms = traced_s * 1000
+    tflop_s = run.flops / wall_s / 1e12
     print(
         f"# {args.experiment}, {args.size} px, batch {args.batch_size}, phase {args.phase}, "
         f"{args.dtype}, {device.device_kind}: {wall_s * 1000:.1f} ms per iteration "
-        f"({traced_s * 1000:.1f} ms traced), {run.flops / 1e9:.1f} GFLOP"
+        f"({traced_ms:.1f} ms traced), {run.flops / 1e9:.1f} GFLOP: "
+        f"{tflop_s:.1f} TFLOP/s = {tflop_s / args.peak_tflops:.1%} of {args.peak_tflops:g}, "
+        f"{args.batch_size / wall_s:.1f} img/s"
     )
     print(f"{'ms/it':>9}{'n/it':>7}{'share':>7}  where: name")
     for row in rows[: args.top]:
-        share = row["ms_per_iteration"] / (traced_s * 1000)
         print(
-            f"{row['ms_per_iteration']:>9.2f}{row['count_per_iteration']:>7.0f}{share:>7.1%}  "
-            f"{row['where'][:24]}: {row['name'][:100]}"
+            f"{row['ms_per_iteration']:>9.2f}{row['count_per_iteration']:>7.0f}"
+            f"{row['ms_per_iteration'] / traced_ms:>7.1%}  "
+            f"{row['where'][:16]} {row['thread'][:16]} [{row['category'][:12]}]: {row['name'][:90]}"
         )
+    by_category = collections.Counter()
+    for row in rows:
+        by_category[row["category"]] += row["ms_per_iteration"]
+    print("\n# time per iteration by category (device categories: kernels on the streams)")
+    for label, ms in by_category.most_common():
+        print(f"{ms:>9.2f} ms {ms / traced_ms:>7.1%}  {label}")
+
+    # The two floors (docs: the device README's METHOD): model FLOPs at the peak rate, and XLA's
+    # bytes accessed at the memory bandwidth; the larger bounds the iteration from below.
+    bytes_accessed = sum(memory_bytes(program) for program in run.compiled)
+    floors = {
+        "flop_floor_ms": run.flops / (args.peak_tflops * 1e12) * 1000,
+        "byte_floor_ms": bytes_accessed / (args.peak_tb_s * 1e12) * 1000,
+        "bytes_accessed_gb": bytes_accessed / 1e9,
+        "conv_ms": by_category.get("convolution/matmul", 0.0),
+    }
+    floors["conv_tflop_s"] = (
+        run.flops / (floors["conv_ms"] / 1000) / 1e12 if floors["conv_ms"] else 0
+    )
+    print(
+        f"\n# floors: {run.flops / 1e12:.2f} TFLOP at {args.peak_tflops} TFLOP/s = "
+        f"{floors['flop_floor_ms']:.1f} ms; {floors['bytes_accessed_gb']:.1f} GB (XLA's bytes "
+        f"accessed, compiled) at {args.peak_tb_s} TB/s = {floors['byte_floor_ms']:.1f} ms; "
+        f"measured {wall_s * 1000:.1f} ms; the model FLOPs over the convolution/matmul kernels' "
+        f"time alone: {floors['conv_tflop_s']:.0f} TFLOP/s"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
@@ -128,6 +220,8 @@ def main():
                 "iteration_s": wall_s,
                 "traced_iteration_s": traced_s,
                 "iteration_gflop": run.flops / 1e9,
+                **floors,
+                "ms_by_category": dict(by_category),
                 **files,
                 "events": rows[:500],
             },
