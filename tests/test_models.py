@@ -569,13 +569,17 @@ def test_tiny_map_conv_equals_xla_convolution_with_gradients(map_hw, kernel, pad
         ((17, 16), 3, (1, 1), ((2, 0), (1, 1)), 10, 8),  # stride 1, more in, uneven padding
     ],
 )
-def test_large_map_conv_kernel_gradient_equals_xla(map_hw, kernel, strides, padding, c_in, c_out):
+def test_large_map_conv_kernel_gradient_equals_xla(
+    map_hw, kernel, strides, padding, c_in, c_out, monkeypatch
+):
     # On CPU, mtcolor.models.conv computes the kernel gradient of convs with large output maps as
     # one matmul per kernel tap (copying the input's pixels, or with stride 1 and c_in > c_out the
     # output gradient's); XLA's own convolution (and its autodiff) is the reference, for the
     # output and both gradients, in float64 so that only a wrong formula could differ.
     from mtcolor.models import conv as conv_module
 
+    # float64 convolutions are otherwise im2col on CPU (tested below): pin the form under test.
+    monkeypatch.setattr(conv_module, "FLOAT64_AS_IM2COL", False)
     rng = np.random.default_rng(4)
     with jax.enable_x64(True):
         x = jnp.asarray(rng.normal(size=(2, *map_hw, c_in)), jnp.float64)
@@ -598,6 +602,50 @@ def test_large_map_conv_kernel_gradient_equals_xla(map_hw, kernel, strides, padd
     out_pixels = got.shape[1] * got.shape[2]
     assert out_pixels >= conv_module.KERNEL_GRADIENT_MIN_OUTPUT_PIXELS
     assert "dot_general" in str(jaxpr)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    for g, r in zip(got_grads, want_grads):
+        assert g.dtype == r.dtype == np.float64
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "map_hw, kernel, strides, padding, c_in, c_out",
+    [
+        ((32, 32), 7, (2, 2), ((3, 3), (3, 3)), 1, 8),  # ResNet conv1 on gray input
+        ((32, 30), 3, (2, 2), ((1, 1), (1, 1)), 4, 9),  # ResNet stride-2 3x3
+        ((31, 32), 4, (2, 1), ((0, 2), (1, 0)), 3, 5),  # uneven strides and padding
+        ((17, 16), 3, (1, 1), ((2, 0), (1, 1)), 10, 8),  # stride 1
+    ],
+)
+def test_float64_convolution_runs_as_im2col_on_cpu_and_equals_xla(
+    map_hw, kernel, strides, padding, c_in, c_out
+):
+    # XLA:CPU's float64 convolution is a slow generic loop, so mtcolor.models.conv computes every
+    # float64 NHWC convolution on CPU as one matmul over the strided shifted copies (im2col).
+    # Reference: XLA's own convolution and its autodiff, output and both gradients.
+    from mtcolor.models import conv as conv_module
+
+    assert conv_module.FLOAT64_AS_IM2COL
+    rng = np.random.default_rng(5)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(2, *map_hw, c_in)), jnp.float64)
+        w = jnp.asarray(rng.normal(size=(kernel, kernel, c_in, c_out)), jnp.float64)
+        dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+
+        def value_and_grads(fn):
+            def loss(x, w):
+                y = fn(x, w, strides, padding, dimension_numbers=dn)
+                return jnp.sum(jnp.sin(y)), y
+
+            return jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))
+
+        (_, got), got_grads = value_and_grads(conv_module.conv_general_dilated)(x, w)
+        (_, want), want_grads = value_and_grads(jax.lax.conv_general_dilated)(x, w)
+        # The program that ran has no convolution left, forward or backward (lowering keeps only
+        # the CPU branch of the per-platform choice).
+        program = value_and_grads(conv_module.conv_general_dilated).lower(x, w).as_text()
+    assert "convolution" not in program and "dot_general" in program
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     for g, r in zip(got_grads, want_grads):

@@ -41,6 +41,13 @@ KERNEL_GRADIENT_MIN_OUTPUT_PIXELS = 14 * 14
 # 88 ms).
 KERNEL_GRADIENT_MIN_OUT_CHANNELS = 8
 
+# Every float64 NHWC convolution as im2col on CPU: XLA:CPU has no fast float64 convolution (a
+# generic loop; its float64 dots are a fast GEMM). The tiny config's multi-task step in float64 took
+# 4.4 s with XLA's convolutions and 0.3 s as im2col (2026-11-26, 2-core CPU). float64 is what the
+# equality tests compute in (tests/test_train_sharding.py, tests/test_multihost.py) and what a
+# user checks numerics with. Off: XLA's convolutions (tests of the other forms pin them this way).
+FLOAT64_AS_IM2COL = True
+
 _NHWC_HWIO = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
 
@@ -60,10 +67,11 @@ def conv_general_dilated(
     """``jax.lax.conv_general_dilated`` in the forms that keep XLA:CPU on its fast path.
 
     A drop-in for flax's ``nn.Conv(conv_general_dilated=...)``: same parameters, same result up to
-    float32 summation order. Stride-1 NHWC convs whose input map has at most SMALL_MAP_PIXELS
-    pixels become a matmul over the kh*kw shifted copies of the zero-padded map (im2col); other
-    NHWC convs with explicit padding are XLA's convolution with the kernel gradient of
-    :func:`kernel_gradient` on CPU; every other form goes to XLA's convolution as it is.
+    float32 summation order. Float64 NHWC convs on CPU (FLOAT64_AS_IM2COL) and stride-1 NHWC convs
+    whose input map has at most SMALL_MAP_PIXELS pixels become a matmul over the kh*kw shifted
+    copies of the zero-padded map (im2col); other NHWC convs with explicit padding are XLA's
+    convolution with the kernel gradient of :func:`kernel_gradient` on CPU; every other form goes
+    to XLA's convolution as it is.
     """
     plain = (
         lhs.ndim == 4
@@ -77,6 +85,20 @@ def conv_general_dilated(
         and batch_group_count == 1
     )
     tiny_map = tuple(window_strides) == (1, 1) and lhs.shape[1] * lhs.shape[2] <= SMALL_MAP_PIXELS
+    if (
+        plain
+        and FLOAT64_AS_IM2COL
+        and lhs.dtype == jnp.float64
+        and preferred_element_type is None
+        and _explicit_nonnegative(padding)
+    ):
+        args = (tuple(window_strides), tuple(map(tuple, padding)), precision)
+        return jax.lax.platform_dependent(
+            lhs,
+            rhs,
+            cpu=lambda lhs, rhs: _im2col(lhs, rhs, *args),
+            default=lambda lhs, rhs: _nhwc_conv(lhs, rhs, *args),
+        )
     if (
         plain
         and not tiny_map
@@ -103,14 +125,31 @@ def conv_general_dilated(
             precision=precision,
             preferred_element_type=preferred_element_type,
         )
+    return _im2col(lhs, rhs, (1, 1), padding, precision, preferred_element_type)
+
+
+def _im2col(lhs, rhs, window_strides, padding, precision, preferred_element_type=None):
+    """The convolution as one matmul over the kh*kw (strided) shifted copies of the padded map."""
     kh, kw, c_in, c_out = rhs.shape
+    sy, sx = window_strides
     (top, bottom), (left, right) = padding
     padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    out_h = padded.shape[1] - kh + 1
-    out_w = padded.shape[2] - kw + 1
+    n, padded_h, padded_w, _ = padded.shape
+    out_h = (padded_h - kh) // sy + 1
+    out_w = (padded_w - kw) // sx + 1
     # (N, out_h, out_w, kh * kw * c_in), ordered like rhs.reshape(kh * kw * c_in, c_out)
     columns = jnp.concatenate(
-        [padded[:, i : i + out_h, j : j + out_w] for i in range(kh) for j in range(kw)], axis=-1
+        [
+            jax.lax.slice(
+                padded,
+                (0, i, j, 0),
+                (n, i + sy * (out_h - 1) + 1, j + sx * (out_w - 1) + 1, c_in),
+                (1, sy, sx, 1),
+            )
+            for i in range(kh)
+            for j in range(kw)
+        ],
+        axis=-1,
     )
     return jnp.einsum(
         "nhwk,ko->nhwo",
