@@ -7,10 +7,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Compiling, not running, dominates this suite (tiny images, few steps): LLVM at -O0 compiles the
 # tiny runs' programs about 1.6x faster (measured: a single-task run plus a train-step equality
 # test, 132 s -> 84 s on the 2-core CI machine) and runs them slower, which tiny inputs do not
-# notice; XLA:CPU's older element-wise emitters instead of its MLIR fusion emitters compile the
-# tiny multi-task train step 2.4x faster again (5.5 s -> 2.3 s at -O0; the step runs 0.22 vs
-# 0.24 s). Numerics are XLA's own either way. Subprocesses the tests start inherit both.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+# notice. Numerics are XLA's own either way. Subprocesses the tests start inherit it.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
