@@ -87,7 +87,7 @@ for name in "$@"; do
     torch_fill) part torch_fill 150 $PY benchmarks/train_step.py --reference torch --sizes "$SIZE" \
       --experiments multitask --phase 2 --dtypes bfloat16 --batch_size "$MFU_BATCH" --steps 5 \
       --rounds 2 --skip_check --out "$OUT/train_step_torch_fill.json" ;;
-    epoch_torch) part epoch_torch 150 $PY benchmarks/epoch.py --data "$DATA" --sizes "$SIZE" \
+    epoch_torch) part epoch_torch 240 $PY benchmarks/epoch.py --data "$DATA" --sizes "$SIZE" \
       --paths --reference torch --epochs 2 --out "$OUT/epoch_torch.json" ;;
     epoch) part epoch 150 $PY benchmarks/epoch.py --data "$DATA" --sizes "$SIZE" \
       --paths resident --reference torch --epochs 2 --out "$OUT/epoch.json" ;;
