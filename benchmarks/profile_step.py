@@ -12,8 +12,12 @@ enclose the ops, are left out.
     python benchmarks/profile_step.py --size 256 --batch_size 256 --dtype bfloat16   # a GPU
 
 Prints the top ``--top`` events (total ms per iteration, count per iteration, share of the
-iteration's wall time) and writes them as JSON (default benchmarks/results/profile_step.json),
-with the trace's own directory for a closer look in Perfetto or TensorBoard.
+iteration's wall time), the device kernels' time by category (convolutions and matmuls, XLA's
+element-wise and reduction fusions, layout copies), the iteration's MFU against ``--peak_tflops``
+and its two floors (model FLOPs at the peak rate, XLA's bytes accessed at ``--peak_tb_s``), and
+writes them as JSON (default benchmarks/results/profile_step.json), with the trace's own
+directory (and, with ``--trace_copy``, a copy of the trace) for a closer look in Perfetto or
+TensorBoard.
 """
 
 from __future__ import annotations

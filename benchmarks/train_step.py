@@ -184,7 +184,6 @@ class MtcolorRun:
         lowered = [jitted.lower(*args) for jitted, _, args in programs]
         self.compiled = [program.compile() for program in lowered]
         self.compile_s = time.perf_counter() - start
-        self.lowered = lowered
         self.flops = sum(
             step_flops(program, pure_fn, *args)
             for program, (_, pure_fn, args) in zip(lowered, programs)
