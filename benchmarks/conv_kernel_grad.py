@@ -1,16 +1,17 @@
 """Kernel (weight) gradients of the models' convolutions: XLA's own form against mtcolor's matmuls.
 
-For each convolution of the multi-task cGAN that computes its kernel gradient as matmuls on CPU at
-the given image size (output map of at least ``KERNEL_GRADIENT_MIN_OUTPUT_PIXELS``, at least
+For each convolution of the multi-task cGAN large enough for the choice at the given image size
+(output map of at least ``KERNEL_GRADIENT_MIN_OUTPUT_PIXELS``, at least
 ``KERNEL_GRADIENT_MIN_OUT_CHANNELS`` output channels: ResNet-18, the decoder's phase convs, the
-PatchGAN), times the kernel gradient alone, batch 16,
-float32, both forms jitted on their own, interleaved over ``--rounds`` and the best time kept:
+PatchGAN), times the kernel gradient alone, batch 16, float32, both forms jitted on their own,
+interleaved over ``--rounds`` and the best time kept:
 
   * ``xla``: ``jax.linear_transpose`` of ``jax.lax.conv_general_dilated`` in the kernel, which
     XLA lowers to a convolution whose window is the whole output map (what autodiff gives);
   * ``matmul``: ``mtcolor.models.conv.kernel_gradient``, one (c_out, P) x (P, c_in) product per
     kernel tap (copying the input's pixels, or the output gradient's when the stride is 1 and
-    c_out < c_in), what mtcolor's convolutions use on CPU.
+    c_out < c_in), what mtcolor's convolutions use on CPU for kernels of at most
+    ``KERNEL_GRADIENT_MAX_TAPS`` taps (the column ``mtcolor``).
 
 Both results are checked equal first (relative 1e-4). Prints a table and writes JSON (default
 benchmarks/results/conv_kernel_grad.json).
@@ -29,6 +30,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from train_step import cpu_model
 
 from mtcolor.models import conv as conv_lib
 
@@ -103,6 +105,7 @@ def bench(name, shape, kernel, stride, pad, c_out, batch_size, rounds) -> dict |
         "xla_ms": best["xla"] * 1e3,
         "matmul_ms": best["matmul"] * 1e3,
         "speedup": best["xla"] / best["matmul"],
+        "mtcolor_form": "matmul" if kernel * kernel <= conv_lib.KERNEL_GRADIENT_MAX_TAPS else "xla",
         "max_relative_difference": error,
     }
 
@@ -119,10 +122,14 @@ def main():
     machine = {
         "platform": jax.default_backend(),
         "processor": platform.processor(),
+        "cpu": cpu_model(),
         "jax": jax.__version__,
     }
     print("#", machine)
-    print(f"{'px':>4} {'convolution':<32}{'GFLOP':>7}{'xla ms':>9}{'matmul ms':>11}{'speedup':>9}")
+    print(
+        f"{'px':>4} {'convolution':<32}{'GFLOP':>7}{'xla ms':>9}{'matmul ms':>11}{'speedup':>9}"
+        f"{'mtcolor':>9}"
+    )
     rows = []
     for size in args.sizes:
         for spec in model_convs(size):
@@ -133,7 +140,7 @@ def main():
             rows.append(row)
             print(
                 f"{size:>4} {row['conv']:<32}{row['gflop']:>7.2f}{row['xla_ms']:>9.1f}"
-                f"{row['matmul_ms']:>11.1f}{row['speedup']:>8.2f}x",
+                f"{row['matmul_ms']:>11.1f}{row['speedup']:>8.2f}x{row['mtcolor_form']:>9}",
                 flush=True,
             )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -387,6 +387,19 @@ def bench_against_torch(
     return row
 
 
+def cpu_model() -> str:
+    """The CPU's name, family and model from /proc/cpuinfo (Linux): XLA:CPU's relative speed of
+    the two forms changed between this project's VMs, so the JSON records which one ran."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine()
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    name, family, model = (fields.get(k, "?") for k in ("model name", "cpu family", "model"))
+    return f"{name}, family {family}, model {model}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
@@ -489,6 +502,7 @@ def main():
         "device_count": jax.device_count(),
         "host": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "jax": jax.__version__,
     }
     runs = [  # one row each

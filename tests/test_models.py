@@ -578,8 +578,10 @@ def test_large_map_conv_kernel_gradient_equals_xla(
     # output and both gradients, in float64 so that only a wrong formula could differ.
     from mtcolor.models import conv as conv_module
 
-    # float64 convolutions are otherwise im2col on CPU (tested below): pin the form under test.
+    # float64 convolutions are otherwise im2col on CPU (tested below), and kernels of more than
+    # KERNEL_GRADIENT_MAX_TAPS taps keep XLA's kernel gradient: pin the form under test.
     monkeypatch.setattr(conv_module, "FLOAT64_AS_IM2COL", False)
+    monkeypatch.setattr(conv_module, "KERNEL_GRADIENT_MAX_TAPS", kernel * kernel)
     rng = np.random.default_rng(4)
     with jax.enable_x64(True):
         x = jnp.asarray(rng.normal(size=(2, *map_hw, c_in)), jnp.float64)
@@ -607,6 +609,37 @@ def test_large_map_conv_kernel_gradient_equals_xla(
     for g, r in zip(got_grads, want_grads):
         assert g.dtype == r.dtype == np.float64
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "kernel, strides, c_in, c_out, matmuls",
+    [
+        (2, (1, 1), 64, 32, True),  # the decoder's phase conv: 4 taps
+        (1, (2, 2), 64, 128, True),  # ResNet downsample: 1 tap
+        (3, (1, 1), 64, 64, False),  # ResNet 3x3: 9 taps, XLA's kernel gradient
+        (4, (2, 2), 3, 64, False),  # PatchGAN conv1: 16 taps
+        (2, (1, 1), 32, 2, False),  # too few output channels (to_ab-like)
+    ],
+)
+def test_kernel_gradient_form_follows_kernel_taps(kernel, strides, c_in, c_out, matmuls):
+    # The matmul kernel gradient copies an operand per tap, so mtcolor.models.conv uses it only
+    # for kernels of at most KERNEL_GRADIENT_MAX_TAPS taps (and >= 8 output channels); the form
+    # chosen shows in the gradient's jaxpr as dot_generals (its CPU branch).
+    from mtcolor.models import conv as conv_module
+
+    assert conv_module.KERNEL_GRADIENT_MAX_TAPS == 4
+    x = jnp.ones((2, 32, 32, c_in), jnp.float32)  # output maps of at least 14x14
+    w = jnp.ones((kernel, kernel, c_in, c_out), jnp.float32)
+    pad = ((kernel // 2, (kernel - 1) // 2),) * 2
+
+    def loss(w):
+        y = conv_module.conv_general_dilated(
+            x, w, strides, pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return jnp.sum(y)
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(w))
+    assert ("dot_general" in jaxpr) == matmuls
 
 
 @pytest.mark.parametrize(

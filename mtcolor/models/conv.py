@@ -11,13 +11,16 @@ switch is by map size. GPUs and TPUs get the same (equal) result through the sam
 only matters where XLA's convolution emitter is slow, and the cost of im2col on a map this small
 is negligible everywhere.
 
-Every other NHWC convolution keeps XLA's own convolution, forward and input gradient, but on CPU
-its kernel (weight) gradient is computed as one matrix product per kernel tap: XLA:CPU lowers the
-kernel gradient to a convolution whose window is the whole output map, and runs it at 3-35 GFLOP/s
-where the forward runs at 70-110 (measured here, batch 16, 256 px: the PatchGAN's 4x4/2 conv
-64 -> 128 1.86 s vs 0.51 s as matmuls, each of the decoder's last phase convs 1.72 s vs 0.19 s,
-the PatchGAN's 4x4 conv 256 -> 512 2.73 s vs 0.80 s; benchmarks/conv_kernel_grad.py,
-docs/benchmarks.md). Other backends keep XLA's kernel gradient (cuDNN's), chosen at lowering time.
+Every other NHWC convolution keeps XLA's own convolution, forward and input gradient, and on CPU
+the kernel (weight) gradient of convs with few kernel taps (the decoder's 2x2 phase convs, 1x1
+downsamples) is computed as one matrix product per tap: XLA:CPU lowers a kernel gradient to a
+convolution whose window is the whole output map, which for these kernels ran 1.3-3.8x slower than
+the matmuls (the decoder's last phase conv at 256 px, batch 16: 234 vs 61 ms). The matmul form
+pays a copy per tap, so with more taps (3x3, 4x4, 7x7) XLA's own form was as fast or faster on this
+project's current CPU (AMD EPYC, family 26 / Zen 5: the PatchGAN's 4x4/2 conv 3 -> 64 at 128 px
+4.8 vs 26.8 ms); on the slower EPYC VM this project had before, the matmuls had won for most of
+those too (benchmarks/conv_kernel_grad.py re-measures both forms; docs/benchmarks.md). Other
+backends keep XLA's kernel gradient (cuDNN's), chosen at lowering time.
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ SMALL_MAP_PIXELS = 16
 # noise), and each matmul form adds kh * kw dots to compile; from 15x15 (the PatchGAN's 4x4 conv
 # 256 -> 512 at 128 px: 0.22 s vs 0.15 s) up the matmuls won.
 KERNEL_GRADIENT_MIN_OUTPUT_PIXELS = 14 * 14
+# Most kernel taps (kh * kw) whose kernel gradient is computed as matmuls on CPU. The matmul form
+# copies one operand per tap; measured per conv of the models at 64, 128 and 256 px (2026-11-26,
+# Zen 5, batch 16): with 1 or 4 taps the matmuls won 9 of 10 (1.3-3.8x, equal once), with 9, 16 or
+# 49 XLA's own kernel gradient won 17 of 21 (the matmuls at 0.18-0.95x; equal once; 1.1-1.2x in
+# three, all at 256 px).
+KERNEL_GRADIENT_MAX_TAPS = 4
 # Fewest output channels for the matmul kernel gradient: with one or two (the decoder's to_ab,
 # 32 -> 2; the PatchGAN's last conv, 512 -> 1) each tap's product reads the whole input to fill a
 # 1-2 row result, and XLA's form was as fast or faster (256 px, batch 16: 248 vs 251 ms, 64 vs
@@ -69,8 +78,9 @@ def conv_general_dilated(
     A drop-in for flax's ``nn.Conv(conv_general_dilated=...)``: same parameters, same result up to
     float32 summation order. Float64 NHWC convs on CPU (FLOAT64_AS_IM2COL) and stride-1 NHWC convs
     whose input map has at most SMALL_MAP_PIXELS pixels become a matmul over the kh*kw shifted
-    copies of the zero-padded map (im2col); other NHWC convs with explicit padding are XLA's
-    convolution with the kernel gradient of :func:`kernel_gradient` on CPU; every other form goes
+    copies of the zero-padded map (im2col); other NHWC convs with explicit padding and at most
+    KERNEL_GRADIENT_MAX_TAPS kernel taps are XLA's convolution with the kernel gradient of
+    :func:`kernel_gradient` on CPU; every other form goes
     to XLA's convolution as it is.
     """
     plain = (
@@ -107,6 +117,7 @@ def conv_general_dilated(
         and _output_pixels(lhs.shape, rhs.shape, window_strides, padding)
         >= KERNEL_GRADIENT_MIN_OUTPUT_PIXELS
         and rhs.shape[3] >= KERNEL_GRADIENT_MIN_OUT_CHANNELS
+        and rhs.shape[0] * rhs.shape[1] <= KERNEL_GRADIENT_MAX_TAPS
     ):
         return _conv_with_matmul_kernel_gradient(
             lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)), precision
