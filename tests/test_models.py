@@ -684,3 +684,45 @@ def test_float64_convolution_runs_as_im2col_on_cpu_and_equals_xla(
     for g, r in zip(got_grads, want_grads):
         assert g.dtype == r.dtype == np.float64
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "shape, window, strides, padding",
+    [
+        ((2, 16, 16, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),  # the ResNet stem's pool
+        ((2, 15, 12, 4), (3, 3), (2, 2), ((1, 1), (1, 1))),  # odd and non-square maps
+        ((1, 9, 10, 2), (2, 3), (1, 2), ((0, 1), (2, 0))),  # uneven window, strides, padding
+        ((2, 8, 8, 3), (2, 2), (2, 2), ((0, 0), (0, 0))),  # non-overlapping windows
+    ],
+)
+def test_max_pool_equals_reduce_window_with_gradients_and_ties(shape, window, strides, padding):
+    # mtcolor.models.pooling.max_pool runs on CPU as a maximum over strided slices with a
+    # hand-written gradient (XLA:CPU's select-and-scatter is slow). Reference: flax's nn.max_pool
+    # (lax.reduce_window) and its autodiff, in float64. The input is rounded and ReLU'd so that
+    # most windows hold ties (equal values, zeros): the gradient must go to the first maximal
+    # tap of each window, as select-and-scatter and torch's max_pool2d send it, not be shared.
+    from mtcolor.models.pooling import max_pool
+
+    rng = np.random.default_rng(6)
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.maximum(np.round(rng.normal(size=shape) * 2), 0), jnp.float64)
+        assert float(jnp.mean(x == 0)) > 0.3  # ties are common
+
+        def value_and_grad(pool):
+            def loss(x):
+                y = pool(x)
+                cotangent = jnp.asarray(rng_out.normal(size=y.shape), jnp.float64)
+                return jnp.sum(y * cotangent), y
+
+            return jax.jit(jax.value_and_grad(loss, has_aux=True))(x)
+
+        rng_out = np.random.default_rng(7)
+        (_, got), got_grad = value_and_grad(lambda x: max_pool(x, window, strides, padding))
+        rng_out = np.random.default_rng(7)
+        (_, want), want_grad = value_and_grad(lambda x: nn.max_pool(x, window, strides, padding))
+        lowered = jax.jit(jax.grad(lambda x: max_pool(x, window, strides, padding).sum())).lower(x)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got_grad, want_grad, rtol=0, atol=1e-12)
+    # The form under test is the one that ran on CPU: no select-and-scatter left.
+    assert "select_and_scatter" not in lowered.as_text()
+    assert "select-and-scatter" not in lowered.compile().as_text()

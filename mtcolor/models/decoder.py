@@ -88,7 +88,6 @@ def conv_transpose_phases(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
     :func:`mtcolor.models.conv.conv_general_dilated` (im2col) for the same reason as the encoder.
     """
     n, h, w, _ = x.shape
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     rows = []
     for ry in (0, 1):
         cols = []
@@ -97,21 +96,30 @@ def conv_transpose_phases(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
             # taken backwards (3, 1 for even outputs; 2, 0 for odd): one strided slice, so the
             # kernel gradient is four dense pieces rather than sixteen scattered taps.
             phase_kernel = kernel[_PHASE_START[ry] :: -2, _PHASE_START[rx] :: -2]
-            # window of rows m + d for d in the phase's offsets: padded rows start at 1 + min(d)
-            oy, ox = 1 + _PHASE_TAPS[ry][0][0], 1 + _PHASE_TAPS[rx][0][0]
-            window = padded[:, oy : oy + h + 1, ox : ox + w + 1]
             cols.append(
                 conv_general_dilated(
-                    window,
+                    x,
                     jnp.transpose(phase_kernel, (0, 1, 3, 2)),
                     (1, 1),
-                    ((0, 0), (0, 0)),
+                    (_phase_padding(ry), _phase_padding(rx)),
                     dimension_numbers=_NHWC_HWIO_NAMES,
                 )
             )
         rows.append(jnp.stack(cols, axis=3))  # (n, h, w, rx, c)
     out = jnp.stack(rows, axis=2)  # (n, h, ry, w, rx, c)
     return out.reshape(n, 2 * h, 2 * w, out.shape[-1])
+
+
+def _phase_padding(phase: int) -> tuple[int, int]:
+    """Zero padding (before, after) that makes a stride-1 2x2 window at output m read input rows
+    m + d for the phase's offsets d: (1, 0) for (-1, 0), (0, 1) for (0, 1).
+
+    Padding inside the convolution rather than convolving a padded, sliced (h + 1)-pixel window: the
+    same result, no copy of the input, and XLA:CPU's convolution library (YNNPACK) was 6x faster on
+    it: the decoder's last phase conv at 128 px (16 x 64 x 64 x 64 -> 32) 5.8 ms forward instead
+    of 34.5 ms on the 65 x 65 window (2026-11-26, 2-core AMD EPYC)."""
+    offsets = [d for d, _ in _PHASE_TAPS[phase]]
+    return -min(offsets), max(offsets)
 
 
 class ConvTranspose4x4Stride2(nn.Module):

@@ -24,6 +24,7 @@ from flax import linen as nn
 
 from mtcolor.models.conv import conv_general_dilated
 from mtcolor.models.initializers import pix2pix_kernel_init, pix2pix_scale_init
+from mtcolor.models.pooling import max_pool
 
 Initializer = Callable[..., Any]
 
@@ -121,8 +122,8 @@ class ResNet18(nn.Module):
         )(x)
         x = nn.relu(batch_norm(train, self.dtype, self.scale_init, "bn1")(x))
         stem = x
-        # flax max_pool pads with -inf, as torch's MaxPool2d(3, 2, padding=1) does.
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        # Pads with -inf, as torch's MaxPool2d(3, 2, padding=1) does.
+        x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
         stages = [stem]
         for stage, features in enumerate((64, 128, 256, 512), start=1):
