@@ -612,6 +612,56 @@ def test_large_map_conv_kernel_gradient_equals_xla(
 
 
 @pytest.mark.parametrize(
+    "map_hw, kernel, padding, c_in, c_out",
+    [
+        ((32, 32), 4, ((1, 1), (1, 1)), 6, 8),  # the PatchGAN's 4x4/2 convs
+        ((16, 12), 4, ((1, 1), (1, 1)), 3, 5),  # non-square
+        ((13, 12), 4, ((2, 1), (1, 1)), 4, 3),  # odd map, uneven padding (even once padded)
+        ((14, 14), 2, ((0, 0), (0, 0)), 5, 4),  # 2x2/2
+    ],
+)
+def test_stride2_input_gradient_as_space_to_depth_equals_xla(
+    map_hw, kernel, padding, c_in, c_out, monkeypatch
+):
+    # On CPU the input gradient of a stride-2 conv with an even kernel is the transpose of a
+    # stride-1 conv over the space-to-depth input (mtcolor.models.conv). Reference: XLA's own
+    # convolution and autodiff, in float64 (the im2col float64 form pinned off).
+    from mtcolor.models import conv as conv_module
+
+    monkeypatch.setattr(conv_module, "FLOAT64_AS_IM2COL", False)
+    rng = np.random.default_rng(8)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(2, *map_hw, c_in)), jnp.float64)
+        w = jnp.asarray(rng.normal(size=(kernel, kernel, c_in, c_out)), jnp.float64)
+        dn = ("NHWC", "HWIO", "NHWC")
+
+        def grads(fn):
+            def loss(x, w):
+                return jnp.sum(jnp.sin(fn(x, w, (2, 2), padding, dimension_numbers=dn)))
+
+            return jax.jit(jax.grad(loss, (0, 1)))(x, w)
+
+        got, want = grads(conv_module.conv_general_dilated), grads(jax.lax.conv_general_dilated)
+
+        def input_gradient(x, w):
+            return jax.grad(
+                lambda x: jnp.sum(
+                    jnp.sin(
+                        conv_module.conv_general_dilated(
+                            x, w, (2, 2), padding, dimension_numbers=dn
+                        )
+                    )
+                )
+            )(x)
+
+        hlo = jax.jit(input_gradient).lower(x, w).compile().as_text()
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12)
+    # The form under test ran: no convolution over a zero-dilated gradient (lhs_dilate) is left.
+    assert "convolution" in hlo and "lhs_dilate" not in hlo
+
+
+@pytest.mark.parametrize(
     "kernel, strides, c_in, c_out, matmuls",
     [
         (2, (1, 1), 64, 32, True),  # the decoder's phase conv: 4 taps

@@ -19,8 +19,14 @@ the matmuls (the decoder's last phase conv at 256 px, batch 16: 234 vs 61 ms). T
 pays a copy per tap, so with more taps (3x3, 4x4, 7x7) XLA's own form was as fast or faster on this
 project's current CPU (AMD EPYC, family 26 / Zen 5: the PatchGAN's 4x4/2 conv 3 -> 64 at 128 px
 4.8 vs 26.8 ms); on the slower EPYC VM this project had before, the matmuls had won for most of
-those too (benchmarks/conv_kernel_grad.py re-measures both forms; docs/benchmarks.md). Other
-backends keep XLA's kernel gradient (cuDNN's), chosen at lowering time.
+those too (benchmarks/conv_kernel_grad.py re-measures both forms; docs/benchmarks.md).
+
+The input gradient of a stride-2 convolution with an even kernel (the PatchGAN's 4x4/2 convs) is, on
+CPU, the transpose of the same convolution written as a stride-1 one over the space-to-depth input:
+XLA's own is a convolution over the zero-dilated output gradient, off XLA:CPU's convolution library
+(49 vs 15 ms for the PatchGAN's conv 64 -> 128 at 128 px, batch 16).
+
+Other backends keep XLA's own gradients (cuDNN's), chosen at lowering time.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ KERNEL_GRADIENT_MIN_OUTPUT_PIXELS = 14 * 14
 # 49 XLA's own kernel gradient won 17 of 21 (the matmuls at 0.18-0.95x; equal once; 1.1-1.2x in
 # three, all at 256 px).
 KERNEL_GRADIENT_MAX_TAPS = 4
+# Input gradients of stride-2 convolutions with even kernels as a stride-1 convolution over the
+# space-to-depth input on CPU (space_to_depth_input_gradient_of). Off: XLA's own.
+SPACE_TO_DEPTH_INPUT_GRADIENT = True
 # Fewest output channels for the matmul kernel gradient: with one or two (the decoder's to_ab,
 # 32 -> 2; the PatchGAN's last conv, 512 -> 1) each tap's product reads the whole input to fill a
 # 1-2 row result, and XLA's form was as fast or faster (256 px, batch 16: 248 vs 251 ms, 64 vs
@@ -78,10 +87,11 @@ def conv_general_dilated(
     A drop-in for flax's ``nn.Conv(conv_general_dilated=...)``: same parameters, same result up to
     float32 summation order. Float64 NHWC convs on CPU (FLOAT64_AS_IM2COL) and stride-1 NHWC convs
     whose input map has at most SMALL_MAP_PIXELS pixels become a matmul over the kh*kw shifted
-    copies of the zero-padded map (im2col); other NHWC convs with explicit padding and at most
-    KERNEL_GRADIENT_MAX_TAPS kernel taps are XLA's convolution with the kernel gradient of
-    :func:`kernel_gradient` on CPU; every other form goes
-    to XLA's convolution as it is.
+    copies of the zero-padded map (im2col); other NHWC convs with explicit padding are XLA's
+    convolution, on CPU with the kernel gradient of :func:`kernel_gradient` when the kernel has at
+    most KERNEL_GRADIENT_MAX_TAPS taps and with the input gradient of
+    :func:`space_to_depth_input_gradient_of` when the stride is 2 and the kernel even; every other
+    form goes to XLA's convolution as it is.
     """
     plain = (
         lhs.ndim == 4
@@ -109,19 +119,27 @@ def conv_general_dilated(
             cpu=lambda lhs, rhs: _im2col(lhs, rhs, *args),
             default=lambda lhs, rhs: _nhwc_conv(lhs, rhs, *args),
         )
-    if (
-        plain
-        and not tiny_map
-        and preferred_element_type is None
-        and _explicit_nonnegative(padding)
-        and _output_pixels(lhs.shape, rhs.shape, window_strides, padding)
-        >= KERNEL_GRADIENT_MIN_OUTPUT_PIXELS
-        and rhs.shape[3] >= KERNEL_GRADIENT_MIN_OUT_CHANNELS
-        and rhs.shape[0] * rhs.shape[1] <= KERNEL_GRADIENT_MAX_TAPS
-    ):
-        return _conv_with_matmul_kernel_gradient(
-            lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)), precision
+    if plain and not tiny_map and preferred_element_type is None and _explicit_nonnegative(padding):
+        window_strides, padding = tuple(window_strides), tuple(map(tuple, padding))
+        matmul_kernel_gradient = (
+            _output_pixels(lhs.shape, rhs.shape, window_strides, padding)
+            >= KERNEL_GRADIENT_MIN_OUTPUT_PIXELS
+            and rhs.shape[3] >= KERNEL_GRADIENT_MIN_OUT_CHANNELS
+            and rhs.shape[0] * rhs.shape[1] <= KERNEL_GRADIENT_MAX_TAPS
         )
+        space_to_depth_input_gradient = _space_to_depth_applies(
+            lhs.shape, rhs.shape, window_strides, padding
+        )
+        if matmul_kernel_gradient or space_to_depth_input_gradient:
+            return _conv_with_cpu_gradients(
+                lhs,
+                rhs,
+                window_strides,
+                padding,
+                precision,
+                matmul_kernel_gradient,
+                space_to_depth_input_gradient,
+            )
     if not (plain and tiny_map):
         return jax.lax.conv_general_dilated(
             lhs,
@@ -188,38 +206,117 @@ def _nhwc_conv(lhs, rhs, window_strides, padding, precision):
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_with_matmul_kernel_gradient(lhs, rhs, window_strides, padding, precision):
-    """XLA's NHWC convolution whose kernel gradient is, on CPU, :func:`kernel_gradient`."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv_with_cpu_gradients(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    precision,
+    matmul_kernel_gradient,
+    space_to_depth_input_gradient,
+):
+    """XLA's NHWC convolution whose gradients are, on CPU, :func:`kernel_gradient` (if
+    ``matmul_kernel_gradient``) and :func:`space_to_depth_input_gradient` (if
+    ``space_to_depth_input_gradient``); XLA's own otherwise and on other backends."""
     return _nhwc_conv(lhs, rhs, window_strides, padding, precision)
 
 
-def _conv_forward(lhs, rhs, window_strides, padding, precision):
+def _conv_forward(lhs, rhs, window_strides, padding, precision, *forms):
     return _nhwc_conv(lhs, rhs, window_strides, padding, precision), (lhs, rhs)
 
 
-def _conv_backward(window_strides, padding, precision, residuals, out_grad):
+def _conv_backward(
+    window_strides,
+    padding,
+    precision,
+    matmul_kernel_gradient,
+    space_to_depth_input_gradient,
+    residuals,
+    out_grad,
+):
     lhs, rhs = residuals
-    (lhs_grad,) = jax.linear_transpose(
-        lambda x: _nhwc_conv(x, rhs, window_strides, padding, precision), lhs
-    )(out_grad)
+
+    def xla_input_gradient(rhs, out_grad):
+        return jax.linear_transpose(
+            lambda x: _nhwc_conv(x, rhs, window_strides, padding, precision), lhs
+        )(out_grad)[0]
 
     def xla_kernel_gradient(lhs, out_grad):
         return jax.linear_transpose(
             lambda w: _nhwc_conv(lhs, w, window_strides, padding, precision), rhs
         )(out_grad)[0]
 
-    def matmul_kernel_gradient(lhs, out_grad):
+    def space_to_depth_form(rhs, out_grad):
+        grad = space_to_depth_input_gradient_of(out_grad, rhs, lhs.shape, padding, precision)
+        return grad.astype(lhs.dtype)
+
+    def matmul_form(lhs, out_grad):
         grad = kernel_gradient(lhs, out_grad, rhs.shape, window_strides, padding, precision)
         return grad.astype(rhs.dtype)
 
-    rhs_grad = jax.lax.platform_dependent(
-        lhs, out_grad, cpu=matmul_kernel_gradient, default=xla_kernel_gradient
-    )
+    if space_to_depth_input_gradient:
+        lhs_grad = jax.lax.platform_dependent(
+            rhs, out_grad, cpu=space_to_depth_form, default=xla_input_gradient
+        )
+    else:
+        lhs_grad = xla_input_gradient(rhs, out_grad)
+    if matmul_kernel_gradient:
+        rhs_grad = jax.lax.platform_dependent(
+            lhs, out_grad, cpu=matmul_form, default=xla_kernel_gradient
+        )
+    else:
+        rhs_grad = xla_kernel_gradient(lhs, out_grad)
     return lhs_grad, rhs_grad
 
 
-_conv_with_matmul_kernel_gradient.defvjp(_conv_forward, _conv_backward)
+_conv_with_cpu_gradients.defvjp(_conv_forward, _conv_backward)
+
+
+def _space_to_depth_applies(lhs_shape, rhs_shape, window_strides, padding) -> bool:
+    """A stride-2 convolution with an even kernel over an even padded map (the PatchGAN's 4x4/2
+    convs): its input gradient has the stride-1 form of :func:`space_to_depth_input_gradient_of`."""
+    (top, bottom), (left, right) = padding
+    return (
+        SPACE_TO_DEPTH_INPUT_GRADIENT
+        and window_strides == (2, 2)
+        and rhs_shape[0] % 2 == 0
+        and rhs_shape[1] % 2 == 0
+        and (lhs_shape[1] + top + bottom) % 2 == 0
+        and (lhs_shape[2] + left + right) % 2 == 0
+    )
+
+
+def _space_to_depth(x):
+    """(N, 2H, 2W, C) -> (N, H, W, 4C): pixel (2i + p, 2j + q) to (i, j), channels (p, q, c)."""
+    n, h, w, c = x.shape
+    x = x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, h // 2, w // 2, 4 * c)
+
+
+def space_to_depth_input_gradient_of(out_grad, rhs, input_shape, padding, precision=None):
+    """The input gradient of a stride-2 NHWC/HWIO convolution with an even kernel, as the transpose
+    of the equal stride-1 convolution over the space-to-depth padded input.
+
+    With k = 2a + p, y[o] = sum_k padded[2o + k] w[k] = sum_(a, p) S[o + a, p] w[2a + p], where
+    S[i, p] = padded[2i + p] is the space-to-depth map: a stride-1 (kh/2 x kw/2) convolution with
+    4x the input channels. XLA transposes the stride-2 convolution into one over the output
+    gradient dilated with zeros, which XLA:CPU runs off its convolution library (the PatchGAN's
+    4x4/2 conv 64 -> 128 at 128 px, batch 16: 49 ms); the stride-1 form's transpose is a plain
+    convolution (13 ms). Same FLOPs; the reshapes are one copy of the gradient.
+    """
+    kh, kw, c_in, c_out = rhs.shape
+    folded_kernel = rhs.reshape(kh // 2, 2, kw // 2, 2, c_in, c_out).transpose(0, 2, 1, 3, 4, 5)
+    folded_kernel = folded_kernel.reshape(kh // 2, kw // 2, 4 * c_in, c_out)
+
+    def stride_one_form(lhs):
+        padded = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+        return _nhwc_conv(
+            _space_to_depth(padded), folded_kernel, (1, 1), ((0, 0), (0, 0)), precision
+        )
+
+    primal = jax.ShapeDtypeStruct(input_shape, jnp.result_type(out_grad, rhs))
+    return jax.linear_transpose(stride_one_form, primal)(out_grad)[0]
 
 
 def kernel_gradient(lhs, out_grad, kernel_shape, window_strides, padding, precision=None):
