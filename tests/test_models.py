@@ -520,17 +520,21 @@ def test_init_variables_loads_pretrained_backbone(golden, monkeypatch, resnet_va
 
 
 @pytest.mark.parametrize(
-    "map_hw, kernel, padding",
+    "map_hw, kernel, strides, padding",
     [
-        ((2, 2), 3, ((1, 1), (1, 1))),
-        ((4, 4), 4, ((1, 1), (1, 1))),
-        ((3, 3), 4, ((1, 1), (1, 1))),
-        ((1, 3), 3, ((1, 1), (1, 1))),
+        ((2, 2), 3, (1, 1), ((1, 1), (1, 1))),
+        ((4, 4), 4, (1, 1), ((1, 1), (1, 1))),
+        ((3, 3), 4, (1, 1), ((1, 1), (1, 1))),
+        ((1, 3), 3, (1, 1), ((1, 1), (1, 1))),
+        ((4, 4), 3, (2, 2), ((1, 1), (1, 1))),  # ResNet layer4's first conv at 64 px
+        ((4, 4), 1, (2, 2), ((0, 0), (0, 0))),  # its 1x1/2 downsample
+        ((3, 4), 3, (2, 1), ((1, 0), (0, 1))),  # uneven strides and padding
     ],
 )
-def test_tiny_map_conv_equals_xla_convolution_with_gradients(map_hw, kernel, padding):
-    # mtcolor.models.conv computes these (ResNet layer4 at 64 px, PatchGAN conv4 at 32 px) as im2col
-    # matmuls; XLA's own convolution is the reference, for the output and both gradients.
+def test_tiny_map_conv_equals_xla_convolution_with_gradients(map_hw, kernel, strides, padding):
+    # mtcolor.models.conv computes these (ResNet layer4 at 64 px, PatchGAN conv4 at 32 px) as
+    # (strided) im2col matmuls; XLA's own convolution is the reference, for the output and both
+    # gradients.
     from mtcolor.models import conv as conv_module
 
     rng = np.random.default_rng(3)
@@ -540,12 +544,15 @@ def test_tiny_map_conv_equals_xla_convolution_with_gradients(map_hw, kernel, pad
     assert map_hw[0] * map_hw[1] <= conv_module.SMALL_MAP_PIXELS
 
     def loss(fn, x, w):
-        y = fn(x, w, (1, 1), padding, dimension_numbers=dn)
+        y = fn(x, w, strides, padding, dimension_numbers=dn)
         return jnp.sum(jnp.sin(y)), y
 
     (_, got), got_grads = jax.value_and_grad(
         lambda x, w: loss(conv_module.conv_general_dilated, x, w), (0, 1), has_aux=True
     )(x, w)
+    # The form under test ran: a matmul, no convolution.
+    jaxpr = str(jax.make_jaxpr(lambda x, w: loss(conv_module.conv_general_dilated, x, w))(x, w))
+    assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
     (_, want), want_grads = jax.value_and_grad(
         lambda x, w: loss(jax.lax.conv_general_dilated, x, w), (0, 1), has_aux=True
     )(x, w)
