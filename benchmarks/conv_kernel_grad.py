@@ -35,9 +35,10 @@ from train_step import cpu_model
 from mtcolor.models import conv as conv_lib
 
 
-def model_convs(size: int) -> list[tuple[str, tuple, int, int, int, int]]:
-    """(name, input NHWC shape at batch 1, kernel, stride, padding, c_out) of the multi-task
-    cGAN's convolutions at ``size`` px (the U-Net's wider decoder inputs are not listed)."""
+def model_convs(size: int) -> list[tuple]:
+    """(name, input NHWC shape at batch 1, kernel, stride, padding (per side, or (before, after)),
+    c_out) of the multi-task cGAN's convolutions at ``size`` px (the U-Net's wider decoder inputs
+    are not listed)."""
     s = size
     return [
         ("resnet conv1 7x7/2", (s, s, 1), 7, 2, 3, 64),
@@ -46,9 +47,10 @@ def model_convs(size: int) -> list[tuple[str, tuple, int, int, int, int]]:
         ("resnet layer2 3x3", (s // 8, s // 8, 128), 3, 1, 1, 128),
         ("resnet layer2 downsample 1x1/2", (s // 4, s // 4, 64), 1, 2, 0, 128),
         ("resnet layer3 3x3", (s // 16, s // 16, 256), 3, 1, 1, 256),
-        ("decoder block2 phase 2x2", (s // 8 + 1, s // 8 + 1, 128), 2, 1, 0, 64),
-        ("decoder block3 phase 2x2", (s // 4 + 1, s // 4 + 1, 64), 2, 1, 0, 64),
-        ("decoder block4 phase 2x2", (s // 2 + 1, s // 2 + 1, 64), 2, 1, 0, 32),
+        # the even-row, even-column phase; the others pad (0, 1) instead of (1, 0)
+        ("decoder block2 phase 2x2", (s // 8, s // 8, 128), 2, 1, (1, 0), 64),
+        ("decoder block3 phase 2x2", (s // 4, s // 4, 64), 2, 1, (1, 0), 64),
+        ("decoder block4 phase 2x2", (s // 2, s // 2, 64), 2, 1, (1, 0), 32),
         ("patchgan conv1 4x4/2", (s, s, 3), 4, 2, 1, 64),
         ("patchgan conv2 4x4/2", (s // 2, s // 2, 64), 4, 2, 1, 128),
         ("patchgan conv3 4x4/2", (s // 4, s // 4, 128), 4, 2, 1, 256),
@@ -56,8 +58,12 @@ def model_convs(size: int) -> list[tuple[str, tuple, int, int, int, int]]:
     ]
 
 
+def padding_pair(pad) -> tuple[int, int]:
+    return tuple(pad) if isinstance(pad, tuple) else (pad, pad)
+
+
 def output_pixels(shape, kernel, stride, pad) -> int:
-    out = [(shape[i] + 2 * pad - kernel) // stride + 1 for i in (0, 1)]
+    out = [(shape[i] + sum(padding_pair(pad)) - kernel) // stride + 1 for i in (0, 1)]
     return out[0] * out[1]
 
 
@@ -70,7 +76,7 @@ def bench(name, shape, kernel, stride, pad, c_out, batch_size, rounds) -> dict |
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch_size, *shape)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((kernel, kernel, shape[2], c_out)) * 0.05, jnp.float32)
-    strides, padding = (stride, stride), ((pad, pad), (pad, pad))
+    strides, padding = (stride, stride), (padding_pair(pad),) * 2
     dn = ("NHWC", "HWIO", "NHWC")
     y = jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn)
     dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)

@@ -265,3 +265,38 @@ def test_train_step_with_one_forward_equals_discriminator_then_generator_step(
                 atol=1e-6,
                 err_msg=f"{part}{jax.tree_util.keystr(path)}",
             )
+
+
+def test_compile_ahead_fills_the_cache_the_call_uses():
+    # mtcolor.train.compile_ahead compiles the run's steps on a thread from their arguments'
+    # abstract values (taken before the steps donate them); the later call must find that program
+    # and not trace or compile again. Reference: JAX's own compile events (jax.monitoring).
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from mtcolor.train.compile_ahead import CompileAhead
+
+    events = []
+    recording = [True]
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, duration, **kwargs: events.append(name) if recording[0] else None
+    )
+    replicated = NamedSharding(jax.make_mesh((1,), ("data",)), PartitionSpec())
+    step = jax.jit(lambda x, y: (jnp.sin(x) @ y, x.sum()), donate_argnums=0)
+    x = jax.device_put(jnp.arange(64.0).reshape(8, 8), replicated)
+    y = jax.device_put(jnp.ones((8, 8)), replicated)
+    ahead = CompileAhead()
+    events.clear()
+    try:
+        ahead.submit("step", step, x, y)
+        ahead.wait("step")
+        compiled_ahead = events.count("/jax/core/compile/backend_compile_duration")
+        events.clear()
+        out, total = step(x, y)  # x is donated: its buffer is gone after the call
+        assert events == []  # no tracing, lowering or compilation at the call
+        assert float(total) == 2016.0 and out.shape == (8, 8)
+        ahead.wait("step")  # waiting again, or for a name never submitted, returns at once
+        ahead.wait("never submitted")
+    finally:
+        recording[0] = False
+        ahead.close()
+    assert compiled_ahead == 1

@@ -24,11 +24,12 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mtcolor import sharding
 from mtcolor import tasks as tasks_lib
-from mtcolor.train import checkpointing, validation
+from mtcolor.train import checkpointing, compile_ahead, validation
 from mtcolor.train import images as images_lib
 from mtcolor.train import metrics as metrics_lib
 from mtcolor.train import state as state_lib
@@ -92,6 +93,34 @@ def train_iteration(fns, state, batch):
     if state.objective.adversarial_task is not None and not discriminator_trains(state):
         return fns.generator_step(state, batch, fns.iteration_rng(state))
     return fns.train_step(state, batch)
+
+
+def compile_steps_ahead(fns, state, raw_batch, mesh, schedule) -> compile_ahead.CompileAhead:
+    """Submits the programs the run will call, in the order it calls them: this phase's training
+    step, evaluation and prediction (for a validation batch laid out like ``raw_batch`` plus its
+    ``mask``), then phase 2's training step (mtcolor.train.compile_ahead)."""
+    ahead = compile_ahead.CompileAhead()
+    if raw_batch is None:
+        return ahead
+    batch = sharding.put_batch(_model_inputs(raw_batch), mesh)
+    ahead.submit("train_step", fns.train_step, state, batch)
+    rows = batch["L"].shape[0]
+    mask = jax.ShapeDtypeStruct((rows,), jnp.float32, sharding=sharding.batch_sharded(mesh))
+    view = steps_lib.evaluation_view(state)
+    ahead.submit("eval_step", fns.eval_step.__wrapped__, view, {**batch, "mask": mask})
+    ahead.submit("predict", fns.predict.__wrapped__, view, batch["L"])
+    if state.optimizer.backbone_frozen and schedule.phase1_steps < schedule.stop_at:
+        ahead.submit("unfreeze_backbone", fns.unfreeze_backbone, state)
+        phase2 = jax.eval_shape(fns.unfreeze_backbone, state)  # its jit replicates the output
+        replicated = sharding.replicated(mesh)
+        phase2 = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(
+                x.shape, x.dtype, sharding=replicated, weak_type=x.weak_type
+            ),
+            phase2,
+        )
+        ahead.submit("train_step_phase2", fns.train_step, phase2, batch)
+    return ahead
 
 
 def _best_metric(config, objective) -> tuple[str, str]:
@@ -159,6 +188,13 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
         config, workdir, mesh, manager, train_iter, steps_per_epoch, model=model, tasks=tasks
     )
     schedule = make_schedule(config, steps_per_epoch, state)
+    step = schedule.start_step
+    fns = steps_lib.jit_steps(mesh)
+    if state.optimizer.backbone_frozen and step >= schedule.phase1_steps:
+        state = fns.unfreeze_backbone(state)
+    # The first batch now, so that the steps compile for it while the writers start up.
+    pending_batch = next(train_iter) if step < schedule.stop_at else None
+    ahead = compile_steps_ahead(fns, state, pending_batch, mesh, schedule)
 
     from clu import periodic_actions  # imports TensorFlow
 
@@ -170,7 +206,6 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=schedule.total_steps, writer=writer
     )
-    fns = steps_lib.jit_steps(mesh)
     tracker = pipeline.make_bad_input_tracker(config.data)
     if tracker is not None and extra is not None:
         tracker.set_state(extra)
@@ -193,39 +228,45 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
     val: dict = {}  # the latest validation metrics
 
     t0 = time.time()
-    step = schedule.start_step
-    if state.optimizer.backbone_frozen and step >= schedule.phase1_steps:
-        state = sharding.replicate(state_lib.unfreeze_backbone(state), mesh)
-    while step < schedule.stop_at:
-        batch = next(train_iter)
-        if tracker is not None:
-            tracker.observe(batch)
-            tracker.check()  # stops the run (TooManyBadInputsError) above data.max_bad_fraction
-        arrays = _model_inputs(batch)
-        state, step_metrics = train_iteration(fns, state, sharding.put_batch(arrays, mesh))
-        step += 1
-        train_metrics.add(step, step_metrics)
-        if state.optimizer.backbone_frozen and step >= schedule.phase1_steps:
-            # Phase 2 starts now, so a checkpoint taken at this step is already in phase 2 and
-            # restore rebuilds it from the step alone (state.backbone_frozen_at).
-            state = sharding.replicate(state_lib.unfreeze_backbone(state), mesh)
-            logging.info("step %d: backbone unfrozen (phase 2)", step)
-        report_progress(step)
-        if schedule.logs_at(step):
-            train_metrics.write(step)
-        if schedule.evaluates_at(step):
-            train_metrics.check()
-            val = validate_state(step, state)
-            if patience is not None:
-                state = early_stop_tasks(
-                    state, val, step, int(patience), train_metrics, schedule, writer, mesh
-                )
-                if not state_lib.active_tasks(state):
-                    logging.info("step %d: every task has stopped early; ending the run", step)
-                    save_checkpoint(step, state, manager, train_iter, tracker, train_metrics)
-                    break
-        if schedule.saves_at(step):
-            save_checkpoint(step, state, manager, train_iter, tracker, train_metrics)
+    ahead.wait("train_step")
+    try:
+        while step < schedule.stop_at:
+            batch = pending_batch if pending_batch is not None else next(train_iter)
+            pending_batch = None
+            if tracker is not None:
+                tracker.observe(batch)
+                tracker.check()  # stops the run (TooManyBadInputsError) above data.max_bad_fraction
+            arrays = _model_inputs(batch)
+            state, step_metrics = train_iteration(fns, state, sharding.put_batch(arrays, mesh))
+            step += 1
+            train_metrics.add(step, step_metrics)
+            if state.optimizer.backbone_frozen and step >= schedule.phase1_steps:
+                # Phase 2 starts now, so a checkpoint taken at this step is already in phase 2 and
+                # restore rebuilds it from the step alone (state.backbone_frozen_at).
+                ahead.wait("unfreeze_backbone")
+                state = fns.unfreeze_backbone(state)
+                logging.info("step %d: backbone unfrozen (phase 2)", step)
+                ahead.wait("train_step_phase2")
+            report_progress(step)
+            if schedule.logs_at(step):
+                train_metrics.write(step)
+            if schedule.evaluates_at(step):
+                train_metrics.check()
+                ahead.wait("eval_step")
+                ahead.wait("predict")
+                val = validate_state(step, state)
+                if patience is not None:
+                    state = early_stop_tasks(
+                        state, val, step, int(patience), train_metrics, schedule, writer, mesh
+                    )
+                    if not state_lib.active_tasks(state):
+                        logging.info("step %d: every task has stopped early; ending the run", step)
+                        save_checkpoint(step, state, manager, train_iter, tracker, train_metrics)
+                        break
+            if schedule.saves_at(step):
+                save_checkpoint(step, state, manager, train_iter, tracker, train_metrics)
+    finally:
+        ahead.close()
     train_metrics.check()
     manager.wait_until_finished()
     wall = time.time() - t0
@@ -388,7 +429,7 @@ class TrainMetrics:
             bad = metrics_lib.first_non_finite(values)
             if bad:
                 self._raise_non_finite(step, values, bad)
-            self._window = self._window.merge(metrics_lib.from_step_outputs(self.names, values))
+        self._window = self._window.merge(metrics_lib.from_step_outputs(self.names, host))
         self._pending.clear()
 
     def _raise_non_finite(self, step: int, values: dict, bad: list[str]):
@@ -452,7 +493,7 @@ def evaluate(state, *, config, pipeline, mesh, fns) -> tuple[dict, dict | None]:
     that have the task. Returns (metrics, the first batch's model inputs or None if empty)."""
     names = metrics_lib.metric_names(state.objective)
     masks = metrics_lib.eval_masks(state.objective)
-    collection = metrics_lib.empty(names, masks)
+    outputs = []  # on the devices until the end: fetching each batch would wait for it
     first = None
     for batch in pipeline.make_eval_iterator(
         config.data,
@@ -464,10 +505,10 @@ def evaluate(state, *, config, pipeline, mesh, fns) -> tuple[dict, dict | None]:
         if first is None:
             first = arrays
         dev = sharding.put_batch(arrays, mesh)
-        collection = collection.merge(
-            metrics_lib.from_step_outputs(names, fns.eval_step(state, dev), masks)
-        )
-    return metrics_lib.compute(collection), first
+        outputs.append(fns.eval_step(state, dev))
+    if not outputs:
+        return metrics_lib.compute(metrics_lib.empty(names, masks)), first
+    return metrics_lib.compute(metrics_lib.from_step_outputs(names, outputs, masks)), first
 
 
 def write_image_grids(step: int, state, batch, *, config, mesh, fns, writer, images_dir, is_main):

@@ -280,12 +280,13 @@ def create_train_state(
     params = {MODEL: model_vars["params"]}
     batch_stats = {MODEL: model_vars.get("batch_stats", {})}
     spec = optimizer_spec_from_config(config, backbone_frozen)
-    opt_state = {MODEL: optim.model_tx(spec).init(params[MODEL])}
+    # Jitted: op by op, Adam's zero moments compile one small program per parameter shape.
+    opt_state = {MODEL: jax.jit(optim.model_tx(spec).init)(params[MODEL])}
     if discriminator is not None:
         d_vars = _init(discriminator, d_rng, size, 3, None)
         params[DISCRIMINATOR] = d_vars["params"]
         batch_stats[DISCRIMINATOR] = d_vars.get("batch_stats", {})
-        opt_state[DISCRIMINATOR] = optim.discriminator_tx(spec).init(params[DISCRIMINATOR])
+        opt_state[DISCRIMINATOR] = jax.jit(optim.discriminator_tx(spec).init)(params[DISCRIMINATOR])
     mtl_state = initial_mtl_state(objective)
     if config.train.get("early_stopping_patience") is not None:
         mtl_state["early_stopping"] = early_stopping_init(

@@ -416,8 +416,9 @@ def predict(state: TrainState, L):
 @functools.cache
 def jit_steps(mesh=None):
     """Jitted (train_step, eval_step, predict, discriminator_step, generator_step,
-    classifier_step) with the state donated; with a mesh, outputs are replicated over it (the
-    batch arrives sharded along "data", so XLA all-reduces gradients and BN batch statistics)."""
+    classifier_step, and the phase switch unfreeze_backbone), the steps with the state donated;
+    with a mesh, outputs are replicated over it (the batch arrives sharded along "data", so XLA
+    all-reduces gradients and BN batch statistics)."""
     kwargs = {}
     if mesh is not None:
         from mtcolor import sharding
@@ -431,6 +432,9 @@ def jit_steps(mesh=None):
         discriminator_step=jax.jit(discriminator_step, donate_argnums=0, **kwargs),
         generator_step=jax.jit(generator_step, donate_argnums=0, **kwargs),
         classifier_step=jax.jit(classifier_step, donate_argnums=0, **kwargs),
+        # One program: op by op, the backbone's fresh Adam state compiled a zeros program per
+        # parameter shape (about 2 s of the CPU demo's phase switch).
+        unfreeze_backbone=jax.jit(state_lib.unfreeze_backbone, **kwargs),
     )
 
 
@@ -460,3 +464,4 @@ class JittedSteps(NamedTuple):
     discriminator_step: Callable
     generator_step: Callable
     classifier_step: Callable
+    unfreeze_backbone: Callable
