@@ -166,23 +166,8 @@ def _im2col(lhs, rhs, window_strides, padding, precision, preferred_element_type
     sy, sx = window_strides
     (top, bottom), (left, right) = padding
     padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    n, padded_h, padded_w, _ = padded.shape
-    out_h = (padded_h - kh) // sy + 1
-    out_w = (padded_w - kw) // sx + 1
     # (N, out_h, out_w, kh * kw * c_in), ordered like rhs.reshape(kh * kw * c_in, c_out)
-    columns = jnp.concatenate(
-        [
-            jax.lax.slice(
-                padded,
-                (0, i, j, 0),
-                (n, i + sy * (out_h - 1) + 1, j + sx * (out_w - 1) + 1, c_in),
-                (1, sy, sx, 1),
-            )
-            for i in range(kh)
-            for j in range(kw)
-        ],
-        axis=-1,
-    )
+    columns = jnp.concatenate(window_taps(padded, (kh, kw), (sy, sx)), axis=-1)
     return jnp.einsum(
         "nhwk,ko->nhwo",
         columns,
@@ -190,6 +175,24 @@ def _im2col(lhs, rhs, window_strides, padding, precision, preferred_element_type
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
+
+
+def window_taps(padded, window_shape, window_strides) -> list:
+    """What each tap (i, j) of a window sliding over the NHWC map ``padded`` reads, in row-major
+    tap order: the strided slice ``padded[:, i::sy, j::sx]`` cut to the output map's size."""
+    (kh, kw), (sy, sx) = window_shape, window_strides
+    n, padded_h, padded_w, c = padded.shape
+    out_h, out_w = (padded_h - kh) // sy + 1, (padded_w - kw) // sx + 1
+    return [
+        jax.lax.slice(
+            padded,
+            (0, i, j, 0),
+            (n, i + sy * (out_h - 1) + 1, j + sx * (out_w - 1) + 1, c),
+            (1, sy, sx, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
 
 
 def _output_pixels(lhs_shape, rhs_shape, window_strides, padding) -> int:
@@ -368,13 +371,6 @@ def kernel_gradient(lhs, out_grad, kernel_shape, window_strides, padding, precis
                 taps.append(product(placed.reshape(-1, c_out), input_pixels))
     else:
         out_pixels = out_grad.reshape(-1, c_out)
-        for i in range(kh):
-            for j in range(kw):
-                reads = jax.lax.slice(
-                    padded,
-                    (0, i, j, 0),
-                    (n, i + sy * (out_h - 1) + 1, j + sx * (out_w - 1) + 1, c_in),
-                    (1, sy, sx, 1),
-                )
-                taps.append(product(out_pixels, reads.reshape(-1, c_in)))
+        for reads in window_taps(padded, (kh, kw), (sy, sx)):
+            taps.append(product(out_pixels, reads.reshape(-1, c_in)))
     return jnp.stack(taps).reshape(kh, kw, c_out, c_in).transpose(0, 1, 3, 2)

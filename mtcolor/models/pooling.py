@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtcolor.models.conv import window_taps
+
 
 def max_pool(x, window_shape, strides, padding):
     """flax's ``nn.max_pool`` for NHWC ``x`` with explicit ``padding`` ((top, bottom), (left,
@@ -42,21 +44,8 @@ def _max_pool_taps(x, window_shape, strides, padding):
 
 def _taps(x, window_shape, strides, padding):
     """The window's taps as strided slices of the -inf padded input, in row-major window order."""
-    (kh, kw), (sy, sx) = window_shape, strides
     padded = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
-    n, padded_h, padded_w, c = padded.shape
-    out_h, out_w = (padded_h - kh) // sy + 1, (padded_w - kw) // sx + 1
-    taps = [
-        jax.lax.slice(
-            padded,
-            (0, i, j, 0),
-            (n, i + sy * (out_h - 1) + 1, j + sx * (out_w - 1) + 1, c),
-            (1, sy, sx, 1),
-        )
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    return taps
+    return window_taps(padded, window_shape, strides)
 
 
 def _forward(x, window_shape, strides, padding):
