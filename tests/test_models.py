@@ -562,6 +562,16 @@ def test_tiny_map_conv_equals_xla_convolution_with_gradients(map_hw, kernel, str
         assert rel_err(g, r) < EVAL_RTOL
 
 
+def assert_float64_conv_equal(got, want, got_grads, want_grads):
+    """A convolution form's float64 output and (input, kernel) gradients equal XLA's own, up to
+    summation order."""
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    for g, r in zip(got_grads, want_grads):
+        assert g.dtype == r.dtype == np.float64
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize(
     "map_hw, kernel, strides, padding, c_in, c_out",
     [
@@ -611,11 +621,7 @@ def test_large_map_conv_kernel_gradient_equals_xla(
     out_pixels = got.shape[1] * got.shape[2]
     assert out_pixels >= conv_module.KERNEL_GRADIENT_MIN_OUTPUT_PIXELS
     assert "dot_general" in str(jaxpr)
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    for g, r in zip(got_grads, want_grads):
-        assert g.dtype == r.dtype == np.float64
-        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+    assert_float64_conv_equal(got, want, got_grads, want_grads)
 
 
 @pytest.mark.parametrize(
@@ -736,11 +742,7 @@ def test_float64_convolution_runs_as_im2col_on_cpu_and_equals_xla(
         # the CPU branch of the per-platform choice).
         program = value_and_grads(conv_module.conv_general_dilated).lower(x, w).as_text()
     assert "convolution" not in program and "dot_general" in program
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    for g, r in zip(got_grads, want_grads):
-        assert g.dtype == r.dtype == np.float64
-        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+    assert_float64_conv_equal(got, want, got_grads, want_grads)
 
 
 @pytest.mark.parametrize(
