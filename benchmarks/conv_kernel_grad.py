@@ -1,4 +1,4 @@
-"""Kernel (weight) gradients of the models' convolutions: XLA's own form against mtcolor's matmuls.
+"""Kernel (weight) gradients of the models' convolutions: XLA's own form against mtcolor's.
 
 For each convolution of the multi-task cGAN large enough for the choice at the given image size
 (output map of at least ``KERNEL_GRADIENT_MIN_OUTPUT_PIXELS``, at least
@@ -11,9 +11,16 @@ interleaved over ``--rounds`` and the best time kept:
   * ``matmul``: ``mtcolor.models.conv.kernel_gradient``, one (c_out, P) x (P, c_in) product per
     kernel tap (copying the input's pixels, or the output gradient's when the stride is 1 and
     c_out < c_in), what mtcolor's convolutions use on CPU for kernels of at most
-    ``KERNEL_GRADIENT_MAX_TAPS`` taps (the column ``mtcolor``).
+    ``KERNEL_GRADIENT_MAX_TAPS`` taps;
+  * ``s2d`` (stride-2 convolutions with even kernels: the PatchGAN's 4x4/2):
+    ``mtcolor.models.conv.space_to_depth_kernel_gradient_of``, the matmul form of the equal
+    stride-1 convolution over the space-to-depth input, folded back, what mtcolor uses on CPU for
+    output gradients of at least ``SPACE_TO_DEPTH_KERNEL_GRADIENT_MIN_BYTES``.
 
-Both results are checked equal first (relative 1e-4). Prints a table and writes JSON (default
+The column ``mtcolor`` names the form mtcolor's convolutions choose on CPU
+(``mtcolor.models.conv.cpu_kernel_gradient_form``).
+
+Every form is checked equal to XLA's first (relative 1e-4). Prints a table and writes JSON (default
 benchmarks/results/conv_kernel_grad.json).
 
     python benchmarks/conv_kernel_grad.py --sizes 128 256
@@ -88,14 +95,21 @@ def bench(name, shape, kernel, stride, pad, c_out, batch_size, rounds) -> dict |
     def matmul(x, dy):
         return conv_lib.kernel_gradient(x, dy, w.shape, strides, padding)
 
+    def space_to_depth(x, dy):
+        return conv_lib.space_to_depth_kernel_gradient_of(x, dy, w.shape, padding)
+
     forms = {"xla": jax.jit(xla), "matmul": jax.jit(matmul)}
+    if stride == 2 and kernel % 2 == 0:
+        forms["s2d"] = jax.jit(space_to_depth)
     want = np.asarray(forms["xla"](x, dy))
-    got = np.asarray(forms["matmul"](x, dy))
-    error = float(np.abs(got - want).max() / np.abs(want).max())
-    if error > 1e-4:
-        raise AssertionError(
-            f"{name}: the matmul kernel gradient differs from XLA's by {error:.1e}"
-        )
+    error = 0.0
+    for form in forms:
+        got = np.asarray(forms[form](x, dy))
+        error = max(error, float(np.abs(got - want).max() / np.abs(want).max()))
+        if error > 1e-4:
+            raise AssertionError(
+                f"{name}: the {form} kernel gradient differs from XLA's by {error:.1e}"
+            )
     best = dict.fromkeys(forms, float("inf"))
     for _ in range(rounds):
         for form, fn in forms.items():
@@ -110,8 +124,11 @@ def bench(name, shape, kernel, stride, pad, c_out, batch_size, rounds) -> dict |
         "gflop": float(gflop),
         "xla_ms": best["xla"] * 1e3,
         "matmul_ms": best["matmul"] * 1e3,
+        "s2d_ms": best["s2d"] * 1e3 if "s2d" in best else None,
         "speedup": best["xla"] / best["matmul"],
-        "mtcolor_form": "matmul" if kernel * kernel <= conv_lib.KERNEL_GRADIENT_MAX_TAPS else "xla",
+        "mtcolor_form": conv_lib.cpu_kernel_gradient_form(
+            x.shape, w.shape, strides, padding, x.dtype.itemsize
+        ),
         "max_relative_difference": error,
     }
 
@@ -134,7 +151,7 @@ def main():
     print("#", machine)
     print(
         f"{'px':>4} {'convolution':<32}{'GFLOP':>7}{'xla ms':>9}{'matmul ms':>11}{'speedup':>9}"
-        f"{'mtcolor':>9}"
+        f"{'s2d ms':>8}{'mtcolor':>16}"
     )
     rows = []
     for size in args.sizes:
@@ -146,7 +163,9 @@ def main():
             rows.append(row)
             print(
                 f"{size:>4} {row['conv']:<32}{row['gflop']:>7.2f}{row['xla_ms']:>9.1f}"
-                f"{row['matmul_ms']:>11.1f}{row['speedup']:>8.2f}x{row['mtcolor_form']:>9}",
+                f"{row['matmul_ms']:>11.1f}{row['speedup']:>8.2f}x"
+                f"{'-' if row['s2d_ms'] is None else format(row['s2d_ms'], '.1f'):>8}"
+                f"{row['mtcolor_form']:>16}",
                 flush=True,
             )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -675,6 +675,88 @@ def test_stride2_input_gradient_as_space_to_depth_equals_xla(
 
 
 @pytest.mark.parametrize(
+    "map_hw, kernel, padding, c_in, c_out",
+    [
+        ((32, 32), 4, ((1, 1), (1, 1)), 6, 8),  # the PatchGAN's 4x4/2 convs (4 c_in > c_out)
+        ((16, 12), 4, ((1, 1), (1, 1)), 3, 16),  # non-square, 4 c_in < c_out (conv1-like)
+        ((13, 12), 4, ((2, 1), (1, 1)), 4, 3),  # odd map, uneven padding (even once padded)
+        ((14, 14), 2, ((0, 0), (0, 0)), 5, 4),  # 2x2/2: one folded tap
+    ],
+)
+def test_stride2_kernel_gradient_as_space_to_depth_equals_xla(
+    map_hw, kernel, padding, c_in, c_out, monkeypatch
+):
+    # On CPU, for large output gradients, the kernel gradient of a stride-2 conv with an even
+    # kernel is the matmul kernel gradient of the stride-1 space-to-depth form, folded back
+    # (mtcolor.models.conv). Reference: XLA's own convolution and autodiff, in float64 (the
+    # float64 im2col form pinned off, the size threshold lowered to reach these small maps).
+    from mtcolor.models import conv as conv_module
+
+    monkeypatch.setattr(conv_module, "FLOAT64_AS_IM2COL", False)
+    monkeypatch.setattr(conv_module, "SPACE_TO_DEPTH_KERNEL_GRADIENT_MIN_BYTES", 0)
+    rng = np.random.default_rng(9)
+    dn = ("NHWC", "HWIO", "NHWC")
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(2, *map_hw, c_in)), jnp.float64)
+        w = jnp.asarray(rng.normal(size=(kernel, kernel, c_in, c_out)), jnp.float64)
+
+        def loss(fn, x, w):
+            return jnp.sum(jnp.sin(fn(x, w, (2, 2), padding, dimension_numbers=dn)))
+
+        got = jax.jit(jax.grad(lambda x, w: loss(conv_module.conv_general_dilated, x, w), (0, 1)))(
+            x, w
+        )
+        want = jax.jit(jax.grad(lambda x, w: loss(jax.lax.conv_general_dilated, x, w), (0, 1)))(
+            x, w
+        )
+        kernel_gradient_hlo = (
+            jax.jit(jax.grad(lambda w: loss(conv_module.conv_general_dilated, x, w)))
+            .lower(w)
+            .compile()
+            .as_text()
+        )
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+    # The form under test ran: XLA's kernel gradient is a convolution whose window is the output
+    # gradient dilated by the stride (rhs_dilate); the folded form has none, only dots.
+    assert "rhs_dilate" not in kernel_gradient_hlo
+    assert " dot(" in kernel_gradient_hlo
+
+
+@pytest.mark.parametrize(
+    "lhs_shape, c_out, matmuls",
+    [
+        # The PatchGAN at 256 px, batch 16: output gradients of 64, 32 and 16 MiB.
+        ((16, 256, 256, 3), 64, True),
+        ((16, 128, 128, 64), 128, True),
+        ((16, 64, 64, 128), 256, True),
+        # At 128 px conv2 and conv3 (8 and 4 MiB) keep XLA's own (faster there).
+        ((16, 64, 64, 64), 128, False),
+        ((16, 32, 32, 128), 256, False),
+    ],
+)
+def test_stride2_kernel_gradient_form_follows_output_gradient_size(lhs_shape, c_out, matmuls):
+    # The folded form shows in the kernel gradient's jaxpr as dot_generals (its CPU branch);
+    # traced on abstract shapes, so the 256 px sizes cost nothing.
+    from mtcolor.models import conv as conv_module
+
+    assert conv_module.SPACE_TO_DEPTH_KERNEL_GRADIENT_MIN_BYTES == 16 * 2**20
+    x = jax.ShapeDtypeStruct(lhs_shape, jnp.float32)
+    w = jax.ShapeDtypeStruct((4, 4, lhs_shape[3], c_out), jnp.float32)
+
+    def kernel_gradient(x, w):
+        def loss(w):
+            y = conv_module.conv_general_dilated(
+                x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+            return jnp.sum(y)
+
+        return jax.grad(loss)(w)
+
+    assert ("dot_general" in str(jax.make_jaxpr(kernel_gradient)(x, w))) == matmuls
+
+
+@pytest.mark.parametrize(
     "kernel, strides, c_in, c_out, matmuls",
     [
         (2, (1, 1), 64, 32, True),  # the decoder's phase conv: 4 taps

@@ -29,6 +29,12 @@ CPU, the transpose of the same convolution written as a stride-1 one over the sp
 XLA's own is a convolution over the zero-dilated output gradient, off XLA:CPU's convolution library
 (49 vs 15 ms for the PatchGAN's conv 64 -> 128 at 128 px, batch 16).
 
+The kernel gradient of those stride-2 convolutions is, on CPU and where the output gradient is
+large (at least SPACE_TO_DEPTH_KERNEL_GRADIENT_MIN_BYTES), the matmul kernel gradient of that same
+stride-1 form, folded back: XLA's own is a convolution whose window is the output gradient dilated
+by 2, and it slowed down 6-13x when the output gradient grew from 8 to 17-67 MB (the PatchGAN at
+256 px: conv2 234 vs 132 ms, conv3 119 vs 84 ms, conv1 80 vs 49 ms per kernel gradient, batch 16).
+
 Other backends keep XLA's own gradients (cuDNN's), chosen at lowering time.
 """
 
@@ -56,6 +62,13 @@ KERNEL_GRADIENT_MAX_TAPS = 4
 # Input gradients of stride-2 convolutions with even kernels as a stride-1 convolution over the
 # space-to-depth input on CPU (space_to_depth_input_gradient_of). Off: XLA's own.
 SPACE_TO_DEPTH_INPUT_GRADIENT = True
+# Kernel gradients of the same stride-2 convolutions as the matmul kernel gradient of their stride-1
+# space-to-depth form (space_to_depth_kernel_gradient_of) on CPU, from this size of output gradient
+# (batch included) up. Measured per PatchGAN conv, batch 16 (2026-11-26, Zen 5): XLA's own kernel
+# gradient took 6, 20 and 18 ms for conv1-3 at 128 px (output gradients of 16.8, 8.4 and 4.2 MB;
+# the folded form 8, 35 and 18 ms) and 80, 234 and 119 ms at 256 px (67, 34 and 17 MB; folded 49,
+# 132 and 84 ms). 0 turns it on everywhere; None off.
+SPACE_TO_DEPTH_KERNEL_GRADIENT_MIN_BYTES = 16 * 2**20
 # Fewest output channels for the matmul kernel gradient: with one or two (the decoder's to_ab,
 # 32 -> 2; the PatchGAN's last conv, 512 -> 1) each tap's product reads the whole input to fill a
 # 1-2 row result, and XLA's form was as fast or faster (256 px, batch 16: 248 vs 251 ms, 64 vs
@@ -124,23 +137,20 @@ def conv_general_dilated(
         )
     if plain and not tiny_map and preferred_element_type is None and _explicit_nonnegative(padding):
         window_strides, padding = tuple(window_strides), tuple(map(tuple, padding))
-        matmul_kernel_gradient = (
-            _output_pixels(lhs.shape, rhs.shape, window_strides, padding)
-            >= KERNEL_GRADIENT_MIN_OUTPUT_PIXELS
-            and rhs.shape[3] >= KERNEL_GRADIENT_MIN_OUT_CHANNELS
-            and rhs.shape[0] * rhs.shape[1] <= KERNEL_GRADIENT_MAX_TAPS
+        kernel_gradient_form = cpu_kernel_gradient_form(
+            lhs.shape, rhs.shape, window_strides, padding, jnp.result_type(lhs, rhs).itemsize
         )
-        space_to_depth_input_gradient = _space_to_depth_applies(
+        space_to_depth_input_gradient = SPACE_TO_DEPTH_INPUT_GRADIENT and _space_to_depth_applies(
             lhs.shape, rhs.shape, window_strides, padding
         )
-        if matmul_kernel_gradient or space_to_depth_input_gradient:
+        if kernel_gradient_form != "xla" or space_to_depth_input_gradient:
             return _conv_with_cpu_gradients(
                 lhs,
                 rhs,
                 window_strides,
                 padding,
                 precision,
-                matmul_kernel_gradient,
+                kernel_gradient_form,
                 space_to_depth_input_gradient,
             )
     if not (plain and tiny_map):
@@ -195,6 +205,27 @@ def window_taps(padded, window_shape, window_strides) -> list:
     ]
 
 
+def cpu_kernel_gradient_form(lhs_shape, rhs_shape, window_strides, padding, itemsize) -> str:
+    """How the kernel gradient of a large-map NHWC convolution is computed on CPU:
+    "space_to_depth" (:func:`space_to_depth_kernel_gradient_of`), "matmul"
+    (:func:`kernel_gradient`) or "xla" (XLA's own), by the measurements above."""
+    out_pixels = _output_pixels(lhs_shape, rhs_shape, window_strides, padding)
+    out_grad_bytes = lhs_shape[0] * out_pixels * rhs_shape[3] * itemsize
+    if (
+        SPACE_TO_DEPTH_KERNEL_GRADIENT_MIN_BYTES is not None
+        and out_grad_bytes >= SPACE_TO_DEPTH_KERNEL_GRADIENT_MIN_BYTES
+        and _space_to_depth_applies(lhs_shape, rhs_shape, window_strides, padding)
+    ):
+        return "space_to_depth"
+    if (
+        out_pixels >= KERNEL_GRADIENT_MIN_OUTPUT_PIXELS
+        and rhs_shape[3] >= KERNEL_GRADIENT_MIN_OUT_CHANNELS
+        and rhs_shape[0] * rhs_shape[1] <= KERNEL_GRADIENT_MAX_TAPS
+    ):
+        return "matmul"
+    return "xla"
+
+
 def _output_pixels(lhs_shape, rhs_shape, window_strides, padding) -> int:
     (top, bottom), (left, right) = padding
     out_h = (lhs_shape[1] + top + bottom - rhs_shape[0]) // window_strides[0] + 1
@@ -219,11 +250,12 @@ def _conv_with_cpu_gradients(
     window_strides,
     padding,
     precision,
-    matmul_kernel_gradient,
+    kernel_gradient_form,
     space_to_depth_input_gradient,
 ):
-    """XLA's NHWC convolution whose gradients are, on CPU, :func:`kernel_gradient` (if
-    ``matmul_kernel_gradient``) and :func:`space_to_depth_input_gradient` (if
+    """XLA's NHWC convolution whose gradients are, on CPU, :func:`kernel_gradient` or
+    :func:`space_to_depth_kernel_gradient_of` (``kernel_gradient_form`` "matmul" or
+    "space_to_depth") and :func:`space_to_depth_input_gradient_of` (if
     ``space_to_depth_input_gradient``); XLA's own otherwise and on other backends."""
     return _nhwc_conv(lhs, rhs, window_strides, padding, precision)
 
@@ -236,7 +268,7 @@ def _conv_backward(
     window_strides,
     padding,
     precision,
-    matmul_kernel_gradient,
+    kernel_gradient_form,
     space_to_depth_input_gradient,
     residuals,
     out_grad,
@@ -258,7 +290,10 @@ def _conv_backward(
         return grad.astype(lhs.dtype)
 
     def matmul_form(lhs, out_grad):
-        grad = kernel_gradient(lhs, out_grad, rhs.shape, window_strides, padding, precision)
+        if kernel_gradient_form == "space_to_depth":
+            grad = space_to_depth_kernel_gradient_of(lhs, out_grad, rhs.shape, padding, precision)
+        else:
+            grad = kernel_gradient(lhs, out_grad, rhs.shape, window_strides, padding, precision)
         return grad.astype(rhs.dtype)
 
     if space_to_depth_input_gradient:
@@ -267,7 +302,7 @@ def _conv_backward(
         )
     else:
         lhs_grad = xla_input_gradient(rhs, out_grad)
-    if matmul_kernel_gradient:
+    if kernel_gradient_form != "xla":
         rhs_grad = jax.lax.platform_dependent(
             lhs, out_grad, cpu=matmul_form, default=xla_kernel_gradient
         )
@@ -281,11 +316,11 @@ _conv_with_cpu_gradients.defvjp(_conv_forward, _conv_backward)
 
 def _space_to_depth_applies(lhs_shape, rhs_shape, window_strides, padding) -> bool:
     """A stride-2 convolution with an even kernel over an even padded map (the PatchGAN's 4x4/2
-    convs): its input gradient has the stride-1 form of :func:`space_to_depth_input_gradient_of`."""
+    convs): its gradients have the stride-1 forms of :func:`space_to_depth_input_gradient_of` and
+    :func:`space_to_depth_kernel_gradient_of`."""
     (top, bottom), (left, right) = padding
     return (
-        SPACE_TO_DEPTH_INPUT_GRADIENT
-        and window_strides == (2, 2)
+        window_strides == (2, 2)
         and rhs_shape[0] % 2 == 0
         and rhs_shape[1] % 2 == 0
         and (lhs_shape[1] + top + bottom) % 2 == 0
@@ -311,9 +346,7 @@ def space_to_depth_input_gradient_of(out_grad, rhs, input_shape, padding, precis
     4x4/2 conv 64 -> 128 at 128 px, batch 16: 49 ms); the stride-1 form's transpose is a plain
     convolution (13 ms). Same FLOPs; the reshapes are one copy of the gradient.
     """
-    kh, kw, c_in, c_out = rhs.shape
-    folded_kernel = rhs.reshape(kh // 2, 2, kw // 2, 2, c_in, c_out).transpose(0, 2, 1, 3, 4, 5)
-    folded_kernel = folded_kernel.reshape(kh // 2, kw // 2, 4 * c_in, c_out)
+    folded_kernel = _fold_kernel(rhs)
 
     def stride_one_form(lhs):
         padded = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
@@ -323,6 +356,44 @@ def space_to_depth_input_gradient_of(out_grad, rhs, input_shape, padding, precis
 
     primal = jax.ShapeDtypeStruct(input_shape, jnp.result_type(out_grad, rhs))
     return jax.linear_transpose(stride_one_form, primal)(out_grad)[0]
+
+
+def _fold_kernel(rhs):
+    """(kh, kw, c_in, c_out) -> (kh/2, kw/2, 4 c_in, c_out): tap (2a + p, 2b + q) to (a, b), input
+    channels (p, q, c), matching :func:`_space_to_depth`."""
+    kh, kw, c_in, c_out = rhs.shape
+    folded = rhs.reshape(kh // 2, 2, kw // 2, 2, c_in, c_out).transpose(0, 2, 1, 3, 4, 5)
+    return folded.reshape(kh // 2, kw // 2, 4 * c_in, c_out)
+
+
+def _unfold_kernel(folded, kernel_shape):
+    """The inverse of :func:`_fold_kernel`."""
+    kh, kw, c_in, c_out = kernel_shape
+    unfolded = folded.reshape(kh // 2, kw // 2, 2, 2, c_in, c_out).transpose(0, 2, 1, 3, 4, 5)
+    return unfolded.reshape(kernel_shape)
+
+
+def space_to_depth_kernel_gradient_of(lhs, out_grad, kernel_shape, padding, precision=None):
+    """The kernel gradient of a stride-2 NHWC/HWIO convolution with an even kernel, as the matmul
+    kernel gradient (:func:`kernel_gradient`) of the equal stride-1 convolution over the
+    space-to-depth padded input (see :func:`space_to_depth_input_gradient_of`), folded back.
+
+    The folded kernel has a quarter of the taps and four times the input channels, so the matmuls
+    are few and wide: four for the PatchGAN's 4x4/2 convs, each copying the output gradient placed
+    at its tap (c_out < 4 c_in) or a slice of the space-to-depth input. Same FLOPs as XLA's own;
+    one copy of the input for the space-to-depth map.
+    """
+    kh, kw, c_in, c_out = kernel_shape
+    padded = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+    folded = kernel_gradient(
+        _space_to_depth(padded),
+        out_grad,
+        (kh // 2, kw // 2, 4 * c_in, c_out),
+        (1, 1),
+        ((0, 0), (0, 0)),
+        precision,
+    )
+    return _unfold_kernel(folded, kernel_shape)
 
 
 def kernel_gradient(lhs, out_grad, kernel_shape, window_strides, padding, precision=None):
