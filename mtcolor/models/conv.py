@@ -32,8 +32,8 @@ XLA's own is a convolution over the zero-dilated output gradient, off XLA:CPU's 
 The kernel gradient of those stride-2 convolutions is, on CPU and where the output gradient is
 large (at least SPACE_TO_DEPTH_KERNEL_GRADIENT_MIN_BYTES), the matmul kernel gradient of that same
 stride-1 form, folded back: XLA's own is a convolution whose window is the output gradient dilated
-by 2, and it slowed down 6-13x when the output gradient grew from 8 to 17-67 MB (the PatchGAN at
-256 px: conv2 234 vs 132 ms, conv3 119 vs 84 ms, conv1 80 vs 49 ms per kernel gradient, batch 16).
+by 2, and it slowed down 6-13x from 128 to 256 px (output gradients of 4-17 MB growing to 17-67 MB;
+at 256 px, batch 16: conv2 234 vs 132 ms, conv3 119 vs 84 ms, conv1 80 vs 49 ms).
 
 Other backends keep XLA's own gradients (cuDNN's), chosen at lowering time.
 """
