@@ -18,7 +18,8 @@ interleaved over ``--rounds`` and the best time kept:
     output gradients of at least ``SPACE_TO_DEPTH_KERNEL_GRADIENT_MIN_BYTES``.
 
 The column ``mtcolor`` names the form mtcolor's convolutions choose on CPU
-(``mtcolor.models.conv.cpu_kernel_gradient_form``).
+(``mtcolor.models.conv.cpu_kernel_gradient_form``; ``xla_in_chunks``: XLA's own, per batch chunk of
+at most ``KERNEL_GRADIENT_CHUNK_BYTES`` of output gradient, not timed here).
 
 Every form is checked equal to XLA's first (relative 1e-4). Prints a table and writes JSON (default
 benchmarks/results/conv_kernel_grad.json).

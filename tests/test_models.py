@@ -724,6 +724,56 @@ def test_stride2_kernel_gradient_as_space_to_depth_equals_xla(
 
 
 @pytest.mark.parametrize(
+    "kernel, strides, padding, chunks",
+    [
+        (4, (1, 1), ((1, 1), (1, 1)), 2),  # the PatchGAN's conv4
+        (7, (2, 2), ((3, 3), (3, 3)), 4),  # the ResNet stem
+        (3, (1, 1), ((1, 1), (1, 1)), 1),  # small enough to stay whole
+    ],
+)
+def test_xla_kernel_gradient_in_batch_chunks_equals_xla(
+    kernel, strides, padding, chunks, monkeypatch
+):
+    # On CPU, XLA's own kernel gradient of a conv with a large output gradient runs per batch
+    # chunk of at most KERNEL_GRADIENT_CHUNK_BYTES, summed (mtcolor.models.conv). Reference: XLA's
+    # convolution and autodiff of the whole batch, float64 (the im2col float64 form pinned off).
+    from mtcolor.models import conv as conv_module
+
+    monkeypatch.setattr(conv_module, "FLOAT64_AS_IM2COL", False)
+    batch, map_hw, c_in, c_out = 4, (20, 18), 3, 8
+    out_h = (map_hw[0] + sum(padding[0]) - kernel) // strides[0] + 1
+    out_w = (map_hw[1] + sum(padding[1]) - kernel) // strides[1] + 1
+    out_grad_bytes = batch * out_h * out_w * c_out * 8
+    # the chunk size that splits this batch's output gradient into `chunks` parts
+    monkeypatch.setattr(conv_module, "KERNEL_GRADIENT_CHUNK_BYTES", out_grad_bytes // chunks)
+    rng = np.random.default_rng(11)
+    dn = ("NHWC", "HWIO", "NHWC")
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(batch, *map_hw, c_in)), jnp.float64)
+        w = jnp.asarray(rng.normal(size=(kernel, kernel, c_in, c_out)), jnp.float64)
+
+        def loss(fn, x, w):
+            return jnp.sum(jnp.sin(fn(x, w, strides, padding, dimension_numbers=dn)))
+
+        got = jax.jit(jax.grad(lambda x, w: loss(conv_module.conv_general_dilated, x, w), (0, 1)))(
+            x, w
+        )
+        want = jax.jit(jax.grad(lambda x, w: loss(jax.lax.conv_general_dilated, x, w), (0, 1)))(
+            x, w
+        )
+        kernel_gradient_hlo = (
+            jax.jit(jax.grad(lambda w: loss(conv_module.conv_general_dilated, x, w)))
+            .lower(w)
+            .compile()
+            .as_text()
+        )
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+    # The forward conv and one kernel-gradient conv per chunk.
+    assert kernel_gradient_hlo.count(" convolution(") == 1 + chunks
+
+
+@pytest.mark.parametrize(
     "lhs_shape, c_out, matmuls",
     [
         # The PatchGAN at 256 px, batch 16: output gradients of 64, 32 and 16 MiB.

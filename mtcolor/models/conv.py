@@ -35,6 +35,11 @@ stride-1 form, folded back: XLA's own is a convolution whose window is the outpu
 by 2, and it slowed down 6-13x from 128 to 256 px (output gradients of 4-17 MB growing to 17-67 MB;
 at 256 px, batch 16: conv2 234 vs 132 ms, conv3 119 vs 84 ms, conv1 80 vs 49 ms).
 
+XLA:CPU's own kernel gradient also slowed down per FLOP once its output gradient outgrew about
+8 MiB, and summing it over batch chunks of at most that size was faster where it kept XLA's form
+(KERNEL_GRADIENT_CHUNK_BYTES): at 256 px the PatchGAN's conv4 (31.5 MB) 260 vs 205 ms in four
+chunks, the ResNet stem's 7x7/2 (67 MB) 79 vs 30 ms in eight.
+
 Other backends keep XLA's own gradients (cuDNN's), chosen at lowering time.
 """
 
@@ -69,6 +74,13 @@ SPACE_TO_DEPTH_INPUT_GRADIENT = True
 # the folded form 8, 35 and 18 ms) and 80, 234 and 119 ms at 256 px (67, 34 and 17 MB; folded 49,
 # 132 and 84 ms). 0 turns it on everywhere; None off.
 SPACE_TO_DEPTH_KERNEL_GRADIENT_MIN_BYTES = 16 * 2**20
+# Largest output gradient (bytes, the batch's) for which XLA's own kernel gradient runs whole on
+# CPU; above it, it runs per batch chunk of at most this size and the chunks' gradients are summed.
+# Measured alone (2026-11-26, Zen 5, batch 16, best of 5): the PatchGAN's conv4 at 256 px (31.5 MB)
+# 260 ms whole, 238 ms in 2 chunks, 205 ms in 4; the ResNet stem's 7x7/2 at 256 px (67 MB) 79 ms
+# whole, 30 ms in 8 chunks; at 128 px conv4 (7.4 MB) ran best whole (43 ms, 55 ms in 4 chunks)
+# and the stem (16.8 MB) about equal (6-8 vs 5-7 ms in 2). None: always whole.
+KERNEL_GRADIENT_CHUNK_BYTES = 8 * 2**20
 # Fewest output channels for the matmul kernel gradient: with one or two (the decoder's to_ab,
 # 32 -> 2; the PatchGAN's last conv, 512 -> 1) each tap's product reads the whole input to fill a
 # 1-2 row result, and XLA's form was as fast or faster (256 px, batch 16: 248 vs 251 ms, 64 vs
@@ -208,7 +220,8 @@ def window_taps(padded, window_shape, window_strides) -> list:
 def cpu_kernel_gradient_form(lhs_shape, rhs_shape, window_strides, padding, itemsize) -> str:
     """How the kernel gradient of a large-map NHWC convolution is computed on CPU:
     "space_to_depth" (:func:`space_to_depth_kernel_gradient_of`), "matmul"
-    (:func:`kernel_gradient`) or "xla" (XLA's own), by the measurements above."""
+    (:func:`kernel_gradient`), "xla_in_chunks" (XLA's own per batch chunk,
+    :func:`kernel_gradient_chunks`) or "xla" (XLA's own), by the measurements above."""
     out_pixels = _output_pixels(lhs_shape, rhs_shape, window_strides, padding)
     out_grad_bytes = lhs_shape[0] * out_pixels * rhs_shape[3] * itemsize
     if (
@@ -223,7 +236,20 @@ def cpu_kernel_gradient_form(lhs_shape, rhs_shape, window_strides, padding, item
         and rhs_shape[0] * rhs_shape[1] <= KERNEL_GRADIENT_MAX_TAPS
     ):
         return "matmul"
+    if kernel_gradient_chunks(lhs_shape[0], out_grad_bytes) > 1:
+        return "xla_in_chunks"
     return "xla"
+
+
+def kernel_gradient_chunks(batch: int, out_grad_bytes: int) -> int:
+    """Into how many equal batch chunks XLA's own kernel gradient is split on CPU: the fewest whose
+    output gradient is at most KERNEL_GRADIENT_CHUNK_BYTES (1: whole)."""
+    if KERNEL_GRADIENT_CHUNK_BYTES is None:
+        return 1
+    for chunks in range(1, batch + 1):
+        if batch % chunks == 0 and out_grad_bytes // chunks <= KERNEL_GRADIENT_CHUNK_BYTES:
+            return chunks
+    return batch
 
 
 def _output_pixels(lhs_shape, rhs_shape, window_strides, padding) -> int:
@@ -253,10 +279,11 @@ def _conv_with_cpu_gradients(
     kernel_gradient_form,
     space_to_depth_input_gradient,
 ):
-    """XLA's NHWC convolution whose gradients are, on CPU, :func:`kernel_gradient` or
-    :func:`space_to_depth_kernel_gradient_of` (``kernel_gradient_form`` "matmul" or
-    "space_to_depth") and :func:`space_to_depth_input_gradient_of` (if
-    ``space_to_depth_input_gradient``); XLA's own otherwise and on other backends."""
+    """XLA's NHWC convolution whose gradients are, on CPU, :func:`kernel_gradient`,
+    :func:`space_to_depth_kernel_gradient_of` or XLA's own in batch chunks
+    (``kernel_gradient_form`` "matmul", "space_to_depth" or "xla_in_chunks") and
+    :func:`space_to_depth_input_gradient_of` (if ``space_to_depth_input_gradient``); XLA's own
+    otherwise and on other backends."""
     return _nhwc_conv(lhs, rhs, window_strides, padding, precision)
 
 
@@ -289,9 +316,18 @@ def _conv_backward(
         grad = space_to_depth_input_gradient_of(out_grad, rhs, lhs.shape, padding, precision)
         return grad.astype(lhs.dtype)
 
-    def matmul_form(lhs, out_grad):
+    def cpu_form(lhs, out_grad):
         if kernel_gradient_form == "space_to_depth":
             grad = space_to_depth_kernel_gradient_of(lhs, out_grad, rhs.shape, padding, precision)
+        elif kernel_gradient_form == "xla_in_chunks":
+            chunks = kernel_gradient_chunks(lhs.shape[0], out_grad.size * out_grad.dtype.itemsize)
+            size = lhs.shape[0] // chunks
+            grad = sum(
+                xla_kernel_gradient(
+                    lhs[i * size : (i + 1) * size], out_grad[i * size : (i + 1) * size]
+                )
+                for i in range(chunks)
+            )
         else:
             grad = kernel_gradient(lhs, out_grad, rhs.shape, window_strides, padding, precision)
         return grad.astype(rhs.dtype)
@@ -304,7 +340,7 @@ def _conv_backward(
         lhs_grad = xla_input_gradient(rhs, out_grad)
     if kernel_gradient_form != "xla":
         rhs_grad = jax.lax.platform_dependent(
-            lhs, out_grad, cpu=matmul_form, default=xla_kernel_gradient
+            lhs, out_grad, cpu=cpu_form, default=xla_kernel_gradient
         )
     else:
         rhs_grad = xla_kernel_gradient(lhs, out_grad)
