@@ -674,6 +674,27 @@ def test_stride2_input_gradient_as_space_to_depth_equals_xla(
     assert "convolution" in hlo and "lhs_dilate" not in hlo
 
 
+def _gradients_and_kernel_gradient_hlo(x, w, strides, padding):
+    """mtcolor's conv and XLA's, (input, kernel) gradients of sum(sin(conv)) each, and the compiled
+    CPU program of mtcolor's kernel gradient (to see which form ran)."""
+    from mtcolor.models import conv as conv_module
+
+    def loss(fn, x, w):
+        return jnp.sum(
+            jnp.sin(fn(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        )
+
+    def gradients(fn):
+        return jax.jit(jax.grad(lambda x, w: loss(fn, x, w), (0, 1)))(x, w)
+
+    kernel_gradient = jax.jit(jax.grad(lambda w: loss(conv_module.conv_general_dilated, x, w)))
+    return (
+        gradients(conv_module.conv_general_dilated),
+        gradients(jax.lax.conv_general_dilated),
+        kernel_gradient.lower(w).compile().as_text(),
+    )
+
+
 @pytest.mark.parametrize(
     "map_hw, kernel, padding, c_in, c_out",
     [
@@ -695,26 +716,10 @@ def test_stride2_kernel_gradient_as_space_to_depth_equals_xla(
     monkeypatch.setattr(conv_module, "FLOAT64_AS_IM2COL", False)
     monkeypatch.setattr(conv_module, "SPACE_TO_DEPTH_KERNEL_GRADIENT_MIN_BYTES", 0)
     rng = np.random.default_rng(9)
-    dn = ("NHWC", "HWIO", "NHWC")
     with jax.enable_x64(True):
         x = jnp.asarray(rng.normal(size=(2, *map_hw, c_in)), jnp.float64)
         w = jnp.asarray(rng.normal(size=(kernel, kernel, c_in, c_out)), jnp.float64)
-
-        def loss(fn, x, w):
-            return jnp.sum(jnp.sin(fn(x, w, (2, 2), padding, dimension_numbers=dn)))
-
-        got = jax.jit(jax.grad(lambda x, w: loss(conv_module.conv_general_dilated, x, w), (0, 1)))(
-            x, w
-        )
-        want = jax.jit(jax.grad(lambda x, w: loss(jax.lax.conv_general_dilated, x, w), (0, 1)))(
-            x, w
-        )
-        kernel_gradient_hlo = (
-            jax.jit(jax.grad(lambda w: loss(conv_module.conv_general_dilated, x, w)))
-            .lower(w)
-            .compile()
-            .as_text()
-        )
+        got, want, kernel_gradient_hlo = _gradients_and_kernel_gradient_hlo(x, w, (2, 2), padding)
     for g, r in zip(got, want):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
     # The form under test ran: XLA's kernel gradient is a convolution whose window is the output
@@ -747,26 +752,10 @@ def test_xla_kernel_gradient_in_batch_chunks_equals_xla(
     # the chunk size that splits this batch's output gradient into `chunks` parts
     monkeypatch.setattr(conv_module, "KERNEL_GRADIENT_CHUNK_BYTES", out_grad_bytes // chunks)
     rng = np.random.default_rng(11)
-    dn = ("NHWC", "HWIO", "NHWC")
     with jax.enable_x64(True):
         x = jnp.asarray(rng.normal(size=(batch, *map_hw, c_in)), jnp.float64)
         w = jnp.asarray(rng.normal(size=(kernel, kernel, c_in, c_out)), jnp.float64)
-
-        def loss(fn, x, w):
-            return jnp.sum(jnp.sin(fn(x, w, strides, padding, dimension_numbers=dn)))
-
-        got = jax.jit(jax.grad(lambda x, w: loss(conv_module.conv_general_dilated, x, w), (0, 1)))(
-            x, w
-        )
-        want = jax.jit(jax.grad(lambda x, w: loss(jax.lax.conv_general_dilated, x, w), (0, 1)))(
-            x, w
-        )
-        kernel_gradient_hlo = (
-            jax.jit(jax.grad(lambda w: loss(conv_module.conv_general_dilated, x, w)))
-            .lower(w)
-            .compile()
-            .as_text()
-        )
+        got, want, kernel_gradient_hlo = _gradients_and_kernel_gradient_hlo(x, w, strides, padding)
     for g, r in zip(got, want):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
     # The forward conv and one kernel-gradient conv per chunk.
