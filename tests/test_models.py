@@ -762,6 +762,107 @@ def test_xla_kernel_gradient_in_batch_chunks_equals_xla(
     assert kernel_gradient_hlo.count(" convolution(") == 1 + chunks
 
 
+def test_folded_stride2_kernel_gradient_in_batch_chunks_equals_xla(monkeypatch):
+    # On CPU the folded kernel gradient of a stride-2 conv runs per batch chunk of at most
+    # SPACE_TO_DEPTH_KERNEL_GRADIENT_CHUNK_BYTES of output gradient, summed in a loop. Reference:
+    # XLA's own convolution and autodiff of the whole batch, float64.
+    from mtcolor.models import conv as conv_module
+
+    monkeypatch.setattr(conv_module, "FLOAT64_AS_IM2COL", False)
+    monkeypatch.setattr(conv_module, "SPACE_TO_DEPTH_KERNEL_GRADIENT_MIN_BYTES", 0)
+    batch, c_in, c_out = 6, 5, 8
+    out_grad_bytes = batch * 10 * 9 * c_out * 8  # a 20 x 18 map, 4x4/2, padding 1: 10 x 9
+    monkeypatch.setattr(
+        conv_module, "SPACE_TO_DEPTH_KERNEL_GRADIENT_CHUNK_BYTES", out_grad_bytes // 3
+    )
+    rng = np.random.default_rng(12)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(batch, 20, 18, c_in)), jnp.float64)
+        w = jnp.asarray(rng.normal(size=(4, 4, c_in, c_out)), jnp.float64)
+        got, want, kernel_gradient_hlo = _gradients_and_kernel_gradient_hlo(
+            x, w, (2, 2), ((1, 1), (1, 1))
+        )
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+    # The chunks are a loop of dots; XLA's form (a convolution over the dilated output gradient)
+    # is not there.
+    assert " while(" in kernel_gradient_hlo and "rhs_dilate" not in kernel_gradient_hlo
+
+
+@pytest.mark.parametrize(
+    "kernel, strides, padding, chunks",
+    [
+        (4, (2, 2), ((1, 1), (1, 1)), 3),  # the PatchGAN's 4x4/2 convs, 2 images per chunk
+        (7, (2, 2), ((3, 3), (3, 3)), 3),  # the ResNet stem
+        (3, (2, 2), ((1, 1), (1, 1)), 6),  # one image per chunk
+        (3, (1, 1), ((1, 1), (1, 1)), 1),  # stride 1: whole, whatever its size
+    ],
+)
+def test_stride2_forward_in_batch_chunks_equals_xla(kernel, strides, padding, chunks, monkeypatch):
+    # On CPU the forward of a stride-2 conv with a large output runs per batch chunk of at most
+    # FORWARD_CHUNK_BYTES, in a loop. Reference: XLA's own convolution (and autodiff) of the whole
+    # batch, float64.
+    from mtcolor.models import conv as conv_module
+
+    monkeypatch.setattr(conv_module, "FLOAT64_AS_IM2COL", False)
+    batch, map_hw, c_in, c_out = 6, (20, 18), 3, 8
+    out_h = (map_hw[0] + sum(padding[0]) - kernel) // strides[0] + 1
+    out_w = (map_hw[1] + sum(padding[1]) - kernel) // strides[1] + 1
+    output_bytes = batch * out_h * out_w * c_out * 8
+    # the chunk size that splits this batch's output into `chunks` parts (into 3 for stride 1)
+    monkeypatch.setattr(conv_module, "FORWARD_CHUNK_BYTES", output_bytes // max(chunks, 3))
+    rng = np.random.default_rng(13)
+    dimension_numbers = ("NHWC", "HWIO", "NHWC")
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(batch, *map_hw, c_in)), jnp.float64)
+        w = jnp.asarray(rng.normal(size=(kernel, kernel, c_in, c_out)), jnp.float64)
+        forward = jax.jit(
+            lambda x, w: conv_module.conv_general_dilated(
+                x, w, strides, padding, dimension_numbers=dimension_numbers
+            )
+        )
+        got = forward(x, w)
+        want = jax.lax.conv_general_dilated(
+            x, w, strides, padding, dimension_numbers=dimension_numbers
+        )
+        forward_hlo = forward.lower(x, w).compile().as_text()
+        got_gradients, want_gradients, _ = _gradients_and_kernel_gradient_hlo(
+            x, w, strides, padding
+        )
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    for g, r in zip(got_gradients, want_gradients):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+    assert (" while(" in forward_hlo) == (chunks > 1)
+    # One convolution either way: the loop's body holds it once.
+    assert forward_hlo.count(" convolution(") == 1
+
+
+@pytest.mark.parametrize(
+    "lhs_shape, kernel, c_out, chunks",
+    [
+        # At 256 px, batch 16, float32 (outputs hand-computed): the PatchGAN's conv1-3 (64, 32 and
+        # 16 MiB of output) and the ResNet stem (64 MiB), at most 2 MiB per chunk, at least one
+        # image per chunk.
+        ((16, 256, 256, 3), 4, 64, 16),
+        ((16, 128, 128, 64), 4, 128, 16),
+        ((16, 64, 64, 128), 4, 256, 8),
+        ((16, 256, 256, 1), 7, 64, 16),
+        # At 64 px conv2 has 2 MiB of output (whole); at 128 px 8 MiB (4 chunks).
+        ((16, 32, 32, 64), 4, 128, 1),
+        ((16, 64, 64, 64), 4, 128, 4),
+    ],
+)
+def test_stride2_forward_chunks_follow_output_size(lhs_shape, kernel, c_out, chunks):
+    from mtcolor.models import conv as conv_module
+
+    assert conv_module.FORWARD_CHUNK_BYTES == 2 * 2**20
+    pad = (kernel - 1) // 2 if kernel % 2 else 1
+    got = conv_module.cpu_forward_chunks(
+        lhs_shape, (kernel, kernel, lhs_shape[3], c_out), (2, 2), ((pad, pad), (pad, pad)), 4
+    )
+    assert got == chunks
+
+
 @pytest.mark.parametrize(
     "lhs_shape, c_out, matmuls",
     [

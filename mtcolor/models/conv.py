@@ -40,7 +40,15 @@ XLA:CPU's own kernel gradient also slowed down per FLOP once its output gradient
 (KERNEL_GRADIENT_CHUNK_BYTES): at 256 px the PatchGAN's conv4 (31.5 MB) 260 vs 205 ms in four
 chunks, the ResNet stem's 7x7/2 (67 MB) 79 vs 30 ms in eight.
 
-Other backends keep XLA's own gradients (cuDNN's), chosen at lowering time.
+XLA:CPU's stride-2 convolutions also ran faster per batch chunk once their output outgrew a few
+MiB, forward (FORWARD_CHUNK_BYTES; at 256 px, batch 16: the PatchGAN's conv2 97 vs 59 ms, conv3
+88 vs 48 ms, the ResNet stem 36 vs 27 ms) and in the folded kernel gradient above
+(SPACE_TO_DEPTH_KERNEL_GRADIENT_CHUNK_BYTES: conv2 126 vs 86 ms). Those chunks run as a loop
+(lax.map, lax.scan), one chunk's temporaries at a time; XLA's own convolution gradients lost their
+fast path inside a loop (100x slower, measured), so their chunks are separate calls, summed. The
+whole 256 px multi-task step in phase 2: 5.3-5.5 s -> 5.0-5.2 s; at 128 px 1.21 -> 1.17 s.
+
+Other backends keep XLA's own forms (cuDNN's), chosen at lowering time.
 """
 
 from __future__ import annotations
@@ -81,6 +89,19 @@ SPACE_TO_DEPTH_KERNEL_GRADIENT_MIN_BYTES = 16 * 2**20
 # whole, 30 ms in 8 chunks; at 128 px conv4 (7.4 MB) ran best whole (43 ms, 55 ms in 4 chunks)
 # and the stem (16.8 MB) about equal (6-8 vs 5-7 ms in 2). None: always whole.
 KERNEL_GRADIENT_CHUNK_BYTES = 8 * 2**20
+# The same for the folded stride-2 kernel gradient (SPACE_TO_DEPTH_KERNEL_GRADIENT_MIN_BYTES),
+# summed over its chunks in a loop (a scan: one chunk's temporaries live at a time). Measured alone
+# (2026-11-27, Zen 5, batch 16, 256 px, best of 5): the PatchGAN's conv1 47 -> 33 ms in 8 chunks,
+# conv2 126 -> 86 ms in 8, conv3 87 -> 62 ms in 4. None: always whole.
+SPACE_TO_DEPTH_KERNEL_GRADIENT_CHUNK_BYTES = 4 * 2**20
+# Largest output (bytes, the batch's) of a stride-2 convolution's forward run whole on CPU; above
+# it, it runs per batch chunk of at most this size, in a loop (lax.map: each chunk writes its rows
+# of the output; the chunks as separate calls joined by a concatenate paid a copy of the output
+# and lost where the output is large). Measured alone (2026-11-27, Zen 5, batch 16, best of 5): at
+# 256 px the PatchGAN's 4x4/2 conv1-3 34 -> 26, 97 -> 59 and 88 -> 48 ms, the ResNet stem's 7x7/2
+# 36 -> 27 ms; at 128 px conv2 and conv3 14 -> 11 ms; ResNet's 3x3/2 convs (8 MiB of output at
+# 256 px) and stride-1 convs gained nothing. None: always whole.
+FORWARD_CHUNK_BYTES = 2 * 2**20
 # Fewest output channels for the matmul kernel gradient: with one or two (the decoder's to_ab,
 # 32 -> 2; the PatchGAN's last conv, 512 -> 1) each tap's product reads the whole input to fill a
 # 1-2 row result, and XLA's form was as fast or faster (256 px, batch 16: 248 vs 251 ms, 64 vs
@@ -155,7 +176,10 @@ def conv_general_dilated(
         space_to_depth_input_gradient = SPACE_TO_DEPTH_INPUT_GRADIENT and _space_to_depth_applies(
             lhs.shape, rhs.shape, window_strides, padding
         )
-        if kernel_gradient_form != "xla" or space_to_depth_input_gradient:
+        forward_chunks = cpu_forward_chunks(
+            lhs.shape, rhs.shape, window_strides, padding, jnp.result_type(lhs, rhs).itemsize
+        )
+        if kernel_gradient_form != "xla" or space_to_depth_input_gradient or forward_chunks > 1:
             return _conv_with_cpu_gradients(
                 lhs,
                 rhs,
@@ -164,6 +188,7 @@ def conv_general_dilated(
                 precision,
                 kernel_gradient_form,
                 space_to_depth_input_gradient,
+                forward_chunks,
             )
     if not (plain and tiny_map):
         return jax.lax.conv_general_dilated(
@@ -241,13 +266,30 @@ def cpu_kernel_gradient_form(lhs_shape, rhs_shape, window_strides, padding, item
     return "xla"
 
 
+def cpu_forward_chunks(lhs_shape, rhs_shape, window_strides, padding, itemsize) -> int:
+    """Into how many batch chunks the forward of a large-map NHWC convolution is split on CPU: for
+    stride-2 convolutions, the fewest whose output is at most FORWARD_CHUNK_BYTES (1: whole)."""
+    if tuple(window_strides) != (2, 2):
+        return 1
+    out_pixels = _output_pixels(lhs_shape, rhs_shape, window_strides, padding)
+    return batch_chunks(
+        lhs_shape[0], lhs_shape[0] * out_pixels * rhs_shape[3] * itemsize, FORWARD_CHUNK_BYTES
+    )
+
+
 def kernel_gradient_chunks(batch: int, out_grad_bytes: int) -> int:
     """Into how many equal batch chunks XLA's own kernel gradient is split on CPU: the fewest whose
     output gradient is at most KERNEL_GRADIENT_CHUNK_BYTES (1: whole)."""
-    if KERNEL_GRADIENT_CHUNK_BYTES is None:
+    return batch_chunks(batch, out_grad_bytes, KERNEL_GRADIENT_CHUNK_BYTES)
+
+
+def batch_chunks(batch: int, total_bytes: int, chunk_bytes: int | None) -> int:
+    """The fewest equal chunks of ``batch`` rows holding at most ``chunk_bytes`` of ``total_bytes``
+    each (one row each if none does; 1 if ``chunk_bytes`` is None)."""
+    if chunk_bytes is None:
         return 1
     for chunks in range(1, batch + 1):
-        if batch % chunks == 0 and out_grad_bytes // chunks <= KERNEL_GRADIENT_CHUNK_BYTES:
+        if batch % chunks == 0 and total_bytes // chunks <= chunk_bytes:
             return chunks
     return batch
 
@@ -269,7 +311,7 @@ def _nhwc_conv(lhs, rhs, window_strides, padding, precision):
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
 def _conv_with_cpu_gradients(
     lhs,
     rhs,
@@ -278,17 +320,43 @@ def _conv_with_cpu_gradients(
     precision,
     kernel_gradient_form,
     space_to_depth_input_gradient,
+    forward_chunks,
 ):
-    """XLA's NHWC convolution whose gradients are, on CPU, :func:`kernel_gradient`,
-    :func:`space_to_depth_kernel_gradient_of` or XLA's own in batch chunks
-    (``kernel_gradient_form`` "matmul", "space_to_depth" or "xla_in_chunks") and
+    """XLA's NHWC convolution, on CPU per batch chunk if ``forward_chunks`` > 1, whose gradients
+    are, on CPU, :func:`kernel_gradient`, :func:`space_to_depth_kernel_gradient_of` or XLA's own in
+    batch chunks (``kernel_gradient_form`` "matmul", "space_to_depth" or "xla_in_chunks") and
     :func:`space_to_depth_input_gradient_of` (if ``space_to_depth_input_gradient``); XLA's own
     otherwise and on other backends."""
-    return _nhwc_conv(lhs, rhs, window_strides, padding, precision)
+    return _forward(lhs, rhs, window_strides, padding, precision, forward_chunks)
 
 
-def _conv_forward(lhs, rhs, window_strides, padding, precision, *forms):
-    return _nhwc_conv(lhs, rhs, window_strides, padding, precision), (lhs, rhs)
+def _forward(lhs, rhs, window_strides, padding, precision, forward_chunks):
+    def whole(lhs, rhs):
+        return _nhwc_conv(lhs, rhs, window_strides, padding, precision)
+
+    if forward_chunks == 1:
+        return whole(lhs, rhs)
+
+    def in_chunks(lhs, rhs):
+        chunked = lhs.reshape(forward_chunks, -1, *lhs.shape[1:])
+        out = jax.lax.map(lambda part: whole(part, rhs), chunked)
+        return out.reshape(-1, *out.shape[2:])
+
+    return jax.lax.platform_dependent(lhs, rhs, cpu=in_chunks, default=whole)
+
+
+def _conv_forward(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    precision,
+    kernel_gradient_form,
+    space_to_depth_input_gradient,
+    forward_chunks,
+):
+    out = _forward(lhs, rhs, window_strides, padding, precision, forward_chunks)
+    return out, (lhs, rhs)
 
 
 def _conv_backward(
@@ -297,6 +365,7 @@ def _conv_backward(
     precision,
     kernel_gradient_form,
     space_to_depth_input_gradient,
+    forward_chunks,
     residuals,
     out_grad,
 ):
@@ -318,7 +387,28 @@ def _conv_backward(
 
     def cpu_form(lhs, out_grad):
         if kernel_gradient_form == "space_to_depth":
-            grad = space_to_depth_kernel_gradient_of(lhs, out_grad, rhs.shape, padding, precision)
+            chunks = batch_chunks(
+                lhs.shape[0],
+                out_grad.size * out_grad.dtype.itemsize,
+                SPACE_TO_DEPTH_KERNEL_GRADIENT_CHUNK_BYTES,
+            )
+
+            def chunk_gradient(total, chunk):
+                lhs_part, out_grad_part = chunk
+                return total + space_to_depth_kernel_gradient_of(
+                    lhs_part, out_grad_part, rhs.shape, padding, precision
+                ), None
+
+            # A scan, not one call per chunk: XLA:CPU keeps these matmuls on its fast path inside
+            # a loop (not its own convolution gradients, which slowed 100x there, measured).
+            grad, _ = jax.lax.scan(
+                chunk_gradient,
+                jnp.zeros(rhs.shape, jnp.promote_types(rhs.dtype, jnp.float32)),
+                (
+                    lhs.reshape(chunks, -1, *lhs.shape[1:]),
+                    out_grad.reshape(chunks, -1, *out_grad.shape[1:]),
+                ),
+            )
         elif kernel_gradient_form == "xla_in_chunks":
             chunks = kernel_gradient_chunks(lhs.shape[0], out_grad.size * out_grad.dtype.itemsize)
             size = lhs.shape[0] // chunks
