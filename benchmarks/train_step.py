@@ -41,6 +41,7 @@ train_step_torch.json with ``--reference torch``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -52,6 +53,7 @@ import jax
 import numpy as np
 
 from mtcolor import sharding
+from mtcolor.models import conv as conv_lib
 from mtcolor.models import decoder
 from mtcolor.train import config as config_lib
 from mtcolor.train import loop, steps
@@ -81,16 +83,36 @@ def process_peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@contextlib.contextmanager
+def whole_batch_convolutions():
+    """mtcolor's convolutions traced without their CPU batch chunks (mtcolor.models.conv's
+    FORWARD_CHUNK_BYTES and SPACE_TO_DEPTH_KERNEL_GRADIENT_CHUNK_BYTES off): the same results."""
+    names = ("FORWARD_CHUNK_BYTES", "SPACE_TO_DEPTH_KERNEL_GRADIENT_CHUNK_BYTES")
+    saved = {name: getattr(conv_lib, name) for name in names}
+    try:
+        for name in names:
+            setattr(conv_lib, name, None)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(conv_lib, name, value)
+
+
 def step_flops(lowered, pure_fn=None, *args) -> float:
     """The iteration's model FLOPs: XLA's cost analysis of the lowered (not yet optimized) program.
 
     Not the compiled program's: on a GPU its convolutions are cuDNN custom calls, which XLA's cost
     analysis does not count (an H200 reported 11.9 GFLOP for a 256 px batch-16 iteration that
     torch's FlopCounterMode counts at 1141). On CPU the two agree (64 px: 60.0 vs 60.6 GFLOP).
-    Where the backend's analysis of the lowered program gives nothing (jax 0.11.2 on an H100:
-    NaN), the same function (``pure_fn`` on ``args``) is lowered for the CPU and counted there: a
-    model's FLOPs do not depend on the backend.
+    XLA's analysis counts a loop's body once, so with ``pure_fn`` the program counted is
+    ``pure_fn`` on ``args`` lowered with mtcolor's convolutions whole (``whole_batch_convolutions``:
+    on CPU some run per batch chunk in a loop; 256 px phase 2 counted 953 GFLOP instead of 1115).
+    Where the backend's analysis gives nothing (jax 0.11.2 on an H100: NaN), the same function is
+    lowered for the CPU and counted there: a model's FLOPs do not depend on the backend.
     """
+    if pure_fn is not None:
+        with whole_batch_convolutions():
+            lowered = jax.jit(pure_fn).lower(*args)
     cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
@@ -107,7 +129,8 @@ def step_flops(lowered, pure_fn=None, *args) -> float:
         ),
         args,
     )
-    return step_flops(jax.jit(pure_fn).lower(*abstract))
+    with whole_batch_convolutions():
+        return step_flops(jax.jit(pure_fn).lower(*abstract))
 
 
 ITERATIONS = ("one_forward", "two_forward")

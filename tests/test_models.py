@@ -811,6 +811,7 @@ def test_stride2_forward_in_batch_chunks_equals_xla(kernel, strides, padding, ch
     output_bytes = batch * out_h * out_w * c_out * 8
     # the chunk size that splits this batch's output into `chunks` parts (into 3 for stride 1)
     monkeypatch.setattr(conv_module, "FORWARD_CHUNK_BYTES", output_bytes // max(chunks, 3))
+    monkeypatch.setattr(conv_module, "FORWARD_CHUNK_MIN_BYTES", 0)
     rng = np.random.default_rng(13)
     dimension_numbers = ("NHWC", "HWIO", "NHWC")
     with jax.enable_x64(True):
@@ -842,23 +843,26 @@ def test_stride2_forward_in_batch_chunks_equals_xla(kernel, strides, padding, ch
     [
         # At 256 px, batch 16, float32 (outputs hand-computed): the PatchGAN's conv1-3 (64, 32 and
         # 16 MiB of output) and the ResNet stem (64 MiB), at most 2 MiB per chunk, at least one
-        # image per chunk.
+        # image per chunk. Stride 1 (conv4) stays whole.
         ((16, 256, 256, 3), 4, 64, 16),
         ((16, 128, 128, 64), 4, 128, 16),
         ((16, 64, 64, 128), 4, 256, 8),
         ((16, 256, 256, 1), 7, 64, 16),
-        # At 64 px conv2 has 2 MiB of output (whole); at 128 px 8 MiB (4 chunks).
-        ((16, 32, 32, 64), 4, 128, 1),
-        ((16, 64, 64, 64), 4, 128, 4),
+        ((16, 32, 32, 256), 4, 512, 1),
+        # At 128 px conv1 has 16 MiB of output (8 chunks), conv2 8 MiB (whole: under 16 MiB).
+        ((16, 128, 128, 3), 4, 64, 8),
+        ((16, 64, 64, 64), 4, 128, 1),
     ],
 )
 def test_stride2_forward_chunks_follow_output_size(lhs_shape, kernel, c_out, chunks):
     from mtcolor.models import conv as conv_module
 
     assert conv_module.FORWARD_CHUNK_BYTES == 2 * 2**20
+    assert conv_module.FORWARD_CHUNK_MIN_BYTES == 16 * 2**20
     pad = (kernel - 1) // 2 if kernel % 2 else 1
+    stride = 1 if c_out == 512 else 2
     got = conv_module.cpu_forward_chunks(
-        lhs_shape, (kernel, kernel, lhs_shape[3], c_out), (2, 2), ((pad, pad), (pad, pad)), 4
+        lhs_shape, (kernel, kernel, lhs_shape[3], c_out), (stride,) * 2, ((pad, pad),) * 2, 4
     )
     assert got == chunks
 

@@ -40,13 +40,14 @@ XLA:CPU's own kernel gradient also slowed down per FLOP once its output gradient
 (KERNEL_GRADIENT_CHUNK_BYTES): at 256 px the PatchGAN's conv4 (31.5 MB) 260 vs 205 ms in four
 chunks, the ResNet stem's 7x7/2 (67 MB) 79 vs 30 ms in eight.
 
-XLA:CPU's stride-2 convolutions also ran faster per batch chunk once their output outgrew a few
-MiB, forward (FORWARD_CHUNK_BYTES; at 256 px, batch 16: the PatchGAN's conv2 97 vs 59 ms, conv3
-88 vs 48 ms, the ResNet stem 36 vs 27 ms) and in the folded kernel gradient above
-(SPACE_TO_DEPTH_KERNEL_GRADIENT_CHUNK_BYTES: conv2 126 vs 86 ms). Those chunks run as a loop
-(lax.map, lax.scan), one chunk's temporaries at a time; XLA's own convolution gradients lost their
-fast path inside a loop (100x slower, measured), so their chunks are separate calls, summed. The
-whole 256 px multi-task step in phase 2: 5.3-5.5 s -> 5.0-5.2 s; at 128 px 1.21 -> 1.17 s.
+XLA:CPU's stride-2 convolutions also ran faster per batch chunk once their output reached 16 MiB,
+forward (FORWARD_CHUNK_MIN_BYTES, FORWARD_CHUNK_BYTES; at 256 px, batch 16: the PatchGAN's conv2
+97 vs 59 ms, conv3 88 vs 48 ms, the ResNet stem 36 vs 27 ms) and in the folded kernel gradient
+above (SPACE_TO_DEPTH_KERNEL_GRADIENT_CHUNK_BYTES: conv2 126 vs 86 ms). Those chunks run as a
+loop (lax.map, lax.scan), one chunk's temporaries at a time; XLA's own convolution gradients lost
+their fast path inside a loop (100x slower, measured), so their chunks are separate calls, summed.
+The whole 256 px multi-task step in phase 2: 5.3-5.5 s -> 5.0-5.2 s (the forward chunks 5.26-5.32
+-> 5.01-5.05 s of it).
 
 Other backends keep XLA's own forms (cuDNN's), chosen at lowering time.
 """
@@ -94,13 +95,16 @@ KERNEL_GRADIENT_CHUNK_BYTES = 8 * 2**20
 # (2026-11-27, Zen 5, batch 16, 256 px, best of 5): the PatchGAN's conv1 47 -> 33 ms in 8 chunks,
 # conv2 126 -> 86 ms in 8, conv3 87 -> 62 ms in 4. None: always whole.
 SPACE_TO_DEPTH_KERNEL_GRADIENT_CHUNK_BYTES = 4 * 2**20
-# Largest output (bytes, the batch's) of a stride-2 convolution's forward run whole on CPU; above
-# it, it runs per batch chunk of at most this size, in a loop (lax.map: each chunk writes its rows
-# of the output; the chunks as separate calls joined by a concatenate paid a copy of the output
-# and lost where the output is large). Measured alone (2026-11-27, Zen 5, batch 16, best of 5): at
-# 256 px the PatchGAN's 4x4/2 conv1-3 34 -> 26, 97 -> 59 and 88 -> 48 ms, the ResNet stem's 7x7/2
-# 36 -> 27 ms; at 128 px conv2 and conv3 14 -> 11 ms; ResNet's 3x3/2 convs (8 MiB of output at
-# 256 px) and stride-1 convs gained nothing. None: always whole.
+# Stride-2 convolutions whose output (bytes, the batch's) is at least FORWARD_CHUNK_MIN_BYTES run
+# their forward on CPU per batch chunk of at most FORWARD_CHUNK_BYTES of output, in a loop
+# (lax.map: each chunk writes its rows of the output; the chunks as separate calls joined by a
+# concatenate paid a copy of the output and lost where it is large). Measured alone (2026-11-27,
+# Zen 5, batch 16, best of 5): at 256 px (outputs of 16-64 MiB) the PatchGAN's 4x4/2 conv1-3
+# 34 -> 26, 97 -> 59 and 88 -> 48 ms, the ResNet stem's 7x7/2 36 -> 27 ms; ResNet's 3x3/2 convs
+# (8 MiB of output at 256 px) and stride-1 convs gained nothing. In the whole step, smaller
+# outputs in chunks gained nothing at 128 px (8 MiB: noise) and cost 4% at 64 px (4 MiB).
+# None: always whole.
+FORWARD_CHUNK_MIN_BYTES = 16 * 2**20
 FORWARD_CHUNK_BYTES = 2 * 2**20
 # Fewest output channels for the matmul kernel gradient: with one or two (the decoder's to_ab,
 # 32 -> 2; the PatchGAN's last conv, 512 -> 1) each tap's product reads the whole input to fill a
@@ -268,13 +272,21 @@ def cpu_kernel_gradient_form(lhs_shape, rhs_shape, window_strides, padding, item
 
 def cpu_forward_chunks(lhs_shape, rhs_shape, window_strides, padding, itemsize) -> int:
     """Into how many batch chunks the forward of a large-map NHWC convolution is split on CPU: for
-    stride-2 convolutions, the fewest whose output is at most FORWARD_CHUNK_BYTES (1: whole)."""
-    if tuple(window_strides) != (2, 2):
-        return 1
-    out_pixels = _output_pixels(lhs_shape, rhs_shape, window_strides, padding)
-    return batch_chunks(
-        lhs_shape[0], lhs_shape[0] * out_pixels * rhs_shape[3] * itemsize, FORWARD_CHUNK_BYTES
+    stride-2 convolutions with at least FORWARD_CHUNK_MIN_BYTES of output, the fewest whose output
+    is at most FORWARD_CHUNK_BYTES (1: whole)."""
+    output_bytes = (
+        lhs_shape[0]
+        * _output_pixels(lhs_shape, rhs_shape, window_strides, padding)
+        * rhs_shape[3]
+        * itemsize
     )
+    if (
+        tuple(window_strides) != (2, 2)
+        or FORWARD_CHUNK_MIN_BYTES is None
+        or output_bytes < FORWARD_CHUNK_MIN_BYTES
+    ):
+        return 1
+    return batch_chunks(lhs_shape[0], output_bytes, FORWARD_CHUNK_BYTES)
 
 
 def kernel_gradient_chunks(batch: int, out_grad_bytes: int) -> int:
