@@ -34,11 +34,16 @@ from mtcolor.models import conv as conv_lib
 
 
 def compiled(fn, chunked: bool, *args):
-    """``fn`` compiled for ``args``, mtcolor's convolutions with their chunks or whole."""
+    """``fn`` compiled for ``args``, mtcolor's convolutions with their chunks or whole (traced
+    afresh: jax.jit would reuse ``fn``'s cached trace, made under the other setting)."""
+
+    def fresh(*args):
+        return fn(*args)
+
     if chunked:
-        return jax.jit(fn).lower(*args).compile()
+        return jax.jit(fresh).lower(*args).compile()
     with whole_batch_convolutions():
-        return jax.jit(fn).lower(*args).compile()
+        return jax.jit(fresh).lower(*args).compile()
 
 
 def bench(name, shape, kernel, stride, pad, c_out, batch_size, rounds) -> dict | None:

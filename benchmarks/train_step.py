@@ -112,7 +112,8 @@ def step_flops(lowered, pure_fn=None, *args) -> float:
     """
     if pure_fn is not None:
         with whole_batch_convolutions():
-            lowered = jax.jit(pure_fn).lower(*args)
+            # A new function, traced afresh (jax.jit would reuse pure_fn's trace, with chunks).
+            lowered = jax.jit(lambda *args: pure_fn(*args)).lower(*args)
     cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
@@ -130,7 +131,7 @@ def step_flops(lowered, pure_fn=None, *args) -> float:
         args,
     )
     with whole_batch_convolutions():
-        return step_flops(jax.jit(pure_fn).lower(*abstract))
+        return step_flops(jax.jit(lambda *args: pure_fn(*args)).lower(*abstract))
 
 
 ITERATIONS = ("one_forward", "two_forward")
