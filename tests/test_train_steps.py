@@ -174,15 +174,29 @@ def test_update_frozen_bn_stats_option_moves_only_the_statistics(multitask_state
 
 def test_eval_step_masks_padded_rows(phase1_update):
     _, state, _ = phase1_update
-    full = jax.device_get(_fns().eval_step(state, _batch(3, mask=[1, 1, 1, 1])))
+    full = jax.device_get(_fns().eval_step(state, _batch(3, mask=[1, 1, 1, 1]))[0])
     np.testing.assert_array_equal(full["mask"], np.ones(BATCH))
-    out = jax.device_get(_fns().eval_step(state, _batch(3, mask=[1, 1, 0, 0])))
+    out = jax.device_get(_fns().eval_step(state, _batch(3, mask=[1, 1, 0, 0]))[0])
     np.testing.assert_array_equal(out["mask"], [1, 1, 0, 0])
     from mtcolor.train import metrics as metrics_lib
 
     names = metrics_lib.metric_names(state.objective)
     value = metrics_lib.compute(metrics_lib.from_step_outputs(names, out))["l1"]
     assert value == pytest.approx(float(np.mean(full["l1"][:2])), rel=1e-6)
+
+
+def test_eval_step_returns_the_model_outputs_the_grids_draw(phase1_update):
+    # Validation's image grids come from eval_step's second output. Reference: the flax model
+    # applied in eval mode to the same inputs, outside mtcolor's steps.
+    _, state, _ = phase1_update
+    batch = _batch(3)
+    values, outputs = jax.device_get(_fns().eval_step(state, batch))
+    variables = {"params": state.params["model"], "batch_stats": state.batch_stats["model"]}
+    want = jax.device_get(state.model.apply(variables, batch["L"], train=False))
+    assert outputs.keys() == want.keys() == {"colorization", "classification"}
+    for name in want:
+        np.testing.assert_allclose(outputs[name], want[name], rtol=1e-5, atol=1e-6)
+    assert values["mask"].shape == (BATCH,)
 
 
 def test_evaluation_compiles_once_for_both_phases(phase1_update):
@@ -193,6 +207,7 @@ def test_evaluation_compiles_once_for_both_phases(phase1_update):
     phase2 = sharding.replicate(state_lib.unfreeze_backbone(_copy(state)), MESH)
     assert jax.tree.structure(phase2.opt_state) != jax.tree.structure(state.opt_state)
     fns, batch = _fns(), _batch(3)
+    jax.clear_caches()  # so the first calls trace, whatever tests ran before
     traces, listening = [], [True]  # jax.monitoring has no public way to remove a listener
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, _secs, **_: (

@@ -1,11 +1,12 @@
 """Compiling the programs a run will call before it calls them, on one background thread.
 
-A run compiles its phase-1 step, the evaluation and prediction programs, then its phase-2 step,
-each when first called: in the CPU demo about 7.6 + 2.5 + 1.6 + 9.6 s of XLA compilation in a
-70 s run, each stalling training. XLA releases the GIL while it compiles, so the same
-compilations run on a thread while the main thread imports TensorFlow for the writers and trains
-phase 1; ``jax.jit(f).lower(...).compile()`` fills the cache the later call ``f(...)`` looks up
-(checked in tests/test_train_steps.py), so the call then finds its program ready.
+A run compiles its phase-1 step, the evaluation program, then its phase-2 step, each when first
+called: in the CPU demo about 7.6 + 2.5 + 9.6 s of XLA compilation in a 70 s run (and 1.6 s for a
+prediction program, before evaluation returned the model's outputs), each stalling training. XLA
+releases the GIL while it compiles, so the same compilations run on a thread while the main thread
+imports TensorFlow for the writers and trains phase 1; ``jax.jit(f).lower(...).compile()`` fills
+the cache the later call ``f(...)`` looks up (checked in tests/test_train_steps.py), so the call
+then finds its program ready.
 
 The arguments are taken as abstract values (shape, dtype, sharding) when a program is submitted,
 in the caller's thread: the steps donate their state, so the thread must not hold live buffers.

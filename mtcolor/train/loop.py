@@ -97,8 +97,8 @@ def train_iteration(fns, state, batch):
 
 def compile_steps_ahead(fns, state, raw_batch, mesh, schedule) -> compile_ahead.CompileAhead:
     """Submits the programs the run will call, in the order it calls them: this phase's training
-    step, evaluation and prediction (for a validation batch laid out like ``raw_batch`` plus its
-    ``mask``), then phase 2's training step (mtcolor.train.compile_ahead)."""
+    step, evaluation (for a validation batch laid out like ``raw_batch`` plus its ``mask``), then
+    phase 2's training step (mtcolor.train.compile_ahead)."""
     ahead = compile_ahead.CompileAhead()
     if raw_batch is None:
         return ahead
@@ -108,7 +108,6 @@ def compile_steps_ahead(fns, state, raw_batch, mesh, schedule) -> compile_ahead.
     mask = jax.ShapeDtypeStruct((rows,), jnp.float32, sharding=sharding.batch_sharded(mesh))
     view = steps_lib.evaluation_view(state)
     ahead.submit("eval_step", fns.eval_step.__wrapped__, view, {**batch, "mask": mask})
-    ahead.submit("predict", fns.predict.__wrapped__, view, batch["L"])
     if state.optimizer.backbone_frozen and schedule.phase1_steps < schedule.stop_at:
         ahead.submit("unfreeze_backbone", fns.unfreeze_backbone, state)
         phase2 = jax.eval_shape(fns.unfreeze_backbone, state)  # its jit replicates the output
@@ -253,7 +252,6 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
             if schedule.evaluates_at(step):
                 train_metrics.check()
                 ahead.wait("eval_step")
-                ahead.wait("predict")
                 val = validate_state(step, state)
                 if patience is not None:
                     state = early_stop_tasks(
@@ -467,7 +465,9 @@ def validate(
 ) -> dict:
     """Evaluates ``state`` on the val split, logs ``val/<name>`` scalars and the image grids,
     keeps the best checkpoint. Returns the validation metrics."""
-    values, first_batch = evaluate(state, config=config, pipeline=pipeline, mesh=mesh, fns=fns)
+    values, first_batch, first_outputs = evaluate(
+        state, config=config, pipeline=pipeline, mesh=mesh, fns=fns
+    )
     scalars = {f"val/{k}": v for k, v in values.items()}
     scalars["epoch"] = schedule.epoch(step)
     writer.write_scalars(step, scalars)
@@ -476,9 +476,8 @@ def validate(
             step,
             state,
             first_batch,
+            first_outputs,
             config=config,
-            mesh=mesh,
-            fns=fns,
             writer=writer,
             images_dir=os.path.join(workdir, "images"),
             is_main=is_main,
@@ -488,13 +487,14 @@ def validate(
     return values
 
 
-def evaluate(state, *, config, pipeline, mesh, fns) -> tuple[dict, dict | None]:
+def evaluate(state, *, config, pipeline, mesh, fns) -> tuple[dict, dict | None, dict | None]:
     """The metrics of ``state`` over the whole val split, each task's averaged over the examples
-    that have the task. Returns (metrics, the first batch's model inputs or None if empty)."""
+    that have the task. Returns (metrics, the first batch's model inputs and the model's outputs
+    for it, {task name: output}; both None if the split is empty)."""
     names = metrics_lib.metric_names(state.objective)
     masks = metrics_lib.eval_masks(state.objective)
     outputs = []  # on the devices until the end: fetching each batch would wait for it
-    first = None
+    first = first_outputs = None
     for batch in pipeline.make_eval_iterator(
         config.data,
         split="val",
@@ -505,25 +505,29 @@ def evaluate(state, *, config, pipeline, mesh, fns) -> tuple[dict, dict | None]:
         if first is None:
             first = arrays
         dev = sharding.put_batch(arrays, mesh)
-        outputs.append(fns.eval_step(state, dev))
+        values, model_outputs = fns.eval_step(state, dev)
+        outputs.append(values)
+        if first_outputs is None:
+            first_outputs = model_outputs  # the other batches' are dropped, never fetched
     if not outputs:
-        return metrics_lib.compute(metrics_lib.empty(names, masks)), first
-    return metrics_lib.compute(metrics_lib.from_step_outputs(names, outputs, masks)), first
+        return metrics_lib.compute(metrics_lib.empty(names, masks)), first, None
+    metrics = metrics_lib.compute(metrics_lib.from_step_outputs(names, outputs, masks))
+    return metrics, first, first_outputs
 
 
-def write_image_grids(step: int, state, batch, *, config, mesh, fns, writer, images_dir, is_main):
-    """Each task's picture of the first validation examples (tasks without one skip)."""
+def write_image_grids(step: int, state, batch, outputs, *, config, writer, images_dir, is_main):
+    """Each task's picture of the first validation examples (``batch``, the model's ``outputs``
+    for it; tasks without a picture skip)."""
     n = min(int(config.train.num_image_examples), batch["L"].shape[0])
-    outputs = None
+    fetched = None
     for task in state.objective.tasks:
         if type(task).image_rows is tasks_lib.Task.image_rows:
             continue
-        if outputs is None:
-            outputs = jax.device_get(
-                fns.predict(state, sharding.put_batch({"L": batch["L"]}, mesh)["L"])
-            )
+        if fetched is None:
+            # Sliced on the host: slicing on the device would compile a program per shape.
+            fetched = jax.tree.map(lambda x: x[:n], jax.device_get(outputs))
         head = {k: v[:n] for k, v in batch.items()}
-        rows = task.image_rows(head, jax.tree.map(lambda x: x[:n], outputs[task.name]))
+        rows = task.image_rows(head, fetched[task.name])
         if rows is None:
             continue
         grid = images_lib.make_grid(rows)
