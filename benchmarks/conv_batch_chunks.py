@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conv_kernel_grad import model_convs, padding_pair
-from train_step import cpu_model, whole_batch_convolutions
+from conv_kernel_grad import machine_info, model_convs, padding_pair
+from train_step import whole_batch_convolutions
 
 from mtcolor.models import conv as conv_lib
 
@@ -110,12 +109,7 @@ def main():
         "--out", default=str(Path(__file__).parent / "results" / "conv_batch_chunks.json")
     )
     args = parser.parse_args()
-    machine = {
-        "platform": jax.default_backend(),
-        "processor": platform.processor(),
-        "cpu": cpu_model(),
-        "jax": jax.__version__,
-    }
+    machine = machine_info()
     print("#", machine)
     print(
         f"{'px':>4} {'convolution':<32}{'what':<17}{'chunks':>7}{'whole ms':>10}{'chunks ms':>11}"

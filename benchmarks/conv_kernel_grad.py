@@ -66,6 +66,16 @@ def model_convs(size: int) -> list[tuple]:
     ]
 
 
+def machine_info() -> dict:
+    """The backend, processor and jax version these convolution benchmarks record."""
+    return {
+        "platform": jax.default_backend(),
+        "processor": platform.processor(),
+        "cpu": cpu_model(),
+        "jax": jax.__version__,
+    }
+
+
 def padding_pair(pad) -> tuple[int, int]:
     return tuple(pad) if isinstance(pad, tuple) else (pad, pad)
 
@@ -143,12 +153,7 @@ def main():
         "--out", default=str(Path(__file__).parent / "results" / "conv_kernel_grad.json")
     )
     args = parser.parse_args()
-    machine = {
-        "platform": jax.default_backend(),
-        "processor": platform.processor(),
-        "cpu": cpu_model(),
-        "jax": jax.__version__,
-    }
+    machine = machine_info()
     print("#", machine)
     print(
         f"{'px':>4} {'convolution':<32}{'GFLOP':>7}{'xla ms':>9}{'matmul ms':>11}{'speedup':>9}"
