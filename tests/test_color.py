@@ -122,3 +122,26 @@ def test_lab_norm_to_rgb_jax_out_of_gamut_values_and_gradients_finite():
     # Black has L=0 where the cube root's derivative is infinite in the unused branch.
     grad_black = jax.grad(lambda x: color.rgb_to_lab_jax(x).sum())(jnp.zeros((2, 3)))
     assert bool(jnp.isfinite(grad_black).all())
+
+
+@pytest.mark.filterwarnings("ignore:Conversion from CIE-LAB:UserWarning")  # out of gamut, clipped
+def test_image_grid_rows_are_skimage_colours_of_the_denormalized_lab():
+    # The validation grid's rows (grayscale input, prediction, ground truth), computed on the host;
+    # reference: skimage's lab2rgb of L = 50 (L_norm + 1), ab = 110 ab_norm, clipped to [0, 1].
+    from mtcolor.tasks.colorization import colorization_rows
+
+    rng = np.random.default_rng(6)
+    L_norm = rng.uniform(-1.0, 1.0, (3, 4, 5, 1)).astype(np.float32)
+    ab_pred, ab_true = (rng.uniform(-0.6, 0.6, (3, 4, 5, 2)).astype(np.float32) for _ in range(2))
+
+    def reference(ab):
+        lab = np.concatenate([50.0 * (L_norm + 1.0), 110.0 * ab], axis=-1).astype(np.float64)
+        return np.clip(skcolor.lab2rgb(lab), 0.0, 1.0)
+
+    rows = colorization_rows(jnp.asarray(L_norm), jnp.asarray(ab_pred), ab_true)
+    wants = [reference(np.zeros_like(ab_pred)), reference(ab_pred), reference(ab_true)]
+    for row, want in zip(rows, wants, strict=True):
+        assert isinstance(row, np.ndarray) and row.shape == (3, 4, 5, 3)
+        np.testing.assert_allclose(row, want, atol=2e-4)
+    # The grayscale row is neutral: R = G = B.
+    np.testing.assert_allclose(rows[0][..., 0], rows[0][..., 2], atol=1e-3)

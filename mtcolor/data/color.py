@@ -184,6 +184,13 @@ def denormalize_lab(L_norm, ab_norm):  # noqa: N803 (L is the channel's name)
     return jnp.concatenate([(L_norm + 1.0) * L_SCALE, ab_norm * AB_SCALE], axis=-1)
 
 
+def lab_norm_to_rgb(L_norm, ab_norm) -> np.ndarray:  # noqa: N803
+    """Normalized (L (..., 1), ab (..., 2)) -> sRGB in [0, 1] (..., 3) float32, on the host: for
+    pictures (image grids, report figures), where eager jnp would compile a program per op."""
+    L_norm, ab_norm = np.asarray(L_norm, np.float32), np.asarray(ab_norm, np.float32)
+    return lab_to_rgb(denormalize_lab(L_norm, ab_norm))
+
+
 # ----------------------------------------------------------------------------------------------
 # JAX versions. jax is imported inside the functions so that worker processes (numpy only) and
 # `import mtcolor.data` never load it.

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mtcolor.data.color import lab_norm_to_rgb
+
 EXPERIMENTS = ("classification", "colorization", "multitask")
 ROLE_LABEL = {
     "classification": "single-task classifier",
@@ -444,12 +446,6 @@ def plot_figure(spec: FigureSpec, runs: dict[str, Run], path: Path) -> list[str]
 FIG2_ROWS = ("grayscale input", "single-task colorizer", "multi-task", "ground truth")
 
 
-def lab_norm_to_rgb_numpy(L_norm, ab_norm) -> np.ndarray:
-    from mtcolor.data.color import denormalize_lab, lab_to_rgb
-
-    return np.clip(lab_to_rgb(np.asarray(denormalize_lab(L_norm, ab_norm), np.float32)), 0.0, 1.0)
-
-
 def figure_two_grid(
     L_norm, ab_single, ab_multi, ab_true, path: Path, missing: dict[str, str] | None = None
 ):
@@ -486,7 +482,7 @@ def figure_two_grid(
                     va="center",
                 )
             else:
-                ax.imshow(lab_norm_to_rgb_numpy(L_norm[c], np.asarray(ab[c], np.float32)))
+                ax.imshow(lab_norm_to_rgb(L_norm[c], ab[c]))
             if c == 0:
                 reason = (
                     f"\n({missing[FIG2_ROWS[r]]})" if ab is None and FIG2_ROWS[r] in missing else ""
