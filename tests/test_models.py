@@ -215,6 +215,29 @@ def test_each_transposed_conv_form_matches_pytorch(golden, form):
     assert rel_err(out, golden["convT_y"]) < EVAL_RTOL
 
 
+@pytest.mark.parametrize("map_hw", [(1, 1), (2, 2), (1, 3), (3, 4), (4, 4)])
+def test_tiny_map_transposed_conv_equals_xla_with_gradients(map_hw):
+    # Maps of at most SMALL_MAP_PIXELS pixels (the decoder's first blocks at 32-128 px) take the
+    # matmul + overlap-add form; the reference is XLA's own transposed convolution (the "dilated"
+    # form, checked against torch above) and its autodiff: output and both gradients.
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, *map_hw, 6)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(4, 4, 5, 6)), jnp.float32)
+    assert map_hw[0] * map_hw[1] <= decoder_module.SMALL_MAP_PIXELS
+
+    def value_and_grads(fn):
+        return jax.value_and_grad(lambda x, k: (jnp.sum(jnp.sin(fn(x, k))), fn(x, k)), (0, 1), True)
+
+    (_, got), got_grads = value_and_grads(decoder_module.conv_transpose_4x4_stride2)(x, kernel)
+    (_, want), want_grads = value_and_grads(decoder_module.conv_transpose_dilated)(x, kernel)
+    jaxpr = str(jax.make_jaxpr(decoder_module.conv_transpose_4x4_stride2)(x, kernel))
+    assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
+    assert got.shape == want.shape == (2, 2 * map_hw[0], 2 * map_hw[1], 5)
+    assert rel_err(got, want) < EVAL_RTOL
+    for g, r in zip(got_grads, want_grads, strict=True):
+        assert rel_err(g, r) < EVAL_RTOL
+
+
 def test_color_decoder_matches_pytorch_transcription(golden):
     state = seeded(golden, "decoder")
     blocks = len(ColorDecoder().features)

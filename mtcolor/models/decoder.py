@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
-from mtcolor.models.conv import conv_general_dilated
+from mtcolor.models.conv import SMALL_MAP_PIXELS, conv_general_dilated
 from mtcolor.models.initializers import pix2pix_kernel_init, pix2pix_scale_init
 from mtcolor.models.resnet import batch_norm
 from mtcolor.precision import at_least_float32
@@ -42,23 +45,66 @@ _PHASE_START = {r: taps[0][1] for r, taps in _PHASE_TAPS.items()}  # 3 and 2
 # in bfloat16 and 1.36x in float32 (benchmarks/train_step.py --upsample_forms dilated phases); the
 # decoder's blocks alone 2.8-2.9x (benchmarks/decoder_upsample.py), the dilated form winning only on
 # the two smallest maps (0.2 vs 0.4 ms). TPUs ("default") are not measured; they take the phases
-# too. Benchmarks swap an entry to time the other form (then jax.clear_caches()).
+# too. Benchmarks swap an entry to time the other form (then jax.clear_caches()). Maps of at most
+# SMALL_MAP_PIXELS pixels take neither: conv_transpose_tiny_map, on every backend.
 UPSAMPLE_FORMS = {"cpu": "phases", "default": "phases"}
 
 
 def conv_transpose_4x4_stride2(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
     """PyTorch's ConvTranspose2d(kernel 4, stride 2, padding 1, no bias), in each backend's faster
-    form (``UPSAMPLE_FORMS``); both forms give the same result up to float32 summation order.
+    form (``UPSAMPLE_FORMS``), on maps of at most SMALL_MAP_PIXELS pixels as
+    :func:`conv_transpose_tiny_map` everywhere; every form gives the same result up to float32
+    summation order.
 
     ``kernel`` has flax's ``ConvTranspose(transpose_kernel=True)`` layout (4, 4, out, in), i.e.
     PyTorch's (in, out, kh, kw) weight transposed (2, 3, 1, 0), so checkpoints are interchangeable
     with ``nn.ConvTranspose``.
     """
+    if x.shape[1] * x.shape[2] <= SMALL_MAP_PIXELS:
+        return conv_transpose_tiny_map(x, kernel)
     forms = {"phases": conv_transpose_phases, "dilated": conv_transpose_dilated}
     cpu, default = forms[UPSAMPLE_FORMS["cpu"]], forms[UPSAMPLE_FORMS["default"]]
     if cpu is default:  # one form everywhere: no per-platform branch to trace twice
         return cpu(x, kernel)
     return jax.lax.platform_dependent(x, kernel, cpu=cpu, default=default)
+
+
+def conv_transpose_tiny_map(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """ConvTranspose2d(4, 2, 1) of a small map as two matmuls: each input pixel times the kernel
+    as stored (the 16 taps of its 4x4 output window at once), then the windows' overlap-add as a
+    product with the constant 0/1 matrix :func:`overlap_add_selection` (at HIGHEST precision,
+    summed in float32 at least; in bfloat16 the taps are rounded once more before that sum).
+
+    Why on small maps: the phase form slices and transposes four kernels out of the stored layout
+    each step, and there the copies cost more than the arithmetic (at 64 px the first block's four
+    2 MB phase kernels took 7 ms of the multi-task step on CPU, profiled); here the kernel is read
+    as stored, forward and in its gradient, and the block is two products to compile instead of the
+    phases' four convolutions, kernel slices and interleaving.
+    """
+    n, h, w, c_in = x.shape
+    c_out = kernel.shape[2]
+    taps = jnp.einsum("npc,toc->npto", x.reshape(n, h * w, c_in), kernel.reshape(16, c_out, c_in))
+    out = jnp.einsum(
+        "qpt,npto->nqo",
+        jnp.asarray(overlap_add_selection(h, w), taps.dtype),
+        taps,
+        precision=jax.lax.Precision.HIGHEST,
+        preferred_element_type=jnp.promote_types(taps.dtype, jnp.float32),
+    )
+    return out.reshape(n, 2 * h, 2 * w, c_out).astype(x.dtype)
+
+
+@functools.cache
+def overlap_add_selection(h: int, w: int) -> np.ndarray:
+    """A[q, p, t] = 1 where kernel tap t = 4 ky + kx of input pixel p = (i, j) lands on output
+    pixel q = (2i + ky - 1, 2j + kx - 1) of ConvTranspose2d(4, stride 2, padding 1) (row-major
+    pixels, taps outside the 2h x 2w output dropped), 0 elsewhere."""
+    selection = np.zeros((4 * h * w, h * w, 16), np.float32)
+    for i, j, ky, kx in itertools.product(range(h), range(w), range(4), range(4)):
+        y, x = 2 * i + ky - 1, 2 * j + kx - 1
+        if 0 <= y < 2 * h and 0 <= x < 2 * w:
+            selection[y * 2 * w + x, i * w + j, 4 * ky + kx] = 1.0
+    return selection
 
 
 def conv_transpose_dilated(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
