@@ -585,6 +585,45 @@ def test_tiny_map_conv_equals_xla_convolution_with_gradients(map_hw, kernel, str
         assert rel_err(g, r) < EVAL_RTOL
 
 
+@pytest.mark.parametrize(
+    "map_hw, kernel, padding, c_in, c_out",
+    [
+        ((9, 8), 3, ((1, 1), (1, 1)), 6, 2),  # the decoder's to_ab (32 -> 2)
+        ((7, 7), 4, ((1, 1), (1, 1)), 8, 1),  # the PatchGAN's last conv (512 -> 1)
+        ((6, 9), 3, ((2, 0), (0, 1)), 5, 2),  # uneven padding
+    ],
+)
+def test_few_output_channel_forward_equals_xla_with_gradients(map_hw, kernel, padding, c_in, c_out):
+    # Stride-1 convolutions with at most FORWARD_TAPS_MAX_OUT_CHANNELS outputs run their forward
+    # on CPU as a matmul with every kernel tap plus a sum of shifted maps; reference: XLA's own
+    # convolution and its autodiff, output and both gradients, and the compiled forward has no
+    # convolution left.
+    from mtcolor.models import conv as conv_module
+
+    assert c_out <= conv_module.FORWARD_TAPS_MAX_OUT_CHANNELS
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(2, *map_hw, c_in)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, c_in, c_out)), jnp.float32)
+    assert map_hw[0] * map_hw[1] > conv_module.SMALL_MAP_PIXELS  # not the tiny-map im2col
+
+    def conv(fn):
+        return lambda x, w: fn(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def value_and_grads(fn):
+        return jax.value_and_grad(
+            lambda x, w: (jnp.sum(jnp.sin(conv(fn)(x, w))), conv(fn)(x, w)), (0, 1), has_aux=True
+        )
+
+    (_, got), got_grads = value_and_grads(conv_module.conv_general_dilated)(x, w)
+    (_, want), want_grads = value_and_grads(jax.lax.conv_general_dilated)(x, w)
+    assert got.shape == want.shape
+    assert rel_err(got, want) < EVAL_RTOL
+    for g, r in zip(got_grads, want_grads, strict=True):
+        assert rel_err(g, r) < EVAL_RTOL
+    forward = jax.jit(conv(conv_module.conv_general_dilated)).lower(x, w).as_text()
+    assert "convolution" not in forward and "dot_general" in forward
+
+
 def assert_float64_conv_equal(got, want, got_grads, want_grads):
     """A convolution form's float64 output and (input, kernel) gradients equal XLA's own, up to
     summation order."""
@@ -933,12 +972,16 @@ def test_stride2_kernel_gradient_form_follows_output_gradient_size(lhs_shape, c_
         (2, (1, 1), 32, 2, False),  # too few output channels (to_ab-like)
     ],
 )
-def test_kernel_gradient_form_follows_kernel_taps(kernel, strides, c_in, c_out, matmuls):
+def test_kernel_gradient_form_follows_kernel_taps(
+    kernel, strides, c_in, c_out, matmuls, monkeypatch
+):
     # The matmul kernel gradient copies an operand per tap, so mtcolor.models.conv uses it only
     # for kernels of at most KERNEL_GRADIENT_MAX_TAPS taps (and >= 8 output channels); the form
-    # chosen shows in the gradient's jaxpr as dot_generals (its CPU branch).
+    # chosen shows in the gradient's jaxpr as dot_generals (its CPU branch). The forward stays
+    # XLA's here (a 2-channel forward's own form is a matmul too).
     from mtcolor.models import conv as conv_module
 
+    monkeypatch.setattr(conv_module, "FORWARD_TAPS_MAX_OUT_CHANNELS", None)
     assert conv_module.KERNEL_GRADIENT_MAX_TAPS == 4
     x = jnp.ones((2, 32, 32, c_in), jnp.float32)  # output maps of at least 14x14
     w = jnp.ones((kernel, kernel, c_in, c_out), jnp.float32)

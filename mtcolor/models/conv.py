@@ -51,11 +51,18 @@ their fast path inside a loop (100x slower, measured), so their chunks are separ
 The whole 256 px multi-task step in phase 2: 5.3-5.5 s -> 5.0-5.2 s (the forward chunks 5.26-5.32
 -> 5.01-5.05 s of it).
 
+Stride-1 convolutions with one or two output channels (the decoder's to_ab, the PatchGAN's last
+conv) ran at about 11 GFLOP/s in XLA:CPU's forward; on CPU their forward is one matmul of each input
+pixel with all the kernel's taps, then a sum of the taps' shifted maps
+(few_output_channels_forward, FORWARD_TAPS_MAX_OUT_CHANNELS): the multi-task step 2.2% faster at
+128 px, 1.6% at 256 px (phase 2, alternating in one process).
+
 Other backends keep XLA's own forms (cuDNN's), chosen at lowering time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 
@@ -110,6 +117,12 @@ SPACE_TO_DEPTH_KERNEL_GRADIENT_CHUNK_BYTES = 4 * 2**20
 # None: always whole.
 FORWARD_CHUNK_MIN_BYTES = 16 * 2**20
 FORWARD_CHUNK_BYTES = 2 * 2**20
+# Most output channels of a stride-1 convolution whose forward runs on CPU as
+# few_output_channels_forward (the decoder's to_ab, 32 -> 2; the PatchGAN's last conv, 512 -> 1).
+# Measured alone (2026-11-27, Zen 5, batch 16, best of 7): to_ab 23.6 -> 13.7 ms at 128 px, 91.5 ->
+# 55.7 ms at 256 px; the PatchGAN's conv5 1.7 -> 0.2 ms and 25.2 -> 1.2 ms; with 32 output
+# channels (a decoder phase conv) XLA's own was 4x faster (5.7 vs 22.5 ms at 128 px). None: off.
+FORWARD_TAPS_MAX_OUT_CHANNELS = 2
 # Fewest output channels for the matmul kernel gradient: with one or two (the decoder's to_ab,
 # 32 -> 2; the PatchGAN's last conv, 512 -> 1) each tap's product reads the whole input to fill a
 # 1-2 row result, and XLA's form was as fast or faster (256 px, batch 16: 248 vs 251 ms, 64 vs
@@ -178,26 +191,20 @@ def conv_general_dilated(
         )
     if plain and not tiny_map and preferred_element_type is None and _explicit_nonnegative(padding):
         window_strides, padding = tuple(window_strides), tuple(map(tuple, padding))
-        kernel_gradient_form = cpu_kernel_gradient_form(
-            lhs.shape, rhs.shape, window_strides, padding, jnp.result_type(lhs, rhs).itemsize
+        itemsize = jnp.result_type(lhs, rhs).itemsize
+        forms = CpuForms(
+            kernel_gradient=cpu_kernel_gradient_form(
+                lhs.shape, rhs.shape, window_strides, padding, itemsize
+            ),
+            space_to_depth_input_gradient=SPACE_TO_DEPTH_INPUT_GRADIENT
+            and _space_to_depth_applies(lhs.shape, rhs.shape, window_strides, padding),
+            forward_chunks=cpu_forward_chunks(
+                lhs.shape, rhs.shape, window_strides, padding, itemsize
+            ),
+            forward_taps=cpu_forward_taps(rhs.shape, window_strides),
         )
-        space_to_depth_input_gradient = SPACE_TO_DEPTH_INPUT_GRADIENT and _space_to_depth_applies(
-            lhs.shape, rhs.shape, window_strides, padding
-        )
-        forward_chunks = cpu_forward_chunks(
-            lhs.shape, rhs.shape, window_strides, padding, jnp.result_type(lhs, rhs).itemsize
-        )
-        if kernel_gradient_form != "xla" or space_to_depth_input_gradient or forward_chunks > 1:
-            return _conv_with_cpu_gradients(
-                lhs,
-                rhs,
-                window_strides,
-                padding,
-                precision,
-                kernel_gradient_form,
-                space_to_depth_input_gradient,
-                forward_chunks,
-            )
+        if forms != CpuForms():
+            return _conv_with_cpu_gradients(lhs, rhs, window_strides, padding, precision, forms)
     if not (plain and tiny_map):
         return jax.lax.conv_general_dilated(
             lhs,
@@ -335,6 +342,46 @@ def cpu_forward_chunks(lhs_shape, rhs_shape, window_strides, padding, itemsize) 
     return batch_chunks(lhs_shape[0], output_bytes, FORWARD_CHUNK_BYTES)
 
 
+def cpu_forward_taps(rhs_shape, window_strides) -> bool:
+    """Whether the forward of a large-map NHWC convolution runs on CPU as
+    :func:`few_output_channels_forward`: stride 1 and at most FORWARD_TAPS_MAX_OUT_CHANNELS output
+    channels."""
+    return (
+        FORWARD_TAPS_MAX_OUT_CHANNELS is not None
+        and tuple(window_strides) == (1, 1)
+        and rhs_shape[3] <= FORWARD_TAPS_MAX_OUT_CHANNELS
+    )
+
+
+def few_output_channels_forward(lhs, rhs, padding, precision=None):
+    """A stride-1 NHWC convolution with few output channels as one matmul of every input pixel
+    with all kh*kw kernel taps (a pixel's kh*kw*c_out products, summed over c_in), then the sum
+    of the taps' maps, each shifted by its offset in the window.
+
+    XLA:CPU ran these convolutions at about 11 GFLOP/s (a 1-2 column GEMM per window): the
+    decoder's to_ab (3x3, 32 -> 2) at 128 px, batch 16, 23.6 ms against 13.7 ms this way, the
+    PatchGAN's last conv (4x4, 512 -> 1) 25.2 ms against 1.2 ms at 256 px (three calls a step).
+    The matmul reads the input once; the taps' maps have kh*kw*c_out channels (18 and 16 here), so
+    the sum reads far less than the input. Sums in at least float32, rounds once."""
+    kh, kw, c_in, c_out = rhs.shape
+    accumulate = jnp.promote_types(jnp.result_type(lhs, rhs), jnp.float32)
+    taps = jnp.einsum(
+        "nhwc,cto->nhwto",
+        lhs,
+        rhs.transpose(2, 0, 1, 3).reshape(c_in, kh * kw, c_out),
+        precision=precision,
+        preferred_element_type=accumulate,
+    )
+    padded = jnp.pad(taps, ((0, 0), *padding, (0, 0), (0, 0)))
+    out_h, out_w = _output_hw(lhs.shape[1:3], (kh, kw), (1, 1), padding)
+    # Output pixel (y, x) reads padded input pixel (y + i, x + j) through tap (i, j).
+    out = sum(
+        padded[:, i : i + out_h, j : j + out_w, i * kw + j]
+        for i, j in itertools.product(range(kh), range(kw))
+    )
+    return out.astype(jnp.result_type(lhs, rhs))
+
+
 def kernel_gradient_chunks(batch: int, out_grad_bytes: int) -> int:
     """Into how many equal batch chunks XLA's own kernel gradient is split on CPU: the fewest whose
     output gradient is at most KERNEL_GRADIENT_CHUNK_BYTES (1: whole)."""
@@ -376,64 +423,50 @@ def _nhwc_conv(lhs, rhs, window_strides, padding, precision):
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
-def _conv_with_cpu_gradients(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    precision,
-    kernel_gradient_form,
-    space_to_depth_input_gradient,
-    forward_chunks,
-):
-    """XLA's NHWC convolution, on CPU per batch chunk if ``forward_chunks`` > 1, whose gradients
-    are, on CPU, :func:`kernel_gradient`, :func:`space_to_depth_kernel_gradient_of` or XLA's own in
-    batch chunks (``kernel_gradient_form`` "matmul", "space_to_depth" or "xla_in_chunks") and
-    :func:`space_to_depth_input_gradient_of` (if ``space_to_depth_input_gradient``); XLA's own
-    otherwise and on other backends."""
-    return _forward(lhs, rhs, window_strides, padding, precision, forward_chunks)
+@dataclasses.dataclass(frozen=True)
+class CpuForms:
+    """How one convolution runs on CPU where it differs from XLA's own (the default values);
+    other backends run XLA's own throughout."""
+
+    # "xla", "matmul" (kernel_gradient), "space_to_depth" (space_to_depth_kernel_gradient_of, in
+    # SPACE_TO_DEPTH_KERNEL_GRADIENT_CHUNK_BYTES chunks) or "xla_in_chunks" (kernel_gradient_chunks)
+    kernel_gradient: str = "xla"
+    space_to_depth_input_gradient: bool = False  # space_to_depth_input_gradient_of
+    forward_chunks: int = 1  # the forward per batch chunk, in a loop (cpu_forward_chunks)
+    forward_taps: bool = False  # the forward as few_output_channels_forward (cpu_forward_taps)
 
 
-def _forward(lhs, rhs, window_strides, padding, precision, forward_chunks):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_with_cpu_gradients(lhs, rhs, window_strides, padding, precision, forms: CpuForms):
+    """XLA's NHWC convolution with, on CPU, the forward and gradient forms ``forms`` names; XLA's
+    own on other backends."""
+    return _forward(lhs, rhs, window_strides, padding, precision, forms)
+
+
+def _forward(lhs, rhs, window_strides, padding, precision, forms: CpuForms):
     def whole(lhs, rhs):
         return _nhwc_conv(lhs, rhs, window_strides, padding, precision)
 
-    if forward_chunks == 1:
-        return whole(lhs, rhs)
-
     def in_chunks(lhs, rhs):
-        chunked = lhs.reshape(forward_chunks, -1, *lhs.shape[1:])
+        chunked = lhs.reshape(forms.forward_chunks, -1, *lhs.shape[1:])
         out = jax.lax.map(lambda part: whole(part, rhs), chunked)
         return out.reshape(-1, *out.shape[2:])
 
-    return jax.lax.platform_dependent(lhs, rhs, cpu=in_chunks, default=whole)
+    def taps(lhs, rhs):
+        return few_output_channels_forward(lhs, rhs, padding, precision)
+
+    if forms.forward_taps:
+        return jax.lax.platform_dependent(lhs, rhs, cpu=taps, default=whole)
+    if forms.forward_chunks > 1:
+        return jax.lax.platform_dependent(lhs, rhs, cpu=in_chunks, default=whole)
+    return whole(lhs, rhs)
 
 
-def _conv_forward(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    precision,
-    kernel_gradient_form,
-    space_to_depth_input_gradient,
-    forward_chunks,
-):
-    out = _forward(lhs, rhs, window_strides, padding, precision, forward_chunks)
-    return out, (lhs, rhs)
+def _conv_forward(lhs, rhs, window_strides, padding, precision, forms):
+    return _forward(lhs, rhs, window_strides, padding, precision, forms), (lhs, rhs)
 
 
-def _conv_backward(
-    window_strides,
-    padding,
-    precision,
-    kernel_gradient_form,
-    space_to_depth_input_gradient,
-    forward_chunks,
-    residuals,
-    out_grad,
-):
+def _conv_backward(window_strides, padding, precision, forms, residuals, out_grad):
     lhs, rhs = residuals
 
     def xla_input_gradient(rhs, out_grad):
@@ -451,7 +484,7 @@ def _conv_backward(
         return grad.astype(lhs.dtype)
 
     def cpu_form(lhs, out_grad):
-        if kernel_gradient_form == "space_to_depth":
+        if forms.kernel_gradient == "space_to_depth":
             chunks = batch_chunks(
                 lhs.shape[0],
                 out_grad.size * out_grad.dtype.itemsize,
@@ -474,7 +507,7 @@ def _conv_backward(
                     out_grad.reshape(chunks, -1, *out_grad.shape[1:]),
                 ),
             )
-        elif kernel_gradient_form == "xla_in_chunks":
+        elif forms.kernel_gradient == "xla_in_chunks":
             chunks = kernel_gradient_chunks(lhs.shape[0], out_grad.size * out_grad.dtype.itemsize)
             size = lhs.shape[0] // chunks
             grad = sum(
@@ -487,13 +520,13 @@ def _conv_backward(
             grad = kernel_gradient(lhs, out_grad, rhs.shape, window_strides, padding, precision)
         return grad.astype(rhs.dtype)
 
-    if space_to_depth_input_gradient:
+    if forms.space_to_depth_input_gradient:
         lhs_grad = jax.lax.platform_dependent(
             rhs, out_grad, cpu=space_to_depth_form, default=xla_input_gradient
         )
     else:
         lhs_grad = xla_input_gradient(rhs, out_grad)
-    if kernel_gradient_form != "xla":
+    if forms.kernel_gradient != "xla":
         rhs_grad = jax.lax.platform_dependent(
             lhs, out_grad, cpu=cpu_form, default=xla_kernel_gradient
         )
