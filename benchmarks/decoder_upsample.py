@@ -6,7 +6,9 @@ in the form ``decoder.UPSAMPLE_FORMS`` names for the backend: ``dilated``
 ``phases`` (``conv_transpose_phases``, four stride-1 2x2 convolutions). This times forward +
 backward (input and weight gradients) of the paper decoder's five blocks in both forms, at the
 block shapes of a given image size, after checking that the two agree, and says which form the
-backend uses (the table's choice should be the faster one).
+backend uses (the table's choice should be the faster one). Blocks whose input has at most
+``conv.SMALL_MAP_PIXELS`` pixels run ``conv_transpose_tiny_map`` on every backend instead; for
+those the table times it too (column ``tiny s``).
 
     python benchmarks/decoder_upsample.py --size 128 --batch 16
     python benchmarks/decoder_upsample.py --size 256 --batch 16 --dtype bfloat16   # on a GPU
@@ -25,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtcolor.models import decoder
+from mtcolor.models import conv, decoder
 
 
 def time_grad(fn, x, kernel, repeats):
@@ -56,7 +58,10 @@ def main():
         f"# {jax.devices()[0].device_kind} ({platform}: mtcolor uses {used!r}), batch "
         f"{args.batch}, image {args.size} px, {args.dtype}"
     )
-    print(f"{'input':>16}{'out ch':>8}{'dilated s':>11}{'phases s':>10}{'dilated/phases':>16}")
+    print(
+        f"{'input':>16}{'out ch':>8}{'dilated s':>11}{'phases s':>10}{'dilated/phases':>16}"
+        f"{'tiny s':>9}"
+    )
     for block, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
         hw = args.size // 2 ** (5 - block)
         x = jnp.asarray(rng.normal(size=(args.batch, hw, hw, c_in)), args.dtype)
@@ -68,6 +73,13 @@ def main():
             raise AssertionError(f"block {block}: forms differ, max relative {diff:.2g}")
         dilated = time_grad(decoder.conv_transpose_dilated, x, kernel, args.repeats)
         phases = time_grad(decoder.conv_transpose_phases, x, kernel, args.repeats)
+        tiny = None
+        if hw * hw <= conv.SMALL_MAP_PIXELS:  # what conv_transpose_4x4_stride2 runs here
+            tiny_out = decoder.conv_transpose_tiny_map(x, kernel).astype(jnp.float32)
+            tiny_diff = float(jnp.abs(dilated_out - tiny_out).max() / jnp.abs(dilated_out).max())
+            if not tiny_diff < (1e-4 if args.dtype == "float32" else 2e-2):
+                raise AssertionError(f"block {block}: tiny-map form differs, {tiny_diff:.2g}")
+            tiny = time_grad(decoder.conv_transpose_tiny_map, x, kernel, args.repeats)
         rows.append(
             {
                 "block": block,
@@ -76,12 +88,13 @@ def main():
                 "dilated_s": dilated,
                 "phases_s": phases,
                 "dilated_over_phases": dilated / phases,
+                "tiny_map_s": tiny,
                 "max_relative_diff": diff,
             }
         )
         print(
             f"{str((hw, hw, c_in)):>16}{c_out:>8}{dilated:>11.4f}{phases:>10.4f}"
-            f"{dilated / phases:>16.2f}"
+            f"{dilated / phases:>16.2f}" + (f"{tiny:>9.4f}" if tiny is not None else f"{'-':>9}")
         )
     total_dilated = sum(r["dilated_s"] for r in rows)
     total_phases = sum(r["phases_s"] for r in rows)

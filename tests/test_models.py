@@ -223,7 +223,9 @@ def test_tiny_map_transposed_conv_equals_xla_with_gradients(map_hw):
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(size=(2, *map_hw, 6)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(4, 4, 5, 6)), jnp.float32)
-    assert map_hw[0] * map_hw[1] <= decoder_module.SMALL_MAP_PIXELS
+    from mtcolor.models import conv as conv_module
+
+    assert map_hw[0] * map_hw[1] <= conv_module.SMALL_MAP_PIXELS
 
     def value_and_grads(fn):
         return jax.value_and_grad(lambda x, k: (jnp.sum(jnp.sin(fn(x, k))), fn(x, k)), (0, 1), True)

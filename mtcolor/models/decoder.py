@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from mtcolor.models.conv import SMALL_MAP_PIXELS, conv_general_dilated
+from mtcolor.models import conv
+from mtcolor.models.conv import conv_general_dilated
 from mtcolor.models.initializers import pix2pix_kernel_init, pix2pix_scale_init
 from mtcolor.models.resnet import batch_norm
 from mtcolor.precision import at_least_float32
@@ -60,7 +61,7 @@ def conv_transpose_4x4_stride2(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarr
     PyTorch's (in, out, kh, kw) weight transposed (2, 3, 1, 0), so checkpoints are interchangeable
     with ``nn.ConvTranspose``.
     """
-    if x.shape[1] * x.shape[2] <= SMALL_MAP_PIXELS:
+    if x.shape[1] * x.shape[2] <= conv.SMALL_MAP_PIXELS:  # read here: one switch for both modules
         return conv_transpose_tiny_map(x, kernel)
     forms = {"phases": conv_transpose_phases, "dilated": conv_transpose_dilated}
     cpu, default = forms[UPSAMPLE_FORMS["cpu"]], forms[UPSAMPLE_FORMS["default"]]
