@@ -18,15 +18,12 @@ benchmarks/results/conv_batch_chunks.json).
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conv_kernel_grad import machine_info, model_convs, padding_pair
+from conv_kernel_grad import padding_pair, run_over_model_convs
 from train_step import whole_batch_convolutions
 
 from mtcolor.models import conv as conv_lib
@@ -100,39 +97,24 @@ def bench(name, shape, kernel, stride, pad, c_out, batch_size, rounds) -> dict |
     return row
 
 
+def print_row(size: int, row: dict) -> None:
+    for what in ("forward", "kernel_gradient"):
+        if what in row:
+            r = row[what]
+            print(
+                f"{size:>4} {row['conv']:<32}{what:<17}{r['chunks']:>7}"
+                f"{r['whole_ms']:>10.1f}{r['chunks_ms']:>11.1f}",
+                flush=True,
+            )
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--out", default=str(Path(__file__).parent / "results" / "conv_batch_chunks.json")
-    )
-    args = parser.parse_args()
-    machine = machine_info()
-    print("#", machine)
-    print(
+    header = (
         f"{'px':>4} {'convolution':<32}{'what':<17}{'chunks':>7}{'whole ms':>10}{'chunks ms':>11}"
     )
-    rows = []
-    for size in args.sizes:
-        for spec in model_convs(size):
-            row = bench(*spec, batch_size=args.batch_size, rounds=args.rounds)
-            if row is None:
-                continue
-            row["image_size"] = size
-            rows.append(row)
-            for what in ("forward", "kernel_gradient"):
-                if what in row:
-                    r = row[what]
-                    print(
-                        f"{size:>4} {row['conv']:<32}{what:<17}{r['chunks']:>7}"
-                        f"{r['whole_ms']:>10.1f}{r['chunks_ms']:>11.1f}",
-                        flush=True,
-                    )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
-    print(f"wrote {args.out}")
+    run_over_model_convs(
+        __doc__.splitlines()[0], "conv_batch_chunks.json", bench, header, print_row
+    )
 
 
 if __name__ == "__main__":

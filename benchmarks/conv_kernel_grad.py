@@ -144,21 +144,20 @@ def bench(name, shape, kernel, stride, pad, c_out, batch_size, rounds) -> dict |
     }
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_over_model_convs(description: str, out_name: str, bench, header: str, print_row) -> None:
+    """The command line both convolution benchmarks share: ``--sizes``, ``--batch_size``,
+    ``--rounds``, ``--out``; ``bench(*model_convs spec, batch_size=, rounds=)`` per convolution
+    (None skips it), ``print_row(size, row)`` after each, then the rows and the machine as JSON
+    (default benchmarks/results/<out_name>)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--out", default=str(Path(__file__).parent / "results" / "conv_kernel_grad.json")
-    )
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / out_name))
     args = parser.parse_args()
     machine = machine_info()
     print("#", machine)
-    print(
-        f"{'px':>4} {'convolution':<32}{'GFLOP':>7}{'xla ms':>9}{'matmul ms':>11}{'speedup':>9}"
-        f"{'s2d ms':>8}{'mtcolor':>16}"
-    )
+    print(header)
     rows = []
     for size in args.sizes:
         for spec in model_convs(size):
@@ -167,16 +166,28 @@ def main():
                 continue
             row["image_size"] = size
             rows.append(row)
-            print(
-                f"{size:>4} {row['conv']:<32}{row['gflop']:>7.2f}{row['xla_ms']:>9.1f}"
-                f"{row['matmul_ms']:>11.1f}{row['speedup']:>8.2f}x"
-                f"{'-' if row['s2d_ms'] is None else format(row['s2d_ms'], '.1f'):>8}"
-                f"{row['mtcolor_form']:>16}",
-                flush=True,
-            )
+            print_row(size, row)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
     print(f"wrote {args.out}")
+
+
+def print_row(size: int, row: dict) -> None:
+    print(
+        f"{size:>4} {row['conv']:<32}{row['gflop']:>7.2f}{row['xla_ms']:>9.1f}"
+        f"{row['matmul_ms']:>11.1f}{row['speedup']:>8.2f}x"
+        f"{'-' if row['s2d_ms'] is None else format(row['s2d_ms'], '.1f'):>8}"
+        f"{row['mtcolor_form']:>16}",
+        flush=True,
+    )
+
+
+def main():
+    header = (
+        f"{'px':>4} {'convolution':<32}{'GFLOP':>7}{'xla ms':>9}{'matmul ms':>11}{'speedup':>9}"
+        f"{'s2d ms':>8}{'mtcolor':>16}"
+    )
+    run_over_model_convs(__doc__.splitlines()[0], "conv_kernel_grad.json", bench, header, print_row)
 
 
 if __name__ == "__main__":
