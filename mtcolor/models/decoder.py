@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from mtcolor.models import conv
@@ -73,8 +70,11 @@ def conv_transpose_4x4_stride2(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarr
 def conv_transpose_tiny_map(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
     """ConvTranspose2d(4, 2, 1) of a small map as two matmuls: each input pixel times the kernel
     as stored (the 16 taps of its 4x4 output window at once), then the windows' overlap-add as a
-    product with the constant 0/1 matrix :func:`overlap_add_selection` (at HIGHEST precision,
-    summed in float32 at least; in bfloat16 the taps are rounded once more before that sum).
+    product with a constant 0/1 matrix (at HIGHEST precision, summed in float32 at least; in
+    bfloat16 the taps are rounded once more before that sum). That matrix is the tap selection of
+    the Conv2d(4, stride 2, padding 1) this layer transposes (:func:`conv.tap_selection` of the
+    2h x 2w output): tap t of input pixel p lands on output pixel q exactly where tap t of that
+    convolution's output pixel p reads pixel q.
 
     Why on small maps: the phase form slices and transposes four kernels out of the stored layout
     each step, and there the copies cost more than the arithmetic (at 64 px the first block's four
@@ -85,27 +85,16 @@ def conv_transpose_tiny_map(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
     n, h, w, c_in = x.shape
     c_out = kernel.shape[2]
     taps = jnp.einsum("npc,toc->npto", x.reshape(n, h * w, c_in), kernel.reshape(16, c_out, c_in))
+    # (h * w input pixels, 16 taps, 4 * h * w output pixels)
+    lands_on = conv.tap_selection((2 * h, 2 * w), (4, 4), (2, 2), ((1, 1), (1, 1)))
     out = jnp.einsum(
-        "qpt,npto->nqo",
-        jnp.asarray(overlap_add_selection(h, w), taps.dtype),
+        "ptq,npto->nqo",
+        jnp.asarray(lands_on, taps.dtype),
         taps,
         precision=jax.lax.Precision.HIGHEST,
         preferred_element_type=jnp.promote_types(taps.dtype, jnp.float32),
     )
     return out.reshape(n, 2 * h, 2 * w, c_out).astype(x.dtype)
-
-
-@functools.cache
-def overlap_add_selection(h: int, w: int) -> np.ndarray:
-    """A[q, p, t] = 1 where kernel tap t = 4 ky + kx of input pixel p = (i, j) lands on output
-    pixel q = (2i + ky - 1, 2j + kx - 1) of ConvTranspose2d(4, stride 2, padding 1) (row-major
-    pixels, taps outside the 2h x 2w output dropped), 0 elsewhere."""
-    selection = np.zeros((4 * h * w, h * w, 16), np.float32)
-    for i, j, ky, kx in itertools.product(range(h), range(w), range(4), range(4)):
-        y, x = 2 * i + ky - 1, 2 * j + kx - 1
-        if 0 <= y < 2 * h and 0 <= x < 2 * w:
-            selection[y * 2 * w + x, i * w + j, 4 * ky + kx] = 1.0
-    return selection
 
 
 def conv_transpose_dilated(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
