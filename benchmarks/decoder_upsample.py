@@ -1,14 +1,17 @@
-"""The decoder's upsampling on this backend: XLA's transposed conv vs the four stride-1 phases.
+"""The decoder's upsampling on this backend: each form of the transposed conv, timed.
 
 ``mtcolor.models.decoder.conv_transpose_4x4_stride2`` computes PyTorch's ConvTranspose2d(4, 2, 1)
-in the form ``decoder.UPSAMPLE_FORMS`` names for the backend: ``dilated``
-(``conv_transpose_dilated``, XLA's transposed convolution, what ``nn.ConvTranspose`` runs) or
-``phases`` (``conv_transpose_phases``, four stride-1 2x2 convolutions). This times forward +
-backward (input and weight gradients) of the paper decoder's five blocks in both forms, at the
-block shapes of a given image size, after checking that the two agree, and says which form the
-backend uses (the table's choice should be the faster one). Blocks whose input has at most
-``conv.SMALL_MAP_PIXELS`` pixels run ``conv_transpose_tiny_map`` on every backend instead; for
-those the table times it too (column ``tiny s``).
+in the form ``decoder.UPSAMPLE_FORMS`` names for the backend: ``adjoint``
+(``conv_transpose_adjoint``, the transpose of Conv2d(4, 2, 1), each of its three products that
+convolution's own), ``phases`` (``conv_transpose_phases``, four stride-1 2x2 convolutions) or
+``dilated`` (``conv_transpose_dilated``, XLA's transposed convolution, what ``nn.ConvTranspose``
+runs). This times forward + backward (input and weight gradients) of the paper decoder's five
+blocks in every form, at the block shapes of a given image size, after checking that they agree
+with the dilated form, and says which form the backend uses (the table's choice should be the
+faster one; the blocks alone, outside the model: ``benchmarks/form_ab.py`` times the choice in the
+whole iteration). Blocks whose input has at most ``conv.SMALL_MAP_PIXELS`` pixels run
+``conv_transpose_tiny_map`` on every backend instead; for those the table times it too (column
+``tiny s``).
 
     python benchmarks/decoder_upsample.py --size 128 --batch 16
     python benchmarks/decoder_upsample.py --size 256 --batch 16 --dtype bfloat16   # on a GPU
@@ -58,50 +61,56 @@ def main():
         f"# {jax.devices()[0].device_kind} ({platform}: mtcolor uses {used!r}), batch "
         f"{args.batch}, image {args.size} px, {args.dtype}"
     )
+    forms = {
+        "adjoint": decoder.conv_transpose_adjoint,
+        "phases": decoder.conv_transpose_phases,
+        "dilated": decoder.conv_transpose_dilated,
+    }
+    tolerance = 1e-4 if args.dtype == "float32" else 2e-2
     print(
-        f"{'input':>16}{'out ch':>8}{'dilated s':>11}{'phases s':>10}{'dilated/phases':>16}"
-        f"{'tiny s':>9}"
+        f"{'input':>16}{'out ch':>8}"
+        + "".join(f"{name + ' s':>11}" for name in forms)
+        + f"{'tiny s':>9}"
     )
     for block, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
         hw = args.size // 2 ** (5 - block)
         x = jnp.asarray(rng.normal(size=(args.batch, hw, hw, c_in)), args.dtype)
         kernel = jnp.asarray(rng.normal(size=(4, 4, c_out, c_in)) * 0.02, args.dtype)
-        dilated_out = decoder.conv_transpose_dilated(x, kernel).astype(jnp.float32)
-        phases_out = decoder.conv_transpose_phases(x, kernel).astype(jnp.float32)
-        diff = float(jnp.abs(dilated_out - phases_out).max() / jnp.abs(dilated_out).max())
-        if not diff < (1e-4 if args.dtype == "float32" else 2e-2):
-            raise AssertionError(f"block {block}: forms differ, max relative {diff:.2g}")
-        dilated = time_grad(decoder.conv_transpose_dilated, x, kernel, args.repeats)
-        phases = time_grad(decoder.conv_transpose_phases, x, kernel, args.repeats)
-        tiny = None
+        reference = decoder.conv_transpose_dilated(x, kernel).astype(jnp.float32)
+        candidates = dict(forms)
         if hw * hw <= conv.SMALL_MAP_PIXELS:  # what conv_transpose_4x4_stride2 runs here
-            tiny_out = decoder.conv_transpose_tiny_map(x, kernel).astype(jnp.float32)
-            tiny_diff = float(jnp.abs(dilated_out - tiny_out).max() / jnp.abs(dilated_out).max())
-            if not tiny_diff < (1e-4 if args.dtype == "float32" else 2e-2):
-                raise AssertionError(f"block {block}: tiny-map form differs, {tiny_diff:.2g}")
-            tiny = time_grad(decoder.conv_transpose_tiny_map, x, kernel, args.repeats)
+            candidates["tiny"] = decoder.conv_transpose_tiny_map
+        diffs = {}
+        for name, fn in candidates.items():
+            out = fn(x, kernel).astype(jnp.float32)
+            diffs[name] = float(jnp.abs(out - reference).max() / jnp.abs(reference).max())
+            if not diffs[name] < tolerance:
+                raise AssertionError(
+                    f"block {block}: {name} differs, max relative {diffs[name]:.2g}"
+                )
+        seconds = {name: time_grad(fn, x, kernel, args.repeats) for name, fn in candidates.items()}
         rows.append(
             {
                 "block": block,
                 "input": [args.batch, hw, hw, c_in],
                 "out_channels": c_out,
-                "dilated_s": dilated,
-                "phases_s": phases,
-                "dilated_over_phases": dilated / phases,
-                "tiny_map_s": tiny,
-                "max_relative_diff": diff,
+                **{f"{name}_s": seconds[name] for name in forms},
+                "tiny_map_s": seconds.get("tiny"),
+                "max_relative_diff": diffs,
             }
         )
+        tiny = seconds.get("tiny")
         print(
-            f"{str((hw, hw, c_in)):>16}{c_out:>8}{dilated:>11.4f}{phases:>10.4f}"
-            f"{dilated / phases:>16.2f}" + (f"{tiny:>9.4f}" if tiny is not None else f"{'-':>9}")
+            f"{str((hw, hw, c_in)):>16}{c_out:>8}"
+            + "".join(f"{seconds[name]:>11.4f}" for name in forms)
+            + (f"{tiny:>9.4f}" if tiny is not None else f"{'-':>9}")
         )
-    total_dilated = sum(r["dilated_s"] for r in rows)
-    total_phases = sum(r["phases_s"] for r in rows)
-    faster = "dilated" if total_dilated < total_phases else "phases"
+    totals = {name: sum(r[f"{name}_s"] for r in rows) for name in forms}
+    faster = min(totals, key=totals.get)
     print(
-        f"{'all blocks':>24}{total_dilated:>11.4f}{total_phases:>10.4f}"
-        f"{total_dilated / total_phases:>16.2f}   faster: {faster}, mtcolor uses: {used}"
+        f"{'all blocks':>24}"
+        + "".join(f"{totals[name]:>11.4f}" for name in forms)
+        + f"   fastest: {faster}, mtcolor uses: {used}"
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -114,8 +123,7 @@ def main():
                 "faster_form": faster,
                 "args": vars(args),
                 "results": rows,
-                "total_dilated_s": total_dilated,
-                "total_phases_s": total_phases,
+                "total_s": totals,
             },
             indent=2,
         )

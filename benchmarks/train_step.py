@@ -21,8 +21,8 @@ each, ``--rounds`` times, after a warm-up. torch runs on CUDA when available (el
 threads), mtcolor on JAX's default backend; ``--dtypes bfloat16`` runs torch under
 ``torch.autocast(bfloat16)``. The ratio is mtcolor's images/s over torch's.
 
-``--upsample_forms dilated phases`` times the iteration with each of the decoder's two forms of
-the transposed conv on this backend (``mtcolor.models.decoder.UPSAMPLE_FORMS``; ``auto``, the
+``--upsample_forms adjoint phases dilated`` times the iteration with each of the decoder's forms
+of the transposed conv on this backend (``mtcolor.models.decoder.UPSAMPLE_FORMS``; ``auto``, the
 default, is the form mtcolor picks for the backend), so the per-backend choice is checked on the
 whole iteration, not just on the decoder's blocks alone (``benchmarks/decoder_upsample.py``).
 
@@ -227,7 +227,7 @@ class MtcolorRun:
         return seconds
 
 
-UPSAMPLE_FORMS = ("auto", "dilated", "phases")
+UPSAMPLE_FORMS = ("auto", "adjoint", "dilated", "phases")
 # mtcolor's own choice per backend, before any row swaps one.
 _MTCOLOR_UPSAMPLE_FORMS = dict(decoder.UPSAMPLE_FORMS)
 

@@ -201,18 +201,54 @@ def test_stride_one_transposed_conv_matches_pytorch(golden):
     assert rel_err(out, golden["convT_y"]) < EVAL_RTOL
 
 
-@pytest.mark.parametrize("form", ["phases", "dilated"])
+@pytest.mark.parametrize("form", ["adjoint", "phases", "dilated"])
 def test_each_transposed_conv_form_matches_pytorch(golden, form):
-    # Both forms that backends choose between (decoder.UPSAMPLE_FORMS), whichever this backend
+    # Every form that backends choose between (decoder.UPSAMPLE_FORMS), whichever this backend
     # runs: the CPU suite must also vouch for the form GPUs take.
     weight = seeded(golden, "convT")["weight"]  # PyTorch (in, out, kh, kw)
     fn = {
+        "adjoint": decoder_module.conv_transpose_adjoint,
         "phases": decoder_module.conv_transpose_phases,
         "dilated": decoder_module.conv_transpose_dilated,
     }[form]
     out = fn(jnp.asarray(golden["convT_x"]), jnp.asarray(weight.transpose(2, 3, 1, 0)))
     assert out.shape == (2, 10, 14, 4)
     assert rel_err(out, golden["convT_y"]) < EVAL_RTOL
+
+
+@pytest.mark.parametrize("cpu_forms", ["as_measured", "every_cpu_form"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_adjoint_transposed_conv_equals_xla_with_gradients(monkeypatch, cpu_forms, dtype):
+    # The adjoint form's forward, input gradient and kernel gradient are Conv2d(4, 2, 1)'s input
+    # gradient, forward and kernel gradient (conv.conv_transpose), each in the form conv.py picks;
+    # the reference is XLA's own transposed convolution and its autodiff. "every_cpu_form" forces
+    # the forms that only large maps take (the folded space-to-depth kernel gradient, its chunks,
+    # the forward in batch chunks); float64 takes the im2col form on CPU.
+    from mtcolor.models import conv as conv_module
+
+    if cpu_forms == "every_cpu_form":
+        monkeypatch.setattr(conv_module, "SPACE_TO_DEPTH_KERNEL_GRADIENT_MIN_BYTES", 0)
+        monkeypatch.setattr(conv_module, "SPACE_TO_DEPTH_KERNEL_GRADIENT_CHUNK_BYTES", 1)
+        monkeypatch.setattr(conv_module, "FORWARD_CHUNK_MIN_BYTES", 0)
+        monkeypatch.setattr(conv_module, "FORWARD_CHUNK_BYTES", 1)
+    rng = np.random.default_rng(5)
+    with jax.enable_x64(dtype == jnp.float64):
+        x = jnp.asarray(rng.normal(size=(2, 5, 7, 6)), dtype)
+        kernel = jnp.asarray(rng.normal(size=(4, 4, 3, 6)), dtype)
+
+        def value_and_grads(fn):
+            return jax.value_and_grad(
+                lambda x, k: (jnp.sum(jnp.sin(fn(x, k))), fn(x, k)), (0, 1), True
+            )
+
+        (_, got), got_grads = value_and_grads(decoder_module.conv_transpose_adjoint)(x, kernel)
+        (_, want), want_grads = value_and_grads(decoder_module.conv_transpose_dilated)(x, kernel)
+        assert got.shape == want.shape == (2, 10, 14, 3)
+        assert got.dtype == dtype and all(g.dtype == dtype for g in got_grads)
+        tolerance = 1e-12 if dtype == jnp.float64 else EVAL_RTOL
+        assert rel_err(got, want) < tolerance
+        for g, r in zip(got_grads, want_grads, strict=True):
+            assert rel_err(g, r) < tolerance
 
 
 @pytest.mark.parametrize("map_hw", [(1, 1), (2, 2), (1, 3), (3, 4), (4, 4)])

@@ -34,18 +34,24 @@ _PHASE_START = {r: taps[0][1] for r, taps in _PHASE_TAPS.items()}  # 3 and 2
 
 # The form each backend computes ConvTranspose2d(4, 2, 1) in, chosen at lowering time
 # (jax.lax.platform_dependent), by measurement (docs/benchmarks.md):
-#   "phases": four stride-1 2x2 convolutions (conv_transpose_phases).
+#   "adjoint": the transpose of Conv2d(4, 2, 1) through conv.conv_transpose: forward, input and
+#     kernel gradient are that convolution's input gradient, forward and kernel gradient, in the
+#     forms mtcolor.models.conv picks per backend (the three kernels PyTorch runs).
+#   "phases": four stride-1 2x2 convolutions (conv_transpose_phases), differentiated by autodiff.
 #   "dilated": XLA's own transposed convolution (conv_transpose_dilated), what nn.ConvTranspose
-#     runs: an input-dilated convolution (cuDNN's on a GPU).
-# The phases won on both backends measured. XLA:CPU: the dilated form's weight gradient falls off
-# its fast convolution path (the four decoder blocks at 128 px, batch 16, forward + backward: 1.7 s
-# vs 0.15 s). NVIDIA H200 (XLA:GPU, cuDNN), 256 px, batch 16: the multi-task iteration 1.39x faster
-# in bfloat16 and 1.36x in float32 (benchmarks/train_step.py --upsample_forms dilated phases); the
-# decoder's blocks alone 2.8-2.9x (benchmarks/decoder_upsample.py), the dilated form winning only on
-# the two smallest maps (0.2 vs 0.4 ms). TPUs ("default") are not measured; they take the phases
-# too. Benchmarks swap an entry to time the other form (then jax.clear_caches()). Maps of at most
-# SMALL_MAP_PIXELS pixels take neither: conv_transpose_tiny_map, on every backend.
-UPSAMPLE_FORMS = {"cpu": "phases", "default": "phases"}
+#     runs: an input-dilated convolution (cuDNN's on a GPU), differentiated by autodiff.
+# XLA:CPU: "adjoint". The dilated form's weight gradient falls off XLA:CPU's fast convolution path
+# (the four decoder blocks at 128 px, batch 16, forward + backward: 1.7 s vs 0.15 s as phases); the
+# adjoint took 132 ms where the phases took 231 ms (256 px: 566 vs 1002 ms; 2026-11-27, Zen 5).
+# GPUs: "phases", measured on an NVIDIA H200 (XLA:GPU, cuDNN), 256 px, batch 16: the multi-task
+# iteration 1.39x faster than "dilated" in bfloat16 and 1.36x in float32 (benchmarks/train_step.py
+# --upsample_forms dilated phases); the decoder's blocks alone 2.8-2.9x
+# (benchmarks/decoder_upsample.py), the dilated form winning only on the two smallest maps (0.2 vs
+# 0.4 ms). "adjoint" is not yet timed on a GPU (benchmarks/train_step.py --upsample_forms phases
+# adjoint). TPUs ("default") are not measured; they take the phases too. Benchmarks swap an entry
+# to time another form (then jax.clear_caches()). Maps of at most SMALL_MAP_PIXELS pixels take
+# none of these: conv_transpose_tiny_map, on every backend.
+UPSAMPLE_FORMS = {"cpu": "adjoint", "default": "phases"}
 
 
 def conv_transpose_4x4_stride2(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
@@ -60,7 +66,11 @@ def conv_transpose_4x4_stride2(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarr
     """
     if x.shape[1] * x.shape[2] <= conv.SMALL_MAP_PIXELS:  # read here: one switch for both modules
         return conv_transpose_tiny_map(x, kernel)
-    forms = {"phases": conv_transpose_phases, "dilated": conv_transpose_dilated}
+    forms = {
+        "adjoint": conv_transpose_adjoint,
+        "phases": conv_transpose_phases,
+        "dilated": conv_transpose_dilated,
+    }
     cpu, default = forms[UPSAMPLE_FORMS["cpu"]], forms[UPSAMPLE_FORMS["default"]]
     if cpu is default:  # one form everywhere: no per-platform branch to trace twice
         return cpu(x, kernel)
@@ -95,6 +105,16 @@ def conv_transpose_tiny_map(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
         preferred_element_type=jnp.promote_types(taps.dtype, jnp.float32),
     )
     return out.reshape(n, 2 * h, 2 * w, c_out).astype(x.dtype)
+
+
+def conv_transpose_adjoint(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """ConvTranspose2d(4, 2, 1) as the transpose of Conv2d(4, 2, 1) (:func:`conv.conv_transpose`):
+    the stored kernel (4, 4, out, in) is that convolution's HWIO kernel, from ``out`` channels on
+    the 2h x 2w map to ``in`` channels on the h x w one."""
+    n, h, w, _ = x.shape
+    return conv.conv_transpose(
+        x, kernel, (n, 2 * h, 2 * w, kernel.shape[2]), (2, 2), ((1, 1), (1, 1))
+    )
 
 
 def conv_transpose_dilated(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
