@@ -16,8 +16,9 @@
 #                is the `torch` part's, at batch 16)
 #   epoch_torch  the `epoch` part's PyTorch reference alone
 #   mfu          bf16 multi-task iteration at a batch that fills the chip (256), XLA's FLOPs / peak
-#   upsample     the decoder's two transposed-conv forms alone (benchmarks/decoder_upsample.py)
-#   upsample_ab  the whole bf16 iteration with each form (train_step.py --upsample_forms)
+#   upsample     the decoder's transposed-conv forms alone (benchmarks/decoder_upsample.py)
+#   upsample_ab  the whole iteration (bf16, f32) with the phases and the adjoint form, the two
+#                candidates for GPUs (train_step.py --upsample_forms)
 #   three_runs   the classifier and colorizer iterations (the multi-task one is in `torch`), for
 #                the projected wall time of the paper's three runs
 #   profile      where the bf16 iteration at batch 256 spends its time (benchmarks/profile_step.py):
@@ -99,7 +100,7 @@ for name in "$@"; do
       $PY benchmarks/decoder_upsample.py --size $SIZE --batch 16 --repeats $((STEPS * 2)) \
       --dtype bfloat16 --out $OUT/decoder_upsample_bf16.json" ;;
     upsample_ab) part upsample_ab 150 $PY benchmarks/train_step.py --sizes "$SIZE" \
-      --experiments multitask --phase 2 --dtypes bfloat16 float32 --upsample_forms dilated phases \
+      --experiments multitask --phase 2 --dtypes bfloat16 float32 --upsample_forms phases adjoint \
       --steps "$STEPS" --out "$OUT/upsample_ab.json" ;;
     three_runs) part three_runs 150 $PY benchmarks/train_step.py --sizes "$SIZE" \
       --experiments classification colorization --phase 1 2 --dtypes bfloat16 --steps "$STEPS" \

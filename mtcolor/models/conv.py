@@ -16,15 +16,15 @@ is negligible everywhere. The shifted copies of such a map are gathered by one m
 constant 0/1 matrix (tiny_map_columns) rather than a slice per tap: as fast, and much less to
 compile (the CPU demo's phase-2 step 8.8 s instead of 11.3 s).
 
-Every other NHWC convolution keeps XLA's own convolution, forward and input gradient, and on CPU
-the kernel (weight) gradient of convs with few kernel taps (the decoder's 2x2 phase convs, 1x1
-downsamples) is computed as one matrix product per tap: XLA:CPU lowers a kernel gradient to a
-convolution whose window is the whole output map, which for these kernels ran 1.3-3.8x slower than
-the matmuls (the decoder's last phase conv at 256 px, batch 16: 234 vs 61 ms). The matmul form
-pays a copy per tap, so with more taps (3x3, 4x4, 7x7) XLA's own form was as fast or faster on this
-project's current CPU (AMD EPYC, family 26 / Zen 5: the PatchGAN's 4x4/2 conv 3 -> 64 at 128 px
-4.8 vs 26.8 ms); on the slower EPYC VM this project had before, the matmuls had won for most of
-those too (benchmarks/conv_kernel_grad.py re-measures both forms; docs/benchmarks.md).
+Every other NHWC convolution keeps XLA's own convolution, forward and input gradient, and on CPU the
+kernel (weight) gradient of convs with few kernel taps (1x1 downsamples, and the decoder's 2x2 phase
+convs when its phase form is chosen) is computed as one matrix product per tap: XLA:CPU lowers a
+kernel gradient to a convolution whose window is the whole output map, which for these kernels ran
+1.3-3.8x slower than the matmuls (the decoder's last phase conv at 256 px, batch 16: 234 vs 61 ms).
+The matmul form pays a copy per tap, so with more taps (3x3, 4x4, 7x7) XLA's own form was as fast or
+faster on this project's current CPU (AMD EPYC, family 26 / Zen 5: the PatchGAN's 4x4/2 conv 3 -> 64
+at 128 px 4.8 vs 26.8 ms); on the slower EPYC VM this project had before, the matmuls had won for
+most of those too (benchmarks/conv_kernel_grad.py re-measures both forms; docs/benchmarks.md).
 
 The input gradient of a stride-2 convolution with an even kernel (the PatchGAN's 4x4/2 convs) is, on
 CPU, the transpose of the same convolution written as a stride-1 one over the space-to-depth input:
@@ -54,8 +54,12 @@ The whole 256 px multi-task step in phase 2: 5.3-5.5 s -> 5.0-5.2 s (the forward
 Stride-1 convolutions with one or two output channels (the decoder's to_ab, the PatchGAN's last
 conv) ran at about 11 GFLOP/s in XLA:CPU's forward; on CPU their forward is one matmul of each input
 pixel with all the kernel's taps, then a sum of the taps' shifted maps
-(few_output_channels_forward, FORWARD_TAPS_MAX_OUT_CHANNELS): the multi-task step 2.2% faster at
-128 px, 1.6% at 256 px (phase 2, alternating in one process).
+(few_output_channels_forward, FORWARD_TAPS_MAX_OUT_CHANNELS): the multi-task step 1.9% faster at
+128 px (phase 2, benchmarks/form_ab.py).
+
+A transposed convolution (conv_transpose: the decoder's ConvTranspose2d(4, 2, 1) on CPU) is the
+adjoint of one of these convolutions, computed by that convolution's own three products in the forms
+above rather than by differentiating a transposed convolution written out.
 
 Other backends keep XLA's own forms (cuDNN's), chosen at lowering time.
 """
@@ -236,8 +240,8 @@ def conv_transpose(x, rhs, conv_input_shape, window_strides, padding):
     ``x`` as its output gradient). PyTorch computes ConvTranspose2d with the same three kernels.
     Autodiff of a transposed convolution written out (an input-dilated convolution, or output
     phases) instead differentiates that form: on CPU the decoder's ConvTranspose2d(4, 2, 1) blocks
-    at 128 px, batch 16, forward + backward, took 231 ms as four phase convolutions and 132 ms
-    this way (docs/benchmarks.md).
+    that take this form at 128 px, batch 16, forward + backward, took 259 ms as four phase
+    convolutions each and 177 ms this way (benchmarks/decoder_upsample.py; docs/benchmarks.md).
     """
     return _conv_transpose(
         x, rhs, tuple(conv_input_shape), tuple(window_strides), tuple(map(tuple, padding))

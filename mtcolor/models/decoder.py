@@ -42,7 +42,9 @@ _PHASE_START = {r: taps[0][1] for r, taps in _PHASE_TAPS.items()}  # 3 and 2
 #     runs: an input-dilated convolution (cuDNN's on a GPU), differentiated by autodiff.
 # XLA:CPU: "adjoint". The dilated form's weight gradient falls off XLA:CPU's fast convolution path
 # (the four decoder blocks at 128 px, batch 16, forward + backward: 1.7 s vs 0.15 s as phases); the
-# adjoint took 132 ms where the phases took 231 ms (256 px: 566 vs 1002 ms; 2026-11-27, Zen 5).
+# adjoint took 177 ms where the phases took 259 ms (256 px, five blocks: 655 vs 1164 ms), and the
+# whole multi-task step ran 1.7-3.2% faster at 128 px, 5.9-6.6% at 256 px
+# (benchmarks/decoder_upsample.py, benchmarks/form_ab.py; 2026-11-27, Zen 5).
 # GPUs: "phases", measured on an NVIDIA H200 (XLA:GPU, cuDNN), 256 px, batch 16: the multi-task
 # iteration 1.39x faster than "dilated" in bfloat16 and 1.36x in float32 (benchmarks/train_step.py
 # --upsample_forms dilated phases); the decoder's blocks alone 2.8-2.9x
