@@ -248,16 +248,18 @@ def conv_transpose(x, rhs, conv_input_shape, window_strides, padding):
     )
 
 
-def _conv_transpose_impl(x, rhs, conv_input_shape, window_strides, padding):
-    def conv(lhs, rhs):
-        return conv_general_dilated(
-            lhs, rhs, window_strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
+def _nhwc_names_conv(lhs, rhs, window_strides, padding):
+    return conv_general_dilated(
+        lhs, rhs, window_strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
+
+def _conv_transpose_impl(x, rhs, conv_input_shape, window_strides, padding):
     # The input gradient through jax.vjp at a zero input, not jax.linear_transpose: that cannot
     # transpose the custom_vjp of conv_general_dilated's CPU forms. XLA drops the unused forward.
     _, input_gradient = jax.vjp(
-        lambda lhs: conv(lhs, rhs), jnp.zeros(conv_input_shape, jnp.result_type(x, rhs))
+        lambda lhs: _nhwc_names_conv(lhs, rhs, window_strides, padding),
+        jnp.zeros(conv_input_shape, jnp.result_type(x, rhs)),
     )
     return input_gradient(x)[0]
 
@@ -276,10 +278,7 @@ def _conv_transpose_backward(conv_input_shape, window_strides, padding, residual
     # The convolution of the output gradient is the input gradient; the same call's VJP at x is
     # the kernel gradient.
     x_grad, kernel_gradient_at = jax.vjp(
-        lambda w: conv_general_dilated(
-            out_grad, w, window_strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-        ),
-        rhs,
+        lambda w: _nhwc_names_conv(out_grad, w, window_strides, padding), rhs
     )
     return x_grad.astype(x.dtype), kernel_gradient_at(x.astype(x_grad.dtype))[0]
 
