@@ -59,6 +59,8 @@ ARMS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "upsample_adjoint": _setting(decoder, "UPSAMPLE_FORMS", "adjoint", key="cpu"),
     # Stride-1 convs with 1-2 output channels: XLA's forward instead of few_output_channels_forward.
     "no_forward_taps": _setting(conv, "FORWARD_TAPS_MAX_OUT_CHANNELS", None),
+    # ... and XLA's kernel gradient instead of few_output_channels_kernel_gradient.
+    "no_kernel_gradient_taps": _setting(conv, "KERNEL_GRADIENT_TAPS_MAX_OUT_CHANNELS", None),
     # The folded space-to-depth kernel gradient for every stride-2 even-kernel conv / for none.
     "space_to_depth_kernel_gradient_everywhere": _setting(
         conv, "SPACE_TO_DEPTH_KERNEL_GRADIENT_MIN_BYTES", 0

@@ -631,14 +631,17 @@ def test_tiny_map_conv_equals_xla_convolution_with_gradients(map_hw, kernel, str
         ((6, 9), 3, ((2, 0), (0, 1)), 5, 2),  # uneven padding
     ],
 )
-def test_few_output_channel_forward_equals_xla_with_gradients(map_hw, kernel, padding, c_in, c_out):
+def test_few_output_channel_forms_equal_xla_with_gradients(map_hw, kernel, padding, c_in, c_out):
     # Stride-1 convolutions with at most FORWARD_TAPS_MAX_OUT_CHANNELS outputs run their forward
-    # on CPU as a matmul with every kernel tap plus a sum of shifted maps; reference: XLA's own
-    # convolution and its autodiff, output and both gradients, and the compiled forward has no
+    # on CPU as a matmul with every kernel tap plus a sum of shifted maps, and their kernel
+    # gradient (KERNEL_GRADIENT_TAPS_MAX_OUT_CHANNELS) as products with the shifted output
+    # gradients, image by image; reference: XLA's own convolution and its autodiff, output and
+    # both gradients, and neither the compiled forward nor the compiled kernel gradient has a
     # convolution left.
     from mtcolor.models import conv as conv_module
 
     assert c_out <= conv_module.FORWARD_TAPS_MAX_OUT_CHANNELS
+    assert c_out <= conv_module.KERNEL_GRADIENT_TAPS_MAX_OUT_CHANNELS
     rng = np.random.default_rng(7)
     x = jnp.asarray(rng.normal(size=(2, *map_hw, c_in)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(kernel, kernel, c_in, c_out)), jnp.float32)
@@ -660,6 +663,11 @@ def test_few_output_channel_forward_equals_xla_with_gradients(map_hw, kernel, pa
         assert rel_err(g, r) < EVAL_RTOL
     forward = jax.jit(conv(conv_module.conv_general_dilated)).lower(x, w).as_text()
     assert "convolution" not in forward and "dot_general" in forward
+    kernel_gradient = jax.jit(
+        jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(conv_module.conv_general_dilated)(x, w))), 1)
+    )
+    compiled = kernel_gradient.lower(x, w).compile().as_text()
+    assert "convolution(" not in compiled and " dot(" in compiled
 
 
 def assert_float64_conv_equal(got, want, got_grads, want_grads):
@@ -1015,11 +1023,13 @@ def test_kernel_gradient_form_follows_kernel_taps(
 ):
     # The matmul kernel gradient copies an operand per tap, so mtcolor.models.conv uses it only
     # for kernels of at most KERNEL_GRADIENT_MAX_TAPS taps (and >= 8 output channels); the form
-    # chosen shows in the gradient's jaxpr as dot_generals (its CPU branch). The forward stays
-    # XLA's here (a 2-channel forward's own form is a matmul too).
+    # chosen shows in the gradient's jaxpr as dot_generals (its CPU branch). The forward and the
+    # kernel gradient of 1-2 output channels keep XLA's forms here (their own few-output-channel
+    # forms are matmuls too, tested above).
     from mtcolor.models import conv as conv_module
 
     monkeypatch.setattr(conv_module, "FORWARD_TAPS_MAX_OUT_CHANNELS", None)
+    monkeypatch.setattr(conv_module, "KERNEL_GRADIENT_TAPS_MAX_OUT_CHANNELS", None)
     assert conv_module.KERNEL_GRADIENT_MAX_TAPS == 4
     x = jnp.ones((2, 32, 32, c_in), jnp.float32)  # output maps of at least 14x14
     w = jnp.ones((kernel, kernel, c_in, c_out), jnp.float32)

@@ -55,7 +55,10 @@ Stride-1 convolutions with one or two output channels (the decoder's to_ab, the 
 conv) ran at about 11 GFLOP/s in XLA:CPU's forward; on CPU their forward is one matmul of each input
 pixel with all the kernel's taps, then a sum of the taps' shifted maps
 (few_output_channels_forward, FORWARD_TAPS_MAX_OUT_CHANNELS): the multi-task step 1.9% faster at
-128 px (phase 2, benchmarks/form_ab.py).
+128 px (phase 2, benchmarks/form_ab.py). Their kernel gradient is each image's input against its
+output gradient shifted to every tap, summed over the images in a scan
+(few_output_channels_kernel_gradient, KERNEL_GRADIENT_TAPS_MAX_OUT_CHANNELS): XLA:CPU's transposed
+the whole input to channel-major first; the step 1.4-3.0% faster at 64-256 px.
 
 A transposed convolution (conv_transpose: the decoder's ConvTranspose2d(4, 2, 1) on CPU) is the
 adjoint of one of these convolutions, computed by that convolution's own three products in the forms
@@ -132,6 +135,11 @@ FORWARD_TAPS_MAX_OUT_CHANNELS = 2
 # 1-2 row result, and XLA's form was as fast or faster (256 px, batch 16: 248 vs 251 ms, 64 vs
 # 88 ms).
 KERNEL_GRADIENT_MIN_OUT_CHANNELS = 8
+# Most output channels of a stride-1 convolution whose kernel gradient runs on CPU as
+# few_output_channels_kernel_gradient (to_ab, the PatchGAN's last conv). Measured alone with to_ab's
+# batch norm + ReLU producer (2026-11-27, Zen 5, batch 16, median of 9): 36 -> 25 ms at 128 px,
+# 146 -> 107 ms at 256 px. None: off.
+KERNEL_GRADIENT_TAPS_MAX_OUT_CHANNELS = 2
 
 # Every float64 NHWC convolution as im2col on CPU: XLA:CPU has no fast float64 convolution (a
 # generic loop; its float64 dots are a fast GEMM). The tiny config's multi-task step in float64 took
@@ -365,7 +373,8 @@ def window_taps(padded, window_shape, window_strides) -> list:
 
 def cpu_kernel_gradient_form(lhs_shape, rhs_shape, window_strides, padding, itemsize) -> str:
     """How the kernel gradient of a large-map NHWC convolution is computed on CPU:
-    "space_to_depth" (:func:`space_to_depth_kernel_gradient_of`), "matmul"
+    "space_to_depth" (:func:`space_to_depth_kernel_gradient_of`), "few_output_channels"
+    (:func:`few_output_channels_kernel_gradient`), "matmul"
     (:func:`kernel_gradient`), "xla_in_chunks" (XLA's own per batch chunk,
     :func:`kernel_gradient_chunks`) or "xla" (XLA's own), by the measurements above."""
     out_pixels = _output_pixels(lhs_shape, rhs_shape, window_strides, padding)
@@ -376,6 +385,13 @@ def cpu_kernel_gradient_form(lhs_shape, rhs_shape, window_strides, padding, item
         and _space_to_depth_applies(lhs_shape, rhs_shape, window_strides, padding)
     ):
         return "space_to_depth"
+    if (
+        KERNEL_GRADIENT_TAPS_MAX_OUT_CHANNELS is not None
+        and tuple(window_strides) == (1, 1)
+        and rhs_shape[3] <= KERNEL_GRADIENT_TAPS_MAX_OUT_CHANNELS
+        and all(after <= size - 1 for (_, after), size in zip(padding, rhs_shape[:2]))
+    ):
+        return "few_output_channels"
     if (
         out_pixels >= KERNEL_GRADIENT_MIN_OUTPUT_PIXELS
         and rhs_shape[3] >= KERNEL_GRADIENT_MIN_OUT_CHANNELS
@@ -446,6 +462,50 @@ def few_output_channels_forward(lhs, rhs, padding, precision=None):
     return out.astype(jnp.result_type(lhs, rhs))
 
 
+def few_output_channels_kernel_gradient(lhs, out_grad, kernel_shape, padding, precision=None):
+    """The kernel gradient of a stride-1 NHWC convolution with few output channels: each image's
+    input (pixels x c_in) against its output gradient shifted to every kernel tap (pixels x
+    kh*kw*c_out), summed over the images in a scan.
+
+    Tap (i, j) of the kernel gradient is the sum over input pixels u of ``lhs[u]`` times the output
+    gradient at the output pixel that reads u through that tap, ``out_grad[u + pad - (i, j)]``
+    (zero off the map). The shifted copies of the output gradient have kh*kw*c_out channels (18 for
+    to_ab), so they are cheap; XLA:CPU's own kernel gradient transposed the whole input to
+    channel-major first (at 128 px, batch 16, the decoder's to_ab: a 34 ms copy, then a 14 ms
+    generic convolution). Per image, in a scan, both operands of each product stay in cache (the
+    whole batch at once ran 33 ms alone against the scan's 25). Sums in at least float32.
+    """
+    kh, kw, c_in, c_out = kernel_shape
+    n, h, w, _ = lhs.shape
+    (top, bottom), (left, right) = padding
+    # Placed so that rows [top + kh - 1 - i, + h) read out_grad[u + top - i] for u in [0, h).
+    placed = jnp.pad(
+        out_grad, ((0, 0), (kh - 1, kh - 1 - bottom), (kw - 1, kw - 1 - right), (0, 0))
+    )
+    accumulate = jnp.promote_types(jnp.result_type(lhs, out_grad), jnp.float32)
+
+    def image_gradient(total, image):
+        pixels, placed_image = image
+        shifted = jnp.concatenate(
+            [
+                placed_image[top + kh - 1 - i : top + kh - 1 - i + h, left + kw - 1 - j :][:, :w]
+                for i, j in itertools.product(range(kh), range(kw))
+            ],
+            axis=-1,
+        )
+        return total + jnp.dot(
+            pixels.reshape(h * w, c_in).T,
+            shifted.reshape(h * w, kh * kw * c_out),
+            precision=precision,
+            preferred_element_type=accumulate,
+        ), None
+
+    total, _ = jax.lax.scan(
+        image_gradient, jnp.zeros((c_in, kh * kw * c_out), accumulate), (lhs, placed)
+    )
+    return total.reshape(c_in, kh, kw, c_out).transpose(1, 2, 0, 3)
+
+
 def kernel_gradient_chunks(batch: int, out_grad_bytes: int) -> int:
     """Into how many equal batch chunks XLA's own kernel gradient is split on CPU: the fewest whose
     output gradient is at most KERNEL_GRADIENT_CHUNK_BYTES (1: whole)."""
@@ -493,7 +553,8 @@ class CpuForms:
     other backends run XLA's own throughout."""
 
     # "xla", "matmul" (kernel_gradient), "space_to_depth" (space_to_depth_kernel_gradient_of, in
-    # SPACE_TO_DEPTH_KERNEL_GRADIENT_CHUNK_BYTES chunks) or "xla_in_chunks" (kernel_gradient_chunks)
+    # SPACE_TO_DEPTH_KERNEL_GRADIENT_CHUNK_BYTES chunks), "few_output_channels"
+    # (few_output_channels_kernel_gradient) or "xla_in_chunks" (kernel_gradient_chunks)
     kernel_gradient: str = "xla"
     space_to_depth_input_gradient: bool = False  # space_to_depth_input_gradient_of
     forward_chunks: int = 1  # the forward per batch chunk, in a loop (cpu_forward_chunks)
@@ -580,6 +641,8 @@ def _conv_backward(window_strides, padding, precision, forms, residuals, out_gra
                 )
                 for i in range(chunks)
             )
+        elif forms.kernel_gradient == "few_output_channels":
+            grad = few_output_channels_kernel_gradient(lhs, out_grad, rhs.shape, padding, precision)
         else:
             grad = kernel_gradient(lhs, out_grad, rhs.shape, window_strides, padding, precision)
         return grad.astype(rhs.dtype)
