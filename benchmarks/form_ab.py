@@ -83,15 +83,15 @@ class CompiledRun:
     def __init__(self, arm: str, experiment: str, size: int, batch_size: int, phase: int):
         with ARMS[arm]():
             jax.clear_caches()  # nothing traced under another arm's setting is reused
-            self.run_ = MtcolorRun(experiment, size, batch_size, phase)
-        if len(self.run_.compiled) != 1:
+            self.mtcolor_run = MtcolorRun(experiment, size, batch_size, phase)
+        if len(self.mtcolor_run.compiled) != 1:
             raise ValueError("form_ab times the one-forward iteration (one program)")
-        self.step = self.run_.compiled[0]
-        self.compile_s = self.run_.compile_s
+        self.step = self.mtcolor_run.compiled[0]
+        self.compile_s = self.mtcolor_run.compile_s
         self.seconds_per_step: list[float] = []
 
     def run(self, num_steps: int) -> float:
-        run = self.run_
+        run = self.mtcolor_run
         start = time.perf_counter()
         for _ in range(num_steps):
             run.state, run.metrics = self.step(run.state, run.batch)
