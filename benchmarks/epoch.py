@@ -79,6 +79,7 @@ class Setting:
     worker_count: int
     cache_dir: str
     loader_start: str = "auto"  # the torch reference's DataLoader workers: auto, fork or spawn
+    torch_device: str = "auto"  # the torch reference's device: auto (cuda if any), cuda or cpu
 
 
 def data_config(setting: Setting, input_path: str):
@@ -246,6 +247,11 @@ def _torch_tutorial(setting, trainer):
         # the workers are spawned and kept across epochs, so their start-up (importing torch and
         # skimage in each) is paid once, in the start-up column, and never in an epoch.
         start_method = "fork" if jax.default_backend() == "cpu" else "spawn"
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu")
+        if setting.torch_device == "auto"
+        else setting.torch_device
+    )
     loader = torch.utils.data.DataLoader(
         torch_reference.TutorialDataset(files, labels, setting.image_size),
         batch_size=setting.batch_size,
@@ -256,6 +262,8 @@ def _torch_tutorial(setting, trainer):
         persistent_workers=start_method == "spawn",
         # A batch that takes this long means a stuck worker: fail with torch's error, not hang.
         timeout=LOADER_TIMEOUT_S,
+        # The tutorial's loader pins (its batches then go to the GPU with .to(device)).
+        pin_memory=device.type == "cuda",
     )
     experiment = None
     if trainer is not None:
@@ -263,7 +271,9 @@ def _torch_tutorial(setting, trainer):
         spec = torch_reference.spec_from_tasks(
             state.objective.tasks, setting.image_size, setting.phase == 1, state.optimizer
         )
-        experiment = torch_reference.TorchExperiment(spec)
+        # On the GPU when there is one, as mtcolor's iteration is. (Sessions 9 and 10 ran this
+        # reference on the GPU machine's CPU: its epochs never ended within the time limit.)
+        experiment = torch_reference.TorchExperiment(spec, device)
         # Warm-up, not timed (as mtcolor's compilation is not).
         experiment.run(experiment.batch(trainer.dummy), 2)
     start = time.perf_counter()
@@ -277,14 +287,24 @@ def _torch_tutorial(setting, trainer):
         last = None
         for _ in range(setting.steps_per_epoch):
             batch = next(batches)
-            last = experiment.train_iteration(batch) if experiment else batch
+            if experiment is not None:
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                last = experiment.train_iteration(batch)
+            else:
+                last = batch
         if experiment is not None:
             loss = float(last["loss_g"])  # waits for the last iteration (CPU: already done)
             if not np.isfinite(loss):
                 raise FloatingPointError(f"torch: non-finite loss {loss}")
         epochs.append(time.perf_counter() - begin)
         print(f"#   epoch {len(epochs)}: {epochs[-1]:.1f} s", flush=True)
-    return {"startup_s": startup_s, "epoch_s": epochs}
+    return {
+        "startup_s": startup_s,
+        "epoch_s": epochs,
+        "torch_device": str(device),
+        "loader_start": start_method,
+        "loader_workers": loader.num_workers,
+    }
 
 
 # Reference implementations timed side by side (--reference NAME, needs torch: the `bench` extra).
@@ -347,6 +367,12 @@ def main() -> None:
         help="with --reference torch: how the DataLoader starts its workers (auto: fork as the "
         "tutorial does when JAX runs on the CPU, spawn and keep them when it runs on a GPU)",
     )
+    parser.add_argument(
+        "--torch-device",
+        default="auto",
+        choices=["auto", "cuda", "cpu"],
+        help="with --reference torch: where its iteration runs (auto: cuda when torch sees one)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "epoch.json"))
     args = parser.parse_args()
@@ -404,6 +430,7 @@ def main() -> None:
                 worker_count=args.worker_count,
                 cache_dir=os.path.join(cache_root, str(size)),
                 loader_start=args.loader_start,
+                torch_device=args.torch_device,
             )
             trainer = None
             if "train" in args.modes:

@@ -49,6 +49,7 @@ PY=${PY:-python3}
 SIZE=${SIZE:-256}          # SIZE=32 MFU_BATCH=16 STEPS=1: a dry run of the script on a CPU
 MFU_BATCH=${MFU_BATCH:-256}
 STEPS=${STEPS:-10}
+EPOCHS=${EPOCHS:-2}        # whole epochs per path in the epoch parts (the first counts start-up)
 # bf16 dense peak of an H100 SXM and of an H200 (the same tensor cores), TFLOP/s.
 PEAK_BF16=${PEAK_BF16:-989}
 
@@ -89,9 +90,9 @@ for name in "$@"; do
       --experiments multitask --phase 2 --dtypes bfloat16 --batch_size "$MFU_BATCH" --steps 5 \
       --rounds 2 --skip_check --out "$OUT/train_step_torch_fill.json" ;;
     epoch_torch) part epoch_torch 240 $PY benchmarks/epoch.py --data "$DATA" --sizes "$SIZE" \
-      --paths --reference torch --epochs 2 --out "$OUT/epoch_torch.json" ;;
+      --paths --reference torch --epochs "$EPOCHS" --out "$OUT/epoch_torch.json" ;;
     epoch) part epoch 150 $PY benchmarks/epoch.py --data "$DATA" --sizes "$SIZE" \
-      --paths resident --reference torch --epochs 2 --out "$OUT/epoch.json" ;;
+      --paths resident --reference torch --epochs "$EPOCHS" --out "$OUT/epoch.json" ;;
     mfu) part mfu 120 $PY benchmarks/train_step.py --sizes "$SIZE" --experiments multitask \
       --phase 2 --dtypes bfloat16 --batch_size "$MFU_BATCH" --steps "$STEPS" --peak_tflops "$PEAK_BF16" \
       --out "$OUT/mfu.json" ;;
