@@ -45,15 +45,17 @@ _PHASE_START = {r: taps[0][1] for r, taps in _PHASE_TAPS.items()}  # 3 and 2
 # adjoint took 177 ms where the phases took 259 ms (256 px, five blocks: 655 vs 1164 ms), and the
 # whole multi-task step ran 1.7-3.2% faster at 128 px, 5.9-6.6% at 256 px
 # (benchmarks/decoder_upsample.py, benchmarks/form_ab.py; 2026-11-27, Zen 5).
-# GPUs: "phases", measured on an NVIDIA H200 (XLA:GPU, cuDNN), 256 px, batch 16: the multi-task
-# iteration 1.39x faster than "dilated" in bfloat16 and 1.36x in float32 (benchmarks/train_step.py
-# --upsample_forms dilated phases); the decoder's blocks alone 2.8-2.9x
-# (benchmarks/decoder_upsample.py), the dilated form winning only on the two smallest maps (0.2 vs
-# 0.4 ms). "adjoint" is not yet timed on a GPU (benchmarks/train_step.py --upsample_forms phases
-# adjoint). TPUs ("default") are not measured; they take the phases too. Benchmarks swap an entry
-# to time another form (then jax.clear_caches()). Maps of at most SMALL_MAP_PIXELS pixels take
-# none of these: conv_transpose_tiny_map, on every backend.
-UPSAMPLE_FORMS = {"cpu": "adjoint", "default": "phases"}
+# GPUs: "adjoint" too, measured on an NVIDIA H200 (XLA:GPU, cuDNN), 256 px: the multi-task
+# iteration 6.3% faster than as "phases" in bfloat16 and 10.0% in float32 at batch 16, 6.8% in
+# bfloat16 at batch 256 (benchmarks/train_step.py --upsample_forms phases adjoint); the five blocks
+# alone, forward + backward, 2.3 vs 3.4 ms in float32 and 1.7 vs 2.5 ms in bfloat16, the adjoint
+# fastest on every block (benchmarks/decoder_upsample.py; 2026-11-27). The phases had beaten
+# "dilated" there by 1.36-1.39x on the whole iteration (2026-11-26). TPUs ("default") are not
+# measured; they take the adjoint too: its three products are a convolution's forward and
+# gradients, the kernels every backend optimizes for training. Benchmarks swap an entry to time
+# another form (then jax.clear_caches()). Maps of at most SMALL_MAP_PIXELS pixels take none of
+# these: conv_transpose_tiny_map, on every backend.
+UPSAMPLE_FORMS = {"cpu": "adjoint", "default": "adjoint"}
 
 
 def conv_transpose_4x4_stride2(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
