@@ -17,7 +17,9 @@ data plus training; the first epoch also counts the data module's start-up:
 - ``torch (tutorial data path)`` (``--reference torch``, needs the ``bench`` extra): what a user of
   the paper's reference tutorial waits for: PIL open, bicubic resize, random flip and skimage
   ``rgb2lab`` per image in a ``DataLoader`` with as many workers as cores, feeding
-  ``benchmarks/torch_reference.py``'s eager iteration of the same model (warmed up first).
+  ``benchmarks/torch_reference.py``'s eager iteration of the same model (warmed up first), on the
+  GPU when torch sees one; run by ``benchmarks/tutorial_epoch.py`` in a child process without JAX,
+  so that its workers fork as the tutorial's do.
 
 ``--modes data`` times the same epochs without training (the input path's own cost; no model is
 built); ``--modes train data`` does both.
@@ -43,6 +45,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -78,7 +81,7 @@ class Setting:
     read_threads: int
     worker_count: int
     cache_dir: str
-    loader_start: str = "auto"  # the torch reference's DataLoader workers: auto, fork or spawn
+    loader_start: str = "fork"  # the torch reference's DataLoader workers: fork (the tutorial's)
     torch_device: str = "auto"  # the torch reference's device: auto (cuda if any), cuda or cpu
 
 
@@ -222,89 +225,40 @@ RUNNERS = {
 # ---- the reference: the tutorial's data path feeding the PyTorch iteration ------------------
 
 
-LOADER_TIMEOUT_S = 120
-
-
 def _torch_tutorial(setting, trainer):
-    """The paper's reference tutorial's input side as it writes it: a torch ``Dataset`` that per
-    image opens the file with PIL, resizes it bicubically to size x size, flips it at random and
-    converts it with skimage's ``rgb2lab`` (L/50 - 1, ab/110), in a ``DataLoader`` with as many
-    workers as cores (shuffled, whole batches; new workers each epoch, as the tutorial's loader
-    starts them). With a trainer, each batch feeds ``benchmarks/torch_reference.py``'s eager
-    iteration of the same model (torch's default threads). torch is imported here only."""
-    import torch
-    import torch_reference  # benchmarks/, the script's directory (as train_step.py imports it)
-
-    with open(setting.labels_csv) as f:
-        rows = [line.rstrip("\n").split(",") for line in f][1:]
-    classes = sorted({int(r[1]) for r in rows})
-    files = [os.path.join(setting.images_dir, r[0]) for r in rows]
-    labels = [classes.index(int(r[1])) for r in rows]
-    start_method = setting.loader_start
-    if start_method == "auto":
-        # The tutorial forks its workers (Linux's default). A process that has started JAX on a
-        # GPU must not fork: on an H200 the forked workers hung (no batch in 2 minutes). There
-        # the workers are spawned and kept across epochs, so their start-up (importing torch and
-        # skimage in each) is paid once, in the start-up column, and never in an epoch.
-        start_method = "fork" if jax.default_backend() == "cpu" else "spawn"
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu")
-        if setting.torch_device == "auto"
-        else setting.torch_device
-    )
-    loader = torch.utils.data.DataLoader(
-        torch_reference.TutorialDataset(files, labels, setting.image_size),
-        batch_size=setting.batch_size,
-        shuffle=True,
-        num_workers=os.cpu_count(),
-        drop_last=True,
-        multiprocessing_context=start_method,
-        persistent_workers=start_method == "spawn",
-        # A batch that takes this long means a stuck worker: fail with torch's error, not hang.
-        timeout=LOADER_TIMEOUT_S,
-        # The tutorial's loader pins (its batches then go to the GPU with .to(device)).
-        pin_memory=device.type == "cuda",
-    )
-    experiment = None
+    """The paper's reference tutorial's input side feeding ``benchmarks/torch_reference.py``'s
+    eager iteration of the same model (``benchmarks/tutorial_epoch.py``, which says how), run as a
+    child process that never imports JAX: its ``DataLoader`` forks its workers, as the tutorial's
+    does, which a process that has started JAX must not do. The model is the trainer's (its task
+    list read into a ``torch_reference.Spec``); without a trainer the data path alone."""
+    command = [
+        sys.executable,
+        os.path.join(REPO, "benchmarks", "tutorial_epoch.py"),
+        f"--images={setting.images_dir}",
+        f"--labels={setting.labels_csv}",
+        f"--size={setting.image_size}",
+        f"--batch-size={setting.batch_size}",
+        f"--epochs={setting.epochs}",
+        f"--steps-per-epoch={setting.steps_per_epoch}",
+        f"--device={setting.torch_device}",
+        f"--loader-start={setting.loader_start}",
+    ]
     if trainer is not None:
+        sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+        import torch_reference  # the Spec only; torch runs in the child
+
         state = trainer.initial
         spec = torch_reference.spec_from_tasks(
             state.objective.tasks, setting.image_size, setting.phase == 1, state.optimizer
         )
-        # On the GPU when there is one, as mtcolor's iteration is. (Sessions 9 and 10 ran this
-        # reference on the GPU machine's CPU: its epochs never ended within the time limit.)
-        experiment = torch_reference.TorchExperiment(spec, device)
-        # Warm-up, not timed (as mtcolor's compilation is not).
-        experiment.run(experiment.batch(trainer.dummy), 2)
-    start = time.perf_counter()
-    batches = iter(loader)  # workers start here, as in the tutorial's first loop
-    startup_s = time.perf_counter() - start
-    epochs = []
-    for epoch in range(setting.epochs):
-        begin = time.perf_counter()
-        if epoch:
-            batches = iter(loader)
-        last = None
-        for _ in range(setting.steps_per_epoch):
-            batch = next(batches)
-            if experiment is not None:
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                last = experiment.train_iteration(batch)
-            else:
-                last = batch
-        if experiment is not None:
-            loss = float(last["loss_g"])  # waits for the last iteration (CPU: already done)
-            if not np.isfinite(loss):
-                raise FloatingPointError(f"torch: non-finite loss {loss}")
-        epochs.append(time.perf_counter() - begin)
-        print(f"#   epoch {len(epochs)}: {epochs[-1]:.1f} s", flush=True)
-    return {
-        "startup_s": startup_s,
-        "epoch_s": epochs,
-        "torch_device": str(device),
-        "loader_start": start_method,
-        "loader_workers": loader.num_workers,
-    }
+        command.append(f"--spec={json.dumps(dataclasses.asdict(spec))}")
+    # The child's epochs print to stderr (passed through); its result is its last stdout line.
+    child = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    if child.returncode != 0:
+        raise RuntimeError(
+            f"benchmarks/tutorial_epoch.py exited with {child.returncode}; its stderr is above"
+        )
+    return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 # Reference implementations timed side by side (--reference NAME, needs torch: the `bench` extra).
@@ -362,10 +316,10 @@ def main() -> None:
     parser.add_argument("--worker-count", type=int, default=0)
     parser.add_argument(
         "--loader-start",
-        default="auto",
-        choices=["auto", "fork", "spawn"],
-        help="with --reference torch: how the DataLoader starts its workers (auto: fork as the "
-        "tutorial does when JAX runs on the CPU, spawn and keep them when it runs on a GPU)",
+        default="fork",
+        choices=["fork", "spawn", "forkserver"],
+        help="with --reference torch: how its DataLoader starts its workers (fork: Linux's "
+        "default, the tutorial's; the torch reference runs in a child process without JAX)",
     )
     parser.add_argument(
         "--torch-device",

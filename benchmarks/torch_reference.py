@@ -796,8 +796,8 @@ def check_equivalence(
 class TutorialDataset(torch.utils.data.Dataset):
     """The reference tutorial's training set as it writes it: per image, open the file with PIL,
     resize it bicubically to ``size`` x ``size``, flip it at random, convert it with skimage's
-    ``rgb2lab`` and scale (L/50 - 1, ab/110). At module level so that spawned ``DataLoader``
-    workers can unpickle it (benchmarks/epoch.py)."""
+    ``rgb2lab`` and scale (L/50 - 1, ab/110). At module level so that ``DataLoader``
+    workers started with spawn can unpickle it (benchmarks/tutorial_epoch.py)."""
 
     def __init__(self, files, labels, size):
         self.files, self.labels, self.size = files, labels, size
