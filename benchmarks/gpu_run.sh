@@ -4,14 +4,17 @@
 # .whl/, see below; no TensorFlow anywhere). Runs the named parts in the order given, each under
 # its own time limit and all under one deadline, and writes each part's log and JSON to $OUT.
 #
-#   bash benchmarks/gpu_run.sh torch mfu upsample epoch          # first call (440 s on an H200)
-#   bash benchmarks/gpu_run.sh upsample_ab three_runs profile    # second call, same warm machine
+#   DEADLINE_S=470 EPOCHS=3 bash benchmarks/gpu_run.sh epoch upsample_ab torch upsample
+#                                     # session 16's first call: 412 s on an H200, start not counted
+#   bash benchmarks/gpu_run.sh mfu three_runs profile    # a second call on the same warm machine
+#                                     # (the device tool gives a machine back after 30 s idle)
 #
 # Parts:
 #   torch        multi-task iteration vs PyTorch eager on the same GPU, 256 px, batch 16, both
 #                phases, float32 and bfloat16 (torch autocast), after the equivalence check
 #   epoch        whole epochs on the 1,300 photos (carried in .gpudata/), mtcolor's resident path
-#                vs the tutorial's data path (DataLoader, one worker per core) + torch, 256 px
+#                vs the tutorial's data path (DataLoader, one forked worker per core) + torch on the
+#                GPU, 256 px (benchmarks/tutorial_epoch.py, a child process without JAX)
 #   torch_fill   the `mfu` row side by side with PyTorch autocast (same batch; the equivalence check
 #                is the `torch` part's, at batch 16)
 #   epoch_torch  the `epoch` part's PyTorch reference alone
