@@ -244,8 +244,7 @@ def _torch_tutorial(setting, trainer):
         f"--loader-start={setting.loader_start}",
     ]
     if trainer is not None:
-        sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-        import torch_reference  # the Spec only; torch runs in the child
+        import torch_reference  # benchmarks/, the script's directory; the Spec only
 
         state = trainer.initial
         spec = torch_reference.spec_from_tasks(
