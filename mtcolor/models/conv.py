@@ -60,9 +60,9 @@ output gradient shifted to every tap, summed over the images in a scan
 (few_output_channels_kernel_gradient, KERNEL_GRADIENT_TAPS_MAX_OUT_CHANNELS): XLA:CPU's transposed
 the whole input to channel-major first; the step 1.4-3.0% faster at 64-256 px.
 
-A transposed convolution (conv_transpose: the decoder's ConvTranspose2d(4, 2, 1) on CPU) is the
-adjoint of one of these convolutions, computed by that convolution's own three products in the forms
-above rather than by differentiating a transposed convolution written out.
+A transposed convolution (conv_transpose: the decoder's ConvTranspose2d(4, 2, 1), on every
+backend) is the adjoint of one of these convolutions, computed by that convolution's own three
+products in the forms above rather than by differentiating a transposed convolution written out.
 
 Other backends keep XLA's own forms (cuDNN's), chosen at lowering time.
 """
