@@ -26,6 +26,9 @@
 #                the projected wall time of the paper's three runs
 #   profile      where the bf16 iteration at batch 256 spends its time (benchmarks/profile_step.py):
 #                kernels by category, the FLOP and byte floors, and the MFU (as `mfu` does)
+#   roofline     the bf16 iteration's roofline on this chip (benchmarks/roofline.py: the best MFU
+#                any kernels could reach) and each convolution and matmul timed alone against its
+#                roofline, largest first: which layers hand-written kernels would have to win
 #
 # Wheels, made on a machine with pip access, from the repository root:
 #   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all: \
@@ -55,6 +58,9 @@ STEPS=${STEPS:-10}
 EPOCHS=${EPOCHS:-2}        # whole epochs per path in the epoch parts (the first counts start-up)
 # bf16 dense peak of an H100 SXM and of an H200 (the same tensor cores), TFLOP/s.
 PEAK_BF16=${PEAK_BF16:-989}
+# roofline.py's chip (peaks and bandwidth): h200 on an H200, else h100.
+CHIP=${CHIP:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | grep -qi h200 \
+  && echo h200 || echo h100)}
 
 # The machine's own flax/optax/chex first (built for its jax); the repository's pinned ones
 # (.whl/pinned) if mtcolor does not import with them.
@@ -112,6 +118,9 @@ for name in "$@"; do
     profile) part profile 120 $PY benchmarks/profile_step.py --size "$SIZE" --phase 2 \
       --dtype bfloat16 --batch_size "$MFU_BATCH" --steps 3 --top 40 --out "$OUT/profile.json" \
       --peak_tflops "$PEAK_BF16" --trace_copy "$OUT/profile_trace.json.gz" ;;
+    roofline) part roofline 240 $PY benchmarks/roofline.py --size "$SIZE" --batch_size \
+      "$MFU_BATCH" --chip "$CHIP" --time_alone 5 --time_budget_s 180 --top 40 \
+      --out "$OUT/roofline.json" ;;
     *) echo "unknown part: $name" ;;
   esac
 done
