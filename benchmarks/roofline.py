@@ -366,7 +366,15 @@ def roofline_seconds(program: Program, op: Op, chip: Chip) -> tuple[float, int]:
     return max(op.flops / (peaks[op.peak] * 1e12), nbytes / (chip.tb_s * 1e12)), nbytes
 
 
-def roofline(program: Program, chip: Chip, large_bytes: int, alone: dict | None = None) -> dict:
+def mfu_peak_tflops(chip: Chip, dtype: str) -> float:
+    """The peak MFU is quoted against: bf16's for a bfloat16 iteration, TF32's for float32 (what
+    XLA:GPU runs float32 convolutions in by default)."""
+    return chip.bf16_tflops if dtype == "bfloat16" else chip.tf32_tflops
+
+
+def roofline(
+    program: Program, chip: Chip, large_bytes: int, peak_tflops: float, alone: dict | None = None
+) -> dict:
     bandwidth = chip.tb_s * 1e12
     alone = alone or {}
     alone_roofline_s = 0.0
@@ -399,7 +407,8 @@ def roofline(program: Program, chip: Chip, large_bytes: int, alone: dict | None 
         "model_gflop": heavy_flops / 1e9,
         "convolution_gb": heavy_bytes / 1e9,
         "convolution_roofline_ms": heavy_s * 1e3,
-        "convolution_compute_ms": heavy_flops / (chip.bf16_tflops * 1e12) * 1e3,
+        "mfu_peak_tflops": peak_tflops,
+        "convolution_compute_ms": heavy_flops / (peak_tflops * 1e12) * 1e3,
         "passes": traffic["passes"],
         "fused_rest_gb": traffic["fused"] / 1e9,
         "two_pass_rest_gb": traffic["two_pass"] / 1e9,
@@ -410,7 +419,7 @@ def roofline(program: Program, chip: Chip, large_bytes: int, alone: dict | None 
         bound_s = heavy_s + rest_s
         summary[f"{model}_rest_ms"] = rest_s * 1e3
         summary[f"{model}_bound_ms"] = bound_s * 1e3
-        summary[f"{model}_mfu_bound"] = heavy_flops / bound_s / (chip.bf16_tflops * 1e12)
+        summary[f"{model}_mfu_bound"] = heavy_flops / bound_s / (peak_tflops * 1e12)
     rows = sorted(
         ({"layer": k[0], "primitive": k[1], "peak": k[2], **v} for k, v in layers.items()),
         key=lambda r: -r["seconds"],
@@ -453,10 +462,10 @@ def time_alone(program: Program, repeats: int, budget_s: float, order: list[int]
     return seconds
 
 
-def convolution_efficiency_needed(summary: dict, chip: Chip, target_mfu: float, model: str):
+def convolution_efficiency_needed(summary: dict, target_mfu: float, model: str):
     """The convolutions' roofline time over the time they may take for ``target_mfu`` with the
     rest at ``model``'s bound (above 1: out of reach even at the roofline)."""
-    budget_s = summary["model_gflop"] * 1e9 / (target_mfu * chip.bf16_tflops * 1e12)
+    budget_s = summary["model_gflop"] * 1e9 / (target_mfu * summary["mfu_peak_tflops"] * 1e12)
     left_s = budget_s - summary[f"{model}_rest_ms"] / 1e3
     return summary["convolution_roofline_ms"] / 1e3 / left_s if left_s > 0 else float("inf")
 
@@ -505,7 +514,8 @@ def main():
         heavy = [i for i, op in enumerate(program.ops) if op.heavy]
         order = sorted(heavy, key=lambda i: -roofline_seconds(program, program.ops[i], chip)[0])
         alone = time_alone(program, args.time_alone, args.time_budget_s, order)
-    result = roofline(program, chip, int(args.large_mib * 2**20), alone)
+    peak = mfu_peak_tflops(chip, args.dtype)
+    result = roofline(program, chip, int(args.large_mib * 2**20), peak, alone)
     summary = result["summary"]
 
     print(
@@ -533,22 +543,23 @@ def main():
             f"{row['flops'] / max(row['bytes'], 1):>8.0f}{row['seconds'] * 1e3:>8.2f}"
             + alone_columns
         )
-    ridge = chip.bf16_tflops / chip.tb_s
+    ridge = peak / chip.tb_s
     print(
         f"\nmodel FLOPs (convolutions and matmuls): {summary['model_gflop']:.1f} GFLOP; at the "
-        f"bf16 peak alone {summary['convolution_compute_ms']:.1f} ms (the ridge: {ridge:.0f} "
+        f"peak ({peak:g} TFLOP/s) alone {summary['convolution_compute_ms']:.1f} ms (the ridge: "
+        f"{ridge:.0f} "
         f"FLOP/byte); at their rooflines {summary['convolution_roofline_ms']:.1f} ms "
         f"({summary['convolution_gb']:.1f} GB)"
     )
     for model in ("fused", "two_pass"):
-        needed = convolution_efficiency_needed(summary, chip, args.target_mfu, model)
+        needed = convolution_efficiency_needed(summary, args.target_mfu, model)
         summary[f"{model}_conv_efficiency_needed"] = needed
         print(
             f"{model:>8}: the rest {summary[f'{model}_rest_ms']:.1f} ms "
             f"({summary[f'{model}_rest_gb']:.1f} GB in {summary['passes']} passes); bound "
             f"{summary[f'{model}_bound_ms']:.1f} ms = MFU <= {summary[f'{model}_mfu_bound']:.1%}; "
-            f"for {args.target_mfu:.0%} the convolutions must run at {needed:.0%} of their "
-            "roofline"
+            f"for {args.target_mfu:.0%} the convolutions must run at "
+            + (f"{needed:.0%} of their roofline" if needed <= 1 else "more than their roofline")
         )
     if alone:
         summary["timed_alone_efficiency"] = (
