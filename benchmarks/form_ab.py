@@ -1,16 +1,18 @@
 """mtcolor's training iteration against itself with one convolution form switched: A/B, alternating
 in one process, so that this noisy VM's drift hits both arms alike.
 
-Each arm names a setting of ``mtcolor.models.conv`` or ``mtcolor.models.decoder`` (``ARMS``;
-"mtcolor" is the forms as shipped). Every arm is built, compiled ahead of time and warmed up with
-its setting applied, then all settings are restored and the arms' blocks of ``--steps``
-iterations alternate (the one going first alternating too). Each arm runs its own compiled
-executable: a jitted function would retrace after ``jax.clear_caches()`` with whatever setting is
-current, so every arm would run the last one's program (how session 14's one-process comparisons
-went wrong; docs/benchmarks.md).
+Each arm names a setting of ``mtcolor.models.conv`` or ``mtcolor.models.decoder``, or another
+BatchNorm (``ARMS``; "mtcolor" is the forms as shipped). Every arm is built, compiled ahead of
+time and warmed up with its setting applied, then all settings are restored and the arms' blocks
+of ``--steps`` iterations alternate (the one going first alternating too). Each arm runs its own
+compiled executable: a jitted function would retrace after ``jax.clear_caches()`` with whatever
+setting is current, so every arm would run the last one's program (how session 14's one-process
+comparisons went wrong; docs/benchmarks.md).
 
     python benchmarks/form_ab.py --size 128 --phase 2 --arms mtcolor upsample_phases
     python benchmarks/form_ab.py --size 256 --phase 2 --rounds 4 --arms mtcolor no_forward_taps
+    python benchmarks/form_ab.py --size 256 --batch_size 256 --dtype bfloat16 \
+        --arms mtcolor batch_norm_vjp                         # a GPU: the hand-written BN backward
 
 Prints each arm's compile time and median ms per iteration (with every block's), and the ratio of
 each arm's median to the first arm's; writes them as JSON (default
@@ -29,11 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import batch_norm_vjp  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from train_step import EXPERIMENTS, MtcolorRun, cpu_model  # noqa: E402
 
-from mtcolor.models import conv, decoder  # noqa: E402
+from mtcolor.models import conv, decoder, patchgan, resnet  # noqa: E402
 
 
 def _setting(module, name: str, value, key=None) -> Callable[[], contextlib.AbstractContextManager]:
@@ -50,6 +53,18 @@ def _setting(module, name: str, value, key=None) -> Callable[[], contextlib.Abst
             owner[field] = saved
 
     return applied
+
+
+# The modules that build BatchNorms through mtcolor.models.resnet.batch_norm (imported by name).
+_BN_USERS = (resnet, decoder, patchgan)
+
+
+@contextlib.contextmanager
+def _settings(*settings: contextlib.AbstractContextManager) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for setting in settings:
+            stack.enter_context(setting)
+        yield
 
 
 ARMS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
@@ -73,6 +88,10 @@ ARMS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "no_kernel_gradient_chunks": _setting(conv, "KERNEL_GRADIENT_CHUNK_BYTES", None),
     # Stride-2 forwards always whole.
     "no_forward_chunks": _setting(conv, "FORWARD_CHUNK_MIN_BYTES", None),
+    # Every BatchNorm with a hand-written backward pass (benchmarks/batch_norm_vjp.py).
+    "batch_norm_vjp": lambda: _settings(
+        *(_setting(module, "batch_norm", batch_norm_vjp.batch_norm)() for module in _BN_USERS)
+    ),
 }
 
 
@@ -80,10 +99,12 @@ class CompiledRun:
     """One arm: an MtcolorRun built under its setting, iterated through its own compiled
     executable (``MtcolorRun.run`` calls the jitted step, which would retrace)."""
 
-    def __init__(self, arm: str, experiment: str, size: int, batch_size: int, phase: int):
+    def __init__(
+        self, arm: str, experiment: str, size: int, batch_size: int, phase: int, dtype: str
+    ):
         with ARMS[arm]():
             jax.clear_caches()  # nothing traced under another arm's setting is reused
-            self.mtcolor_run = MtcolorRun(experiment, size, batch_size, phase)
+            self.mtcolor_run = MtcolorRun(experiment, size, batch_size, phase, dtype=dtype)
         if len(self.mtcolor_run.compiled) != 1:
             raise ValueError("form_ab times the one-forward iteration (one program)")
         self.step = self.mtcolor_run.compiled[0]
@@ -106,6 +127,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--phase", type=int, default=2, choices=[1, 2])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--steps", type=int, default=3, help="iterations per block")
     parser.add_argument("--rounds", type=int, default=6, help="blocks per arm")
     parser.add_argument("--out", default="benchmarks/results/form_ab.json")
@@ -113,7 +135,9 @@ def main() -> None:
 
     runs = {}
     for arm in args.arms:
-        runs[arm] = CompiledRun(arm, args.experiment, args.size, args.batch_size, args.phase)
+        runs[arm] = CompiledRun(
+            arm, args.experiment, args.size, args.batch_size, args.phase, args.dtype
+        )
         runs[arm].run(1)  # warm-up through the compiled executable
         print(f"# {arm}: compiled in {runs[arm].compile_s:.1f} s", flush=True)
     for round_index in range(args.rounds):
@@ -124,7 +148,7 @@ def main() -> None:
     machine = cpu_model() if jax.devices()[0].platform == "cpu" else str(jax.devices()[0])
     print(
         f"# {machine}; {args.experiment}, {args.size} px, batch {args.batch_size}, "
-        f"phase {args.phase}, {args.rounds} blocks of {args.steps} iterations per arm"
+        f"{args.dtype}, phase {args.phase}, {args.rounds} blocks of {args.steps} iterations per arm"
     )
     first = float(np.median(runs[args.arms[0]].seconds_per_step))
     rows = []
@@ -154,6 +178,7 @@ def main() -> None:
                 "size": args.size,
                 "batch_size": args.batch_size,
                 "phase": args.phase,
+                "dtype": args.dtype,
                 "steps_per_block": args.steps,
                 "rows": rows,
             },

@@ -32,6 +32,8 @@
 #   roofline     the bf16 iteration's roofline on this chip (benchmarks/roofline.py: the best MFU
 #                any kernels could reach) and each convolution and matmul timed alone against its
 #                roofline, largest first: which layers hand-written kernels would have to win
+#   bn_ab        the bf16 iteration at batch 256 with flax's BatchNorm and with a hand-written
+#                backward pass (benchmarks/batch_norm_vjp.py; 0.7-1.6 % on the CPU), A/B
 #
 # Wheels, made on a machine with pip access, from the repository root:
 #   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all: \
@@ -124,6 +126,9 @@ for name in "$@"; do
     roofline) part roofline 240 $PY benchmarks/roofline.py --size "$SIZE" --batch_size \
       "$MFU_BATCH" --chip "$CHIP" --time_alone 5 --time_budget_s 180 --top 40 \
       --out "$OUT/roofline.json" ;;
+    bn_ab) part bn_ab 180 $PY benchmarks/form_ab.py --arms mtcolor batch_norm_vjp --size "$SIZE" \
+      --batch_size "$MFU_BATCH" --dtype bfloat16 --phase 2 --steps 5 --rounds 4 \
+      --out "$OUT/bn_ab.json" ;;
     *) echo "unknown part: $name" ;;
   esac
 done
