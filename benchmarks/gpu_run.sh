@@ -8,9 +8,10 @@
 #                                     # session 16's first call: 412 s on an H200, start not counted
 #   bash benchmarks/gpu_run.sh mfu three_runs profile    # a second call on the same warm machine
 #                                     # (the device tool gives a machine back after 30 s idle)
-#   DEADLINE_S=540 bash benchmarks/gpu_run.sh roofline profile epoch
+#   DEADLINE_S=560 bash benchmarks/gpu_run.sh roofline bn_ab profile epoch
 #                                     # what session 17 (no GPU) left for the next one: which
-#                                     # layers run far below their roofline (docs/benchmarks.md)
+#                                     # layers run far below their roofline (docs/benchmarks.md);
+#                                     # the deadline skips the parts that no longer fit
 #
 # Parts:
 #   torch        multi-task iteration vs PyTorch eager on the same GPU, 256 px, batch 16, both
