@@ -174,19 +174,22 @@ def _platform_branch(eqn, platform: str) -> int | None:
 
 
 def _sub_jaxpr(eqn):
-    """The one jaxpr a call-like op runs (jit, custom_jvp/vjp, remat), with its constants."""
+    """The one jaxpr a call-like op runs (jit, custom_jvp/vjp, remat); its constants, if any, are
+    its constvars, which ``inline`` binds to values of their own."""
     for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
         sub = eqn.params.get(key)
         if isinstance(sub, core.ClosedJaxpr):
-            return sub.jaxpr, sub.consts
+            return sub.jaxpr
         if isinstance(sub, core.Jaxpr):
-            return sub, []
-    return None, None
+            return sub
+    return None
 
 
 def inline(program: Program, jaxpr, in_values: list, platform: str, where: str = "") -> list:
     """Appends ``jaxpr``'s ops to ``program`` with its inputs bound to ``in_values``; returns its
     output values (None for literals)."""
+    if len(in_values) != len(jaxpr.invars):
+        raise ValueError(f"{len(in_values)} values for {len(jaxpr.invars)} inputs")
     env = dict(zip(jaxpr.invars, in_values))
     for var in jaxpr.constvars:
         env[var] = program.new_value(var.aval)
@@ -209,14 +212,12 @@ def inline(program: Program, jaxpr, in_values: list, platform: str, where: str =
                 )
                 program.notes[f"data-dependent cond at {eqn_where}: its largest branch"] += 1
             sub = eqn.params["branches"][branch]
-            values = _with_consts(program, sub, inputs[1:])
-            outs = inline(program, sub.jaxpr, values, platform, eqn_where)
+            outs = inline(program, sub.jaxpr, inputs[1:], platform, eqn_where)
             _bind(program, env, eqn.outvars, outs)
             continue
-        sub, consts = _sub_jaxpr(eqn) if name not in ("scan", "while") else (None, None)
+        sub = _sub_jaxpr(eqn) if name not in ("scan", "while") else None
         if sub is not None:
-            const_values = [program.new_value(jax.typeof(c)) for c in consts]
-            outs = inline(program, sub, const_values + inputs, platform, eqn_where)
+            outs = inline(program, sub, inputs, platform, eqn_where)
             _bind(program, env, eqn.outvars, outs)
             continue
         outputs = [program.new_value(v.aval) for v in eqn.outvars]
@@ -238,10 +239,6 @@ def inline(program: Program, jaxpr, in_values: list, platform: str, where: str =
     return [read(v) for v in jaxpr.outvars]
 
 
-def _with_consts(program: Program, closed, values: list) -> list:
-    return [program.new_value(jax.typeof(c)) for c in closed.consts] + values
-
-
 def _bind(program: Program, env: dict, outvars, outs: list) -> None:
     for var, value in zip(outvars, outs):
         env[var] = program.new_value(var.aval) if value is None else value
@@ -256,7 +253,7 @@ def _flops_of(jaxpr, platform: str) -> float:
 def trace(closed, platform: str) -> Program:
     program = Program()
     inputs = [program.new_value(v.aval) for v in closed.jaxpr.invars]
-    outs = inline(program, closed.jaxpr, _with_consts(program, closed, inputs), platform)
+    outs = inline(program, closed.jaxpr, inputs, platform)
     program.returned = {v for v in outs if v is not None}
     # Dead code out, as jit's lowering drops it (e.g. a forward whose value no gradient needs).
     live, kept = set(program.returned), []
