@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from mtcolor.models import resnet
+
 
 def _statistics(x):
     """Mean and biased variance over all but the feature axis, in float32, in two passes (as
@@ -108,8 +110,6 @@ class BatchNorm(nn.Module):
 
 def batch_norm(train: bool, dtype: Any, scale_init: Any, name: str) -> BatchNorm:
     """Drop-in for ``mtcolor.models.resnet.batch_norm``."""
-    from mtcolor.models import resnet
-
     return BatchNorm(
         use_running_average=not train,
         momentum=resnet.BN_MOMENTUM,
