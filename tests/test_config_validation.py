@@ -127,6 +127,40 @@ def test_folder_roots_must_exist(tmp_path):
     assert validation.config_problems(config) == []
 
 
+def test_more_data_classes_than_the_head_predicts_stops_before_any_work(tmp_path):
+    # Six class folders, the default head of 5: label 5 would train to a NaN loss after the first
+    # step (what a user saw on a 1000-class folder); the run must stop at once, one line naming
+    # model.num_classes with the data's count, nothing written.
+    from test_data_files import write_tree
+
+    classes = {f"class{i}": 1 for i in range(6)}
+    write_tree(tmp_path / "train", classes)
+    write_tree(tmp_path / "val", classes, seed=1)
+    proc, workdir = _entry_point(
+        tmp_path,
+        "--config.data.source=folder",
+        f"--config.data.folder.train_root={tmp_path / 'train'}",
+        f"--config.data.folder.val_root={tmp_path / 'val'}",
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not workdir.exists()
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("--")]
+    assert len(lines) == 1 and lines[0].startswith(
+        "--config.model.num_classes=5: the training data has 6 classes (class0, class1, class2, "
+        "class3, class4, ...; labels 0..5) but the class head predicts 5"
+    ), proc.stderr[-3000:]
+    # A library user's own tasks are named by task; a head at least as wide as the data passes.
+    from mtcolor.tasks import Classification, Colorization
+
+    tasks = (Colorization(), Classification(num_classes=3, name="species"))
+    names = ("a", "b", "c", "d")
+    assert validation.class_count_problems(tasks, names, tasks_from_config=False)[0].startswith(
+        "task 'species' (num_classes=3): the training data has 4 classes"
+    )
+    assert validation.class_count_problems(tasks, names[:3]) == []
+    assert validation.class_count_problems(tasks, None) == []
+
+
 def test_method_options_are_checked_on_a_sound_config():
     config = tiny.get_config()
     config.loss.gradient = "cagrad"

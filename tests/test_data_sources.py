@@ -100,6 +100,63 @@ def test_folder_split_files_text_and_csv(tree, tmp_path):
     assert list(source.labels) == [0, 1, 0]  # the goldfish row is not selected
 
 
+def _folder_config(tmp_path, **folder):
+    config = pipeline.default_data_config()
+    config.source = "folder"
+    for key, value in folder.items():
+        config.folder[key] = str(value)
+    return config
+
+
+def test_validation_labels_follow_the_training_classes(tmp_path):
+    # Without data.classes, a validation tree lacking a class must still label each image as
+    # training labels its class. Reference: training's sorted folders apple=0, banana=1, cherry=2.
+    write_tree(tmp_path / "train", {"apple": 1, "banana": 1, "cherry": 1})
+    write_tree(tmp_path / "val", {"apple": 2, "cherry": 2}, seed=1)
+    config = _folder_config(tmp_path, train_root=tmp_path / "train", val_root=tmp_path / "val")
+    val = pipeline.make_source(config, "val")
+    assert [(p.split("/")[-2], val[i]["label"]) for i, p in enumerate(val.paths)] == [
+        ("apple", 0),
+        ("apple", 0),
+        ("cherry", 2),
+        ("cherry", 2),
+    ]
+    assert pipeline.class_names(config) == ("apple", "banana", "cherry")
+    # The same through split files over one flat folder, classes from the CSV's wnid column.
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(3):
+        colorful(i).save(flat / f"{i}.JPEG")
+    (tmp_path / "train.csv").write_text("file,wnid\n0.JPEG,n1\n1.JPEG,n2\n2.JPEG,n3\n")
+    (tmp_path / "val.csv").write_text("file,wnid\n2.JPEG,n3\n0.JPEG,n1\n")
+    config = _folder_config(
+        tmp_path,
+        train_root=flat,
+        train_split_file=tmp_path / "train.csv",
+        val_split_file=tmp_path / "val.csv",
+    )
+    assert list(pipeline.make_source(config, "val").labels) == [2, 0]
+    # A root that the split file's paths are not relative to (the photos one folder deeper, as
+    # in ../shared/data): an error at start naming both, not every file skipped as unreadable.
+    (tmp_path / "outer").mkdir()
+    flat.rename(tmp_path / "outer" / "images")
+    config.folder.train_root = str(tmp_path / "outer")
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"train\.csv.*none of its first 3 files exist.*"
+        r"outer.*has the folders \['images'\]",
+    ):
+        pipeline.make_source(config, "train")
+    # A validation class that training lacks has no label: an error naming it, not label 2.
+    write_tree(tmp_path / "val", {"durian": 1}, seed=2)
+    config = _folder_config(tmp_path, train_root=tmp_path / "train", val_root=tmp_path / "val")
+    with pytest.raises(ValueError, match=r"class\(es\) the training split does not have: durian"):
+        pipeline.make_source(config, "val")
+    # With data.classes given, the subset labels both splits (and validation may lack none).
+    config.classes = ["cherry", "apple"]
+    assert list(pipeline.make_source(config, "val").labels) == [0, 0, 1, 1]
+
+
 def test_folder_pipeline_end_to_end_with_paper_wnids(tmp_path):
     classes = {c.wnid: 2 for c in PAPER_CLASSES} | {"n01443537": 2}
     write_tree(tmp_path / "train", classes)

@@ -125,3 +125,41 @@ def test_evaluate_model_classifier_only():
     )
     assert result["model"]["accuracy"] == pytest.approx(3 / 4)
     assert result["tasks"]["classification"]["accuracy"] == pytest.approx(3 / 4)
+
+
+def test_class_names_are_the_datas_and_a_wider_head_names_its_extra_rows(tmp_path):
+    # The report names the classes the labels index: the synthetic set's shapes (not the paper's
+    # ImageNet classes, which it was given before), a folder tree's folders; a head predicting
+    # more classes than the data names gets numbers for the rest.
+    from test_data_files import write_tree
+
+    from experiments.configs import tiny
+
+    config = tiny.get_config()
+    assert evaluate.class_names_of(config) == ["disc", "stripes", "checker", "ring", "squares"]
+    write_tree(tmp_path / "train", {"owl": 1, "cat": 1})
+    config.data.source = "folder"
+    config.data.folder.train_root = config.data.folder.val_root = str(tmp_path / "train")
+    assert evaluate.class_names_of(config) == ["cat", "owl"]
+    config.data.folder.train_root = str(tmp_path / "missing")  # data elsewhere: the config's
+    config.data.classes = ["owl", "cat"]
+    assert evaluate.class_names_of(config) == ["owl", "cat"]
+    # ConstantModel predicts class 0 for dark images, 1 for bright ones.
+    L = np.concatenate([np.full((2, 32, 32, 1), -0.5), np.full((2, 32, 32, 1), 0.5)])
+    batch = {
+        "L": L.astype(np.float32),
+        "ab": np.zeros((4, 32, 32, 2), np.float32),
+        "label": np.array([0, 1, 1, 2], np.int32),
+        "mask": np.ones(4, np.float32),
+    }
+    result = evaluate.evaluate_model(
+        ConstantModel(),
+        {},
+        (tasks.Classification(num_classes=3),),
+        [batch],
+        experiment="classification",
+        num_classes=3,
+        class_names=["cat", "owl"],
+    )
+    assert result["class_names"] == ["cat", "owl", "2"]
+    assert result["model"]["per_class_accuracy"] == {"cat": 1.0, "owl": 0.5, "2": 0.0}

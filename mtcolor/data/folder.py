@@ -90,7 +90,20 @@ class FolderSource:
         classes: list[str] | tuple[str, ...] | None = None,
         split_file: str | None = None,
         extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+        label_classes: list[str] | tuple[str, ...] | None = None,
     ):
+        """Args:
+        root: the tree (or, with ``split_file``, the folder its paths are relative to).
+        classes: a subset, by wnid or name; labels are positions in it. None: every class.
+        split_file: restricts (and may label) the files (module docstring).
+        extensions: the lower-case file extensions listed.
+        label_classes: with ``classes`` None, the class folders (or split-file classes) of
+          another split whose labels this one must share, in their order: a validation split
+          then labels its images as training did even if it lacks a class, and a class it has
+          that training does not is an error (not a silently shifted label).
+        """
+        if classes is not None and label_classes is not None:
+            raise ValueError("give FolderSource either classes or label_classes, not both")
         root = self.root = _existing_directory(
             root,
             "dataset directory {!r} does not exist (expected an ImageNet-style tree root/<wnid or "
@@ -121,7 +134,20 @@ class FolderSource:
         if not available:
             raise FileNotFoundError(f"no class folders / entries found in {where}")
 
-        if classes is None:
+        if label_classes is not None:
+            requested = list(label_classes)
+            unknown = [c for c in available if c not in requested]
+            if unknown:
+                shown = ", ".join(unknown[:20]) + (
+                    f", ... ({len(unknown)} in all)" if len(unknown) > 20 else ""
+                )
+                raise ValueError(
+                    f"{where} has class(es) the training split does not have: {shown}; the "
+                    f"labels follow the training split's {len(requested)} classes. Remove those "
+                    "images, or name the classes to use in data.classes"
+                )
+            selected = [c for c in requested if c in available]
+        elif classes is None:
             selected = available
             requested = list(available)
         else:
@@ -141,7 +167,10 @@ class FolderSource:
                 )
         self.class_names = tuple(requested)
         self.class_dirs = tuple(selected)
-        label_of = {d: i for i, d in enumerate(selected)}
+        if label_classes is not None:
+            label_of = {d: requested.index(d) for d in selected}
+        else:
+            label_of = {d: i for i, d in enumerate(selected)}
 
         files: list[tuple[str, int]] = []
         if labelled is not None:
@@ -159,6 +188,8 @@ class FolderSource:
             raise FileNotFoundError(
                 f"no image files ({', '.join(extensions)}) for classes {list(selected)} in {where}"
             )
+        if split_file:
+            _check_split_file_root([p for p, _ in files], root, split_file)
         self.paths = tuple(p for p, _ in files)
         self.labels = tuple(label for _, label in files)
 
@@ -201,6 +232,8 @@ class ImageFilesSource:
         extensions = tuple(e.lower() for e in extensions)
         if split_file:
             paths = [os.path.join(root, rel) for rel, _ in _read_split_file(split_file)]
+            if paths:
+                _check_split_file_root(paths, root, split_file)
             where = f"split file {split_file!r}"
         else:
             paths = _list_images(root, extensions)
@@ -235,6 +268,27 @@ def _list_images(root: str, extensions: tuple[str, ...]) -> list[str]:
             if not name.startswith(".") and name.lower().endswith(extensions):
                 found.append(os.path.join(folder, name))
     return sorted(found, key=lambda p: os.path.relpath(p, root).split(os.sep))
+
+
+# Entries of a split file looked up at start: if none exists, its paths are not relative to the
+# root given (a wrong root, or the images one folder deeper). Few, so that a listing of a million
+# files on a network disk costs nothing; missing files beyond them are skipped and counted later.
+_SPLIT_FILE_ENTRIES_CHECKED = 20
+
+
+def _check_split_file_root(paths: list[str], root: str, split_file: str) -> None:
+    """FileNotFoundError naming the split file and the root when none of the first entries of a
+    split file exist under the root (rather than every file skipped as unreadable later)."""
+    first = paths[:_SPLIT_FILE_ENTRIES_CHECKED]
+    if any(os.path.exists(p) for p in first):
+        return
+    folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    hint = f"; {root!r} has the folders {folders[:10]}" if folders else ""
+    raise FileNotFoundError(
+        f"split file {split_file!r}: none of its first {len(first)} files exist under the root "
+        f"{root!r} (e.g. {first[0]!r}); its paths are relative to that root (data.folder."
+        f"train_root / val_root, data.unlabeled.folder.root){hint}"
+    )
 
 
 def _existing_directory(root, message: str) -> str:

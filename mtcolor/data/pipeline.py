@@ -57,6 +57,7 @@ from mtcolor.data.batching import BatchLayout, BatchSlots, SkipCountBatcher
 from mtcolor.data.config import SPLITS, default_data_config
 from mtcolor.data.sources import (
     UNLABELED_SOURCES,
+    class_names,
     labelled_per_batch,
     make_source,
     num_examples,
@@ -322,6 +323,7 @@ __all__ = [
     "BadInputTracker",
     "TooManyBadInputsError",
     "UNLABELED_SOURCES",
+    "class_names",
     "default_data_config",
     "labelled_per_batch",
     "make_bad_input_tracker",

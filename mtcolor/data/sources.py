@@ -45,9 +45,14 @@ def make_source(data_config: ml_collections.ConfigDict, split: str):
             )
         if not root:
             raise ValueError("data.source is 'folder' but data.folder.train_root is empty")
-        return FolderSource(
-            root, classes=_as_list(data_config.classes), split_file=split_file or None
-        )
+        classes = _as_list(data_config.classes)
+        if split == "val" and classes is None:
+            # Labels are positions in a class list. Without data.classes each split would list its
+            # own, and a validation tree lacking one class (or with a stray folder) would shift
+            # every later label; the training split's list labels both.
+            train_classes = make_source(data_config, "train").class_dirs
+            return FolderSource(root, split_file=split_file or None, label_classes=train_classes)
+        return FolderSource(root, classes=classes, split_file=split_file or None)
     if kind == "tfds":
         from mtcolor.data.tfds_source import TfdsSource
 
@@ -145,6 +150,13 @@ def _as_list(classes) -> list[str] | None:
     if isinstance(classes, str):
         return [c.strip() for c in classes.split(",") if c.strip()]
     return list(classes)
+
+
+def class_names(data_config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
+    """The names of the classes the labels index, in label order (the training split's: what a
+    classification head must predict); None when the source has no labels."""
+    names = tuple(getattr(make_source(data_config, "train"), "class_names", ()) or ())
+    return names or None
 
 
 def num_examples(data_config: ml_collections.ConfigDict, split: str) -> int:

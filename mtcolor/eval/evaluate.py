@@ -154,7 +154,10 @@ def evaluate_model(
         labels_all, predictions_all = np.concatenate(labels), np.concatenate(predictions)
         num_classes = num_classes or int(max(labels_all.max(), predictions_all.max()) + 1)
         counts = metrics.confusion_matrix(labels_all, predictions_all, num_classes)
-        names = class_names or [str(i) for i in range(num_classes)]
+        # One name per row of the confusion matrix: a head may predict more classes than the
+        # data names (model.num_classes above the data's), those rows go by number.
+        known = list(class_names or [])[:num_classes]
+        names = known + [str(i) for i in range(len(known), num_classes)]
         result["model"]["accuracy"] = metrics.accuracy_from_confusion(counts)
         result["model"]["per_class_accuracy"] = dict(
             zip(names, metrics.per_class_accuracy(counts).tolist())
@@ -235,18 +238,21 @@ def default_feature_extractor(
 
 
 def class_names_of(config) -> list[str] | None:
+    """The names of the classes the labels index: the data's own (mtcolor.data.sources), else
+    config.data.classes as given; None when neither is known (labels are then shown as numbers)."""
+    from mtcolor.data import sources
+
+    try:
+        names = sources.class_names(config.data)
+    except Exception:  # noqa: BLE001 - the names only label the report; the data may be elsewhere
+        names = None
+    if names:
+        return [str(c) for c in names]
     try:
         classes = list(config.data.classes or [])
     except AttributeError:
         classes = []
-    if classes:
-        return [str(c) for c in classes]
-    try:
-        from mtcolor.data import PAPER_CLASSES
-
-        return [entry[0] for entry in PAPER_CLASSES]
-    except ImportError:
-        return None
+    return [str(c) for c in classes] or None
 
 
 def evaluate_workdir(

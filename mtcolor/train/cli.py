@@ -108,6 +108,11 @@ def run(experiment: str) -> None:
         config = flags.FLAGS.config
         config.experiment = experiment
         exit_on_config_problems(config)
-        loop.train_and_evaluate(config, flags.FLAGS.workdir)
+        from mtcolor.train import validation
+
+        try:
+            loop.train_and_evaluate(config, flags.FLAGS.workdir)
+        except validation.ConfigError as error:  # what only the data shows (the class count)
+            exit_on_problems(error.problems, "the config")
 
     app.run(main, flags_parser=_parse_flags)

@@ -80,6 +80,19 @@ def make_input_pipeline(config, workdir: str, data=None):
     return pipeline
 
 
+def check_class_count(config, objective, *, tasks_from_config: bool) -> None:
+    """Raises validation.ConfigError when the training data has more classes than a class head
+    predicts (data.classes None over a 1000-class tree, model.num_classes 5): found here, before
+    any work, rather than as a NaN loss after the first step."""
+    from mtcolor.data import sources
+
+    problems = validation.class_count_problems(
+        objective.tasks, sources.class_names(config.data), tasks_from_config=tasks_from_config
+    )
+    if problems:
+        raise validation.ConfigError(problems)
+
+
 def discriminator_trains(state) -> bool:
     """Whether an iteration updates a discriminator: the objective has one and early stopping
     has not stopped its task (D stops with it)."""
@@ -162,6 +175,9 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
     validation.check_config(config, device_count=jax.device_count(), data_source=data is None)
     workdir = os.path.abspath(workdir)
     pipeline = make_input_pipeline(config, workdir, data)
+    objective = state_lib.objective_from_config(config, tasks=tasks)
+    if data is None:
+        check_class_count(config, objective, tasks_from_config=tasks is None)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0  # only process 0 writes files (and prints the report)
     if is_main:
@@ -181,7 +197,6 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
         shard_count=jax.process_count(),
     )
     manager = checkpointing.make_manager(workdir, max_to_keep=int(config.train.max_to_keep))
-    objective = state_lib.objective_from_config(config, tasks=tasks)
     best = BestCheckpoint(workdir, *_best_metric(config, objective), is_main=is_main)
     state, extra, manager, resumed_step = restore_or_create_state(
         config, workdir, mesh, manager, train_iter, steps_per_epoch, model=model, tasks=tasks

@@ -346,6 +346,35 @@ def check_config(config, *, device_count: int | None = None, data_source: bool =
         raise ConfigError(problems)
 
 
+def class_count_problems(tasks, class_names, *, tasks_from_config: bool = True) -> list[str]:
+    """Problems of classification heads too small for the data: labels index ``class_names``
+    (the training data's classes, `mtcolor.data.sources.class_names`; None: unknown), and a head
+    with fewer outputs would train to a NaN loss on the first label it cannot predict.
+    ``tasks_from_config``: the tasks come from config.model.num_classes (named as the option);
+    else they are a library user's and are named by task."""
+    from mtcolor.tasks.classification import Classification
+
+    if not class_names:
+        return []
+    count = len(class_names)
+    shown = ", ".join(class_names[:5]) + (", ..." if count > 5 else "")
+    problems = []
+    for task in tasks:
+        if not isinstance(task, Classification) or task.num_classes >= count:
+            continue
+        where = (
+            f"--config.model.num_classes={task.num_classes!r}"
+            if tasks_from_config
+            else f"task {task.name!r} (num_classes={task.num_classes})"
+        )
+        problems.append(
+            f"{where}: the training data has {count} classes ({shown}; labels 0..{count - 1}) "
+            f"but the class head predicts {task.num_classes}; set model.num_classes to {count}, "
+            f"or pick {task.num_classes} classes with --config.data.classes"
+        )
+    return problems
+
+
 def run_directory_problems(
     argument: str, path, *, step=None, step_argument: str = "checkpoint", checkpoints: bool = True
 ) -> list[str]:
