@@ -13,6 +13,8 @@ comparisons went wrong; docs/benchmarks.md).
     python benchmarks/form_ab.py --size 256 --phase 2 --rounds 4 --arms mtcolor no_forward_taps
     python benchmarks/form_ab.py --size 256 --batch_size 256 --dtype bfloat16 \
         --arms mtcolor batch_norm_vjp                         # a GPU: the hand-written BN backward
+    python benchmarks/form_ab.py --size 256 --batch_size 256 --dtype bfloat16 \
+        --arms mtcolor gpu_space_to_depth_input_gradient gpu_few_output_channels   # a GPU
 
 Prints each arm's compile time and median ms per iteration (with every block's), and the ratio of
 each arm's median to the first arm's; writes them as JSON (default
@@ -88,6 +90,16 @@ ARMS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "no_kernel_gradient_chunks": _setting(conv, "KERNEL_GRADIENT_CHUNK_BYTES", None),
     # Stride-2 forwards always whole.
     "no_forward_chunks": _setting(conv, "FORWARD_CHUNK_MIN_BYTES", None),
+    # On a GPU: the CPU forms conv.GPU_FORMS may give GPUs too, instead of cuDNN's (no effect on
+    # a CPU, which takes them already): the PatchGAN's stride-2 input gradients as stride-1
+    # convolutions; to_ab's and the PatchGAN's last conv's forward and kernel gradient as matmuls.
+    "gpu_space_to_depth_input_gradient": _setting(
+        conv, "GPU_FORMS", frozenset({"space_to_depth_input_gradient"})
+    ),
+    "gpu_few_output_channels": _setting(
+        conv, "GPU_FORMS", frozenset({"forward_taps", "few_output_channels_kernel_gradient"})
+    ),
+    "gpu_all_cpu_forms": _setting(conv, "GPU_FORMS", frozenset(conv.GPU_FORM_NAMES)),
     # Every BatchNorm with a hand-written backward pass (benchmarks/batch_norm_vjp.py).
     "batch_norm_vjp": lambda: _settings(
         *(_setting(module, "batch_norm", batch_norm_vjp.batch_norm)() for module in _BN_USERS)

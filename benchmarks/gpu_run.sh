@@ -8,9 +8,12 @@
 #                                     # session 16's first call: 412 s on an H200, start not counted
 #   bash benchmarks/gpu_run.sh mfu three_runs profile    # a second call on the same warm machine
 #                                     # (the device tool gives a machine back after 30 s idle)
-#   DEADLINE_S=560 bash benchmarks/gpu_run.sh roofline bn_ab profile epoch
-#                                     # what session 17 (no GPU) left for the next one: which
-#                                     # layers run far below their roofline (docs/benchmarks.md);
+#   DEADLINE_S=400 bash benchmarks/gpu_run.sh roofline profile
+#   DEADLINE_S=420 bash benchmarks/gpu_run.sh conv_forms_ab bn_ab
+#                                     # what sessions 17 and 18 (no GPU) left for the next one, two
+#                                     # calls on one warm machine: which layers run far below their
+#                                     # roofline and where the time goes (docs/benchmarks.md), then
+#                                     # the CPU's conv forms and the BatchNorm backward on the GPU;
 #                                     # the deadline skips the parts that no longer fit
 #
 # Parts:
@@ -35,6 +38,9 @@
 #                roofline, largest first: which layers hand-written kernels would have to win
 #   bn_ab        the bf16 iteration at batch 256 with flax's BatchNorm and with a hand-written
 #                backward pass (benchmarks/batch_norm_vjp.py; 0.7-1.6 % on the CPU), A/B
+#   conv_forms_ab  the bf16 iteration at batch 256 with cuDNN's convolutions (as shipped) and with
+#                the CPU forms mtcolor.models.conv.GPU_FORMS may give GPUs: the PatchGAN's stride-2
+#                input gradients as stride-1 convolutions, the 1-2 output-channel convs as matmuls
 #
 # Wheels, made on a machine with pip access, from the repository root:
 #   echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all: \
@@ -130,6 +136,10 @@ for name in "$@"; do
     bn_ab) part bn_ab 180 $PY benchmarks/form_ab.py --arms mtcolor batch_norm_vjp --size "$SIZE" \
       --batch_size "$MFU_BATCH" --dtype bfloat16 --phase 2 --steps 5 --rounds 4 \
       --out "$OUT/bn_ab.json" ;;
+    conv_forms_ab) part conv_forms_ab 240 $PY benchmarks/form_ab.py --arms mtcolor \
+      gpu_space_to_depth_input_gradient gpu_few_output_channels --size "$SIZE" \
+      --batch_size "$MFU_BATCH" --dtype bfloat16 --phase 2 --steps 5 --rounds 4 \
+      --out "$OUT/conv_forms_ab.json" ;;
     *) echo "unknown part: $name" ;;
   esac
 done

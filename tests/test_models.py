@@ -1125,3 +1125,58 @@ def test_max_pool_equals_reduce_window_with_gradients_and_ties(shape, window, st
     # The form under test is the one that ran on CPU: no select-and-scatter left.
     assert "select_and_scatter" not in lowered.as_text()
     assert "select-and-scatter" not in lowered.compile().as_text()
+
+
+def _gradient_module_for_cuda(lhs_shape, rhs_shape, stride) -> str:
+    """StableHLO of forward + both gradients of one mtcolor convolution, lowered for CUDA (JAX
+    lowers for another platform without its device; each platform_dependent keeps one branch)."""
+    from jax import export
+
+    from mtcolor.models import conv as conv_module
+
+    def loss(x, w):
+        y = conv_module.conv_general_dilated(
+            x, w, stride, ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return jnp.sum(y**2)
+
+    args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in (lhs_shape, rhs_shape)]
+    gradients = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return export.export(gradients, platforms=["cuda"])(*args).mlir_module()
+
+
+@pytest.mark.parametrize(
+    "forms, convolutions, dots",
+    [
+        ((), 3, 0),  # cuDNN's forward, input gradient and kernel gradient
+        (("forward_taps",), 2, 1),
+        (("few_output_channels_kernel_gradient",), 2, 1),
+        (("forward_taps", "few_output_channels_kernel_gradient"), 1, 2),
+    ],
+)
+def test_gpus_take_the_cpu_forms_that_gpu_forms_names(monkeypatch, forms, convolutions, dots):
+    # GPUs run XLA's (cuDNN's) convolutions unless conv.GPU_FORMS names a CPU form; the benchmark
+    # arms that time those forms on a GPU rely on this. Reference: the op counts of the lowered
+    # CUDA program, by hand: a 3x3 32 -> 2 conv (to_ab's shape) is three convolutions as XLA
+    # differentiates it; its forward as taps is one matmul, its kernel gradient one per image.
+    from mtcolor.models import conv as conv_module
+
+    monkeypatch.setattr(conv_module, "GPU_FORMS", frozenset(forms))
+    module = _gradient_module_for_cuda((2, 16, 16, 32), (3, 3, 32, 2), (1, 1))
+    assert module.count("stablehlo.convolution") == convolutions
+    assert module.count("stablehlo.dot_general") == dots
+
+
+def test_gpus_take_the_space_to_depth_input_gradient_only_when_named(monkeypatch):
+    # XLA's input gradient of a stride-2 conv convolves the zero-dilated output gradient
+    # (lhs_dilate 2); the space-to-depth form is a stride-1 convolution without dilation.
+    from mtcolor.models import conv as conv_module
+
+    module = _gradient_module_for_cuda((2, 16, 16, 8), (4, 4, 8, 16), (2, 2))
+    assert module.count("lhs_dilate = [2, 2]") == 1
+    monkeypatch.setattr(conv_module, "GPU_FORMS", frozenset({"space_to_depth_input_gradient"}))
+    module = _gradient_module_for_cuda((2, 16, 16, 8), (4, 4, 8, 16), (2, 2))
+    assert module.count("lhs_dilate") == 0 and module.count("stablehlo.convolution") == 3
+    monkeypatch.setattr(conv_module, "GPU_FORMS", frozenset({"space_to_depth"}))
+    with pytest.raises(ValueError, match="GPU_FORMS names unknown forms \\['space_to_depth'\\]"):
+        _gradient_module_for_cuda((2, 16, 16, 8), (4, 4, 8, 16), (2, 2))

@@ -64,7 +64,8 @@ A transposed convolution (conv_transpose: the decoder's ConvTranspose2d(4, 2, 1)
 backend) is the adjoint of one of these convolutions, computed by that convolution's own three
 products in the forms above rather than by differentiating a transposed convolution written out.
 
-Other backends keep XLA's own forms (cuDNN's), chosen at lowering time.
+Other backends keep XLA's own forms (cuDNN's), chosen at lowering time, except the forms
+GPU_FORMS lets GPUs take too (none yet: to be timed on a GPU).
 """
 
 from __future__ import annotations
@@ -148,7 +149,37 @@ KERNEL_GRADIENT_TAPS_MAX_OUT_CHANNELS = 2
 # user checks numerics with. Off: XLA's convolutions (tests of the other forms pin them this way).
 FLOAT64_AS_IM2COL = True
 
+# The CPU forms above that GPUs (cuda, rocm) may take too, by name: those chosen by the layer's
+# shape alone, not by sizes measured on the CPU. "space_to_depth_input_gradient": the PatchGAN's
+# stride-2 input gradients as a stride-1 convolution (cuDNN's strided input gradients are often
+# its slow kernels); "forward_taps" and "few_output_channels_kernel_gradient": to_ab (32 -> 2 at
+# the full resolution) and the PatchGAN's last conv (512 -> 1) as matmuls with 18 or 16 columns
+# instead of convolutions with one or two output channels, which cuDNN runs on generic kernels
+# (session 10's H100 profile: 14 ms of 92 in such kernels). None is measured on a GPU yet, so
+# GPUs keep cuDNN's forms (an empty set); benchmarks/form_ab.py's gpu_* arms time each
+# (benchmarks/gpu_run.sh part conv_forms_ab), and a form joins this set where it wins.
+GPU_FORM_NAMES = (
+    "space_to_depth_input_gradient",
+    "forward_taps",
+    "few_output_channels_kernel_gradient",
+)
+GPU_FORMS: frozenset[str] = frozenset()
+
 _NHWC_HWIO = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+
+def _on_platforms(form_name: str, form, xla, *operands):
+    """``form(*operands)`` on CPU, and on GPUs where GPU_FORMS names it; ``xla(*operands)`` on
+    every other backend. Chosen when the program is lowered for its platform."""
+    if form_name not in GPU_FORM_NAMES:
+        raise ValueError(f"not a form GPUs may take: {form_name!r} (GPU_FORM_NAMES)")
+    unknown = set(GPU_FORMS) - set(GPU_FORM_NAMES)
+    if unknown:
+        raise ValueError(
+            f"GPU_FORMS names unknown forms {sorted(unknown)}; known: {GPU_FORM_NAMES}"
+        )
+    gpu = form if form_name in GPU_FORMS else xla
+    return jax.lax.platform_dependent(*operands, cpu=form, cuda=gpu, rocm=gpu, default=xla)
 
 
 def conv_general_dilated(
@@ -550,7 +581,7 @@ def _nhwc_conv(lhs, rhs, window_strides, padding, precision):
 @dataclasses.dataclass(frozen=True)
 class CpuForms:
     """How one convolution runs on CPU where it differs from XLA's own (the default values);
-    other backends run XLA's own throughout."""
+    other backends run XLA's own, but for the forms GPU_FORMS names."""
 
     # "xla", "matmul" (kernel_gradient), "space_to_depth" (space_to_depth_kernel_gradient_of, in
     # SPACE_TO_DEPTH_KERNEL_GRADIENT_CHUNK_BYTES chunks), "few_output_channels"
@@ -581,7 +612,7 @@ def _forward(lhs, rhs, window_strides, padding, precision, forms: CpuForms):
         return few_output_channels_forward(lhs, rhs, padding, precision)
 
     if forms.forward_taps:
-        return jax.lax.platform_dependent(lhs, rhs, cpu=taps, default=whole)
+        return _on_platforms("forward_taps", taps, whole, lhs, rhs)
     if forms.forward_chunks > 1:
         return jax.lax.platform_dependent(lhs, rhs, cpu=in_chunks, default=whole)
     return whole(lhs, rhs)
@@ -648,12 +679,20 @@ def _conv_backward(window_strides, padding, precision, forms, residuals, out_gra
         return grad.astype(rhs.dtype)
 
     if forms.space_to_depth_input_gradient:
-        lhs_grad = jax.lax.platform_dependent(
-            rhs, out_grad, cpu=space_to_depth_form, default=xla_input_gradient
+        lhs_grad = _on_platforms(
+            "space_to_depth_input_gradient",
+            space_to_depth_form,
+            xla_input_gradient,
+            rhs,
+            out_grad,
         )
     else:
         lhs_grad = xla_input_gradient(rhs, out_grad)
-    if forms.kernel_gradient != "xla":
+    if forms.kernel_gradient == "few_output_channels":
+        rhs_grad = _on_platforms(
+            "few_output_channels_kernel_gradient", cpu_form, xla_kernel_gradient, lhs, out_grad
+        )
+    elif forms.kernel_gradient != "xla":
         rhs_grad = jax.lax.platform_dependent(
             lhs, out_grad, cpu=cpu_form, default=xla_kernel_gradient
         )
