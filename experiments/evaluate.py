@@ -63,11 +63,16 @@ def main(argv):
         frechet_features=_FRECHET.value,
     )
     print(results_markdown(result))
-    print(
-        json.dumps(
-            {k: v for k, v in result.items() if k in ("model", "grayscale_baseline")}, indent=1
-        )
-    )
+    # The metrics as JSON without the per-class tables, which the markdown above summarises (a
+    # 1000-class confusion matrix is a million numbers); the file has everything.
+    per_class = ("per_class_accuracy", "confusion_matrix")
+    rows = {
+        row: {k: v for k, v in result[row].items() if k not in per_class}
+        for row in ("model", "grayscale_baseline")
+        if row in result
+    }
+    print(json.dumps(rows, indent=1))
+    print(f"written: {os.path.join(_WORKDIR.value, f'eval_{_SPLIT.value}')}.{{json,md}}")
 
 
 if __name__ == "__main__":

@@ -163,3 +163,35 @@ def test_class_names_are_the_datas_and_a_wider_head_names_its_extra_rows(tmp_pat
     )
     assert result["class_names"] == ["cat", "owl", "2"]
     assert result["model"]["per_class_accuracy"] == {"cat": 1.0, "owl": 0.5, "2": 0.0}
+
+
+def test_markdown_of_many_classes_shows_the_extremes_not_a_million_cells():
+    # 30 classes: class c has accuracy c / 100, class 29 has no examples (NaN). The markdown
+    # lists the 10 lowest (c = 0..9) and 10 highest (c = 19..28), no confusion matrix.
+    per_class = {f"c{c:02d}": c / 100 for c in range(29)} | {"c29": float("nan")}
+    result = {
+        "experiment": "classification",
+        "num_examples": 300,
+        "model": {
+            "accuracy": 0.5,
+            "per_class_accuracy": per_class,
+            "confusion_matrix": [[0] * 30 for _ in range(30)],
+        },
+    }
+    markdown = evaluate.results_markdown(result)
+    rows = [line.split("|")[1].strip() for line in markdown.splitlines() if line.startswith("| c")]
+    rows = [row for row in rows if row != "class"]
+    assert rows == [f"c{c:02d}" for c in (*range(10), *range(19, 29))]
+    assert "| ... (9 more) | |" in markdown
+    assert "30 classes, 1 without examples in this split; mean over the others 14.0%" in markdown
+    assert "Confusion matrix" not in markdown and "`model.confusion_matrix`" in markdown
+    # At the paper's five classes both tables stay whole.
+    five = {
+        "experiment": "classification",
+        "num_examples": 5,
+        "model": {
+            "per_class_accuracy": {f"c{c}": 1.0 for c in range(5)},
+            "confusion_matrix": np.eye(5, dtype=int).tolist(),
+        },
+    }
+    assert "## Confusion matrix" in evaluate.results_markdown(five)

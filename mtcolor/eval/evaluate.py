@@ -323,6 +323,41 @@ METRIC_COLUMNS = (
 )
 
 
+# Above this many classes the markdown (which experiments.evaluate also prints) shows the lowest
+# and highest per-class accuracies and leaves the confusion matrix to the JSON: with 1000 classes
+# the whole of both is a million cells, 11 MB on the console.
+MARKDOWN_MAX_CLASSES = 20
+MARKDOWN_CLASSES_SHOWN = 10  # lowest and highest each, with many classes
+
+
+def _many_classes_markdown(per_class: dict) -> list[str]:
+    measured = sorted(
+        ((name, value) for name, value in per_class.items() if value == value),
+        key=lambda item: item[1],
+    )
+    without = len(per_class) - len(measured)
+    mean = sum(v for _, v in measured) / len(measured) if measured else float("nan")
+    shown = MARKDOWN_CLASSES_SHOWN
+    rows = measured if len(measured) <= 2 * shown else measured[:shown] + measured[-shown:]
+    lines = [
+        "",
+        "## Per-class accuracy",
+        "",
+        f"{len(per_class)} classes, {without} without examples in this split; mean over the "
+        f"others {100 * mean:.1f}%. The {min(shown, len(measured))} lowest and highest (every "
+        "class, and the confusion matrix, are in the JSON: `model.per_class_accuracy`, "
+        "`model.confusion_matrix`):",
+        "",
+        "| class | accuracy (%) |",
+        "|---|---:|",
+    ]
+    for index, (name, value) in enumerate(rows):
+        if rows is not measured and index == shown:
+            lines.append(f"| ... ({len(measured) - 2 * shown} more) | |")
+        lines.append(f"| {name} | {100 * value:.1f} |")
+    return lines
+
+
 def results_markdown(result: dict) -> str:
     present = [
         c
@@ -349,7 +384,9 @@ def results_markdown(result: dict) -> str:
             cells.append("" if value is None else f"{scale * value:.3f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     model = result.get("model", {})
-    if "per_class_accuracy" in model:
+    if len(model.get("per_class_accuracy", {})) > MARKDOWN_MAX_CLASSES:
+        lines += _many_classes_markdown(model["per_class_accuracy"])
+    elif "per_class_accuracy" in model:
         lines += ["", "## Per-class accuracy", "", "| class | accuracy (%) |", "|---|---:|"]
         lines += [
             f"| {name} | "
