@@ -281,6 +281,10 @@ class SkipCountBatchIterator(grain.DatasetIterator):
                         self._process_count,
                         sum(state["tracker"]["counts"]),
                     )
+            # The iterators made for position 0 hold grain's worker processes (worker_count > 0):
+            # closed here, not left running beside their replacements until garbage collection.
+            for parent in self._parents:
+                parent.close()
             self._parents = [iter(stream(start=n)) for stream, n in zip(self._streams, taken)]
             self._taken = taken
         self._batches_emitted = int(state["batches_emitted"])

@@ -52,6 +52,16 @@ class InputPipeline:
     make_bad_input_tracker: Callable[[Any], BadInputTracker | None]
 
 
+def close_iterator(iterator) -> None:
+    """Closes a data iterator that can be closed (grain's, the resident path's; a user's may not
+    be). grain's multiprocess iterators hold worker processes and the shared memory of the
+    batches they prefetched until closed; left to garbage collection at exit, a run ended with
+    grain's errors from ``__del__`` and Python's warning of leaked shared memory objects."""
+    close = getattr(iterator, "close", None)
+    if callable(close):
+        close()
+
+
 def grain_pipeline() -> InputPipeline:
     from mtcolor.data import pipeline
 

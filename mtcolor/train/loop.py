@@ -29,6 +29,7 @@ import numpy as np
 
 from mtcolor import sharding
 from mtcolor import tasks as tasks_lib
+from mtcolor.data import input_paths
 from mtcolor.train import checkpointing, compile_ahead, validation
 from mtcolor.train import images as images_lib
 from mtcolor.train import metrics as metrics_lib
@@ -69,8 +70,6 @@ def make_input_pipeline(config, workdir: str, data=None):
     """The `InputPipeline` the run reads through: a user's ``data=`` object, else the path
     config.data.input_path chooses (grain or device-resident; "auto" keeps the path a resumed
     run's checkpoints were written with)."""
-    from mtcolor.data import input_paths
-
     if data is not None:
         return input_paths.from_data_object(data)
     pipeline, why = input_paths.for_run(
@@ -280,6 +279,9 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
                 save_checkpoint(step, state, manager, train_iter, tracker, train_metrics)
     finally:
         ahead.close()
+        # grain's worker processes and the shared memory of their prefetched batches are freed
+        # here, not by garbage collection at exit (which ended runs with grain's errors).
+        input_paths.close_iterator(train_iter)
     train_metrics.check()
     manager.wait_until_finished()
     wall = time.time() - t0
@@ -510,20 +512,24 @@ def evaluate(state, *, config, pipeline, mesh, fns) -> tuple[dict, dict | None, 
     masks = metrics_lib.eval_masks(state.objective)
     outputs = []  # on the devices until the end: fetching each batch would wait for it
     first = first_outputs = None
-    for batch in pipeline.make_eval_iterator(
+    batches = pipeline.make_eval_iterator(
         config.data,
         split="val",
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
-    ):
-        arrays = _model_inputs(batch)
-        if first is None:
-            first = arrays
-        dev = sharding.put_batch(arrays, mesh)
-        values, model_outputs = fns.eval_step(state, dev)
-        outputs.append(values)
-        if first_outputs is None:
-            first_outputs = model_outputs  # the other batches' are dropped, never fetched
+    )
+    try:
+        for batch in batches:
+            arrays = _model_inputs(batch)
+            if first is None:
+                first = arrays
+            dev = sharding.put_batch(arrays, mesh)
+            values, model_outputs = fns.eval_step(state, dev)
+            outputs.append(values)
+            if first_outputs is None:
+                first_outputs = model_outputs  # the other batches' are dropped, never fetched
+    finally:
+        input_paths.close_iterator(batches)
     if not outputs:
         return metrics_lib.compute(metrics_lib.empty(names, masks)), first, None
     metrics = metrics_lib.compute(metrics_lib.from_step_outputs(names, outputs, masks))
