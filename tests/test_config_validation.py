@@ -121,7 +121,8 @@ def test_folder_roots_must_exist(tmp_path):
     problems = validation.config_problems(config)
     assert problems == [
         f"--config.data.folder.train_root='{tmp_path / 'missing'}': no such "
-        "directory (the training images, one folder per class)"
+        "directory (the training images, one folder per class (or, for a colorizer, one folder of "
+        "photos))"
     ]
     (tmp_path / "missing").mkdir()
     assert validation.config_problems(config) == []
@@ -158,7 +159,37 @@ def test_more_data_classes_than_the_head_predicts_stops_before_any_work(tmp_path
         "task 'species' (num_classes=3): the training data has 4 classes"
     )
     assert validation.class_count_problems(tasks, names[:3]) == []
-    assert validation.class_count_problems(tasks, None) == []
+    # Data without labels: the classification task is named, a colorizer alone passes.
+    (problem,) = validation.class_count_problems(tasks, None, unlabeled_data="why")
+    assert problem.startswith("task 'species': the training data has no class labels (why)")
+    assert validation.class_count_problems(tasks[:1], None) == []
+
+
+def test_classification_on_a_folder_without_class_folders_stops_before_any_work(tmp_path):
+    # A folder of photos has no labels: every label would be 0 and the classifier would learn it
+    # in silence. The multi-task run stops at once, one line naming the task and the option.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from test_data_files import colorful
+
+    for i in range(4):
+        colorful(i).save(photos / f"{i}.jpg")
+    proc, workdir = _entry_point(
+        tmp_path,
+        "--config.data.source=folder",
+        f"--config.data.folder.train_root={photos}",
+        f"--config.data.folder.val_root={photos}",
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not workdir.exists()
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("task")]
+    assert lines == [
+        "task 'classification': the training data has no class labels "
+        f"(--config.data.folder.train_root={str(photos)!r} has no class folders) and a "
+        "classification task needs them: sort the images into class folders, give "
+        "data.folder.train_split_file with a class column, or train the colorizer alone "
+        "(experiments.colorization)"
+    ], proc.stderr[-3000:]
 
 
 def test_method_options_are_checked_on_a_sound_config():

@@ -157,6 +157,40 @@ def test_validation_labels_follow_the_training_classes(tmp_path):
     assert list(pipeline.make_source(config, "val").labels) == [0, 0, 1, 1]
 
 
+def test_a_folder_of_photos_without_class_folders_is_unlabeled(tmp_path):
+    # A colorizer's photos in one folder: every image directly in it, label 0, no class names
+    # (a classification task is then refused: tests/test_config_validation.py).
+    flat = tmp_path / "photos"
+    flat.mkdir()
+    for name in ("b.jpg", "a.JPEG", "c.png"):
+        colorful(len(name)).save(flat / name)
+    (flat / "notes.txt").write_text("not an image")
+    colorful(9).save(flat / ".hidden.jpg")
+    source = FolderSource(str(flat))
+    assert [p.split("/")[-1] for p in source.paths] == ["a.JPEG", "b.jpg", "c.png"]
+    assert list(source.labels) == [0, 0, 0] and source.class_names == ()
+    assert source[1] == {"path": str(flat / "b.jpg"), "label": 0, "key": str(flat / "b.jpg")}
+    config = _folder_config(tmp_path, train_root=flat, val_root=flat)
+    assert pipeline.class_names(config) is None and len(pipeline.make_source(config, "val")) == 3
+    # Validation in class folders beside unlabeled training images: its labels are not read.
+    write_tree(tmp_path / "val", {"apple": 2, "cherry": 1})
+    config.folder.val_root = str(tmp_path / "val")
+    assert len(pipeline.make_source(config, "val")) == 3
+    # A class subset of a folder without classes, and unlabeled validation beside labelled
+    # training images, are errors that say what is missing.
+    config.classes = ["apple"]
+    with pytest.raises(
+        ValueError, match=r"data.classes names 1 classes but .*photos.* only 3 image"
+    ):
+        pipeline.make_source(config, "train")
+    config = _folder_config(tmp_path, train_root=tmp_path / "val", val_root=flat)
+    with pytest.raises(ValueError, match=r"photos.* no class folders.*val_split_file"):
+        pipeline.make_source(config, "val")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no class folders and no image files .*empty"):
+        FolderSource(str(tmp_path / "empty"))
+
+
 def test_folder_pipeline_end_to_end_with_paper_wnids(tmp_path):
     classes = {c.wnid: 2 for c in PAPER_CLASSES} | {"n01443537": 2}
     write_tree(tmp_path / "train", classes)

@@ -217,6 +217,26 @@ def test_single_task_runs(experiment, tmp_path):
     assert out[experiment].shape == ((1, 32, 32, 2) if experiment == "colorization" else (1, 5))
 
 
+def test_colorizer_trains_on_a_folder_of_photos_without_class_folders(tmp_path):
+    # What a colorization user has: photos in one folder, no classes. The run trains, validates
+    # on them and its checkpoint colorizes.
+    from test_data_files import colorful
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(8):
+        colorful(i).save(photos / f"photo{i}.jpg")
+    config = _config("colorization", frozen_epochs=0, unfrozen_epochs=1)
+    config.data.source = "folder"
+    config.data.folder.train_root = config.data.folder.val_root = str(photos)
+    summary = loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert summary["steps"] == 2  # 8 photos, batch 4
+    assert summary["final"]["val"].keys() == COLOR_VAL_NAMES
+    _, model, variables = checkpointing.load_for_inference(str(tmp_path / "run"))
+    out = model.apply(variables, np.zeros((1, 32, 32, 1), np.float32), train=False)
+    assert out["colorization"].shape == (1, 32, 32, 2)
+
+
 def test_killed_process_resumes_to_identical_parameters(multitask_run, tmp_path):
     """SIGKILL the real entry point right after its first checkpoint is finalized (a save may be in
     flight), re-run: the final parameters are bitwise those of the uninterrupted run."""

@@ -81,7 +81,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.synthetic.seed = 0  # the generator's seed: the same pixels every run (not the shuffle seed)
 
     c.folder = ml_collections.ConfigDict()
-    c.folder.train_root = ""  # e.g. /data/imagenet/train
+    # e.g. /data/imagenet/train (class folders), or a folder of photos without classes: no labels,
+    # enough for a colorizer (a classification task is refused at start).
+    c.folder.train_root = ""
     # e.g. /data/imagenet/val (re-sorted into class folders); "" means train_root, which then needs
     # split files so that validation is not the training set.
     c.folder.val_root = ""

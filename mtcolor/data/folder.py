@@ -13,6 +13,9 @@ An optional split file restricts (and may label) the files:
   found), e.g. `file,label,wnid,name` as in ../shared/data/imagenet-val-1300/labels.csv. This lets a
   flat folder (ILSVRC2012 validation as extracted) be used with its ground-truth list.
 
+A root without class folders (a colorizer's photos) is read as the images directly in it, all with
+label 0 and no class names: a classification task on it is refused at start.
+
 Errors at start, naming what was looked for: a missing root, a class with no folder (or no split
 entry), a subset with no images.
 
@@ -81,7 +84,12 @@ def _read_split_file(path: str) -> list[tuple[str, str | None]]:
 
 
 class FolderSource:
-    """grain random-access source of {"path", "label", "key"} records from a folder tree."""
+    """grain random-access source of {"path", "label", "key"} records from a folder tree.
+
+    A folder of images without class folders (a colorizer's photos) has no labels: its images,
+    directly in the root, are records with label 0 and ``class_names`` is empty, so that a
+    classification task on it is refused before training (`mtcolor.train.validation`).
+    """
 
     def __init__(
         self,
@@ -131,6 +139,9 @@ class FolderSource:
             )
             labelled = None
             where = f"directory {root!r}"
+        if not available and labelled is None:
+            self._init_without_labels(root, extensions, classes, label_classes)
+            return
         if not available:
             raise FileNotFoundError(f"no class folders / entries found in {where}")
 
@@ -192,6 +203,35 @@ class FolderSource:
             _check_split_file_root([p for p, _ in files], root, split_file)
         self.paths = tuple(p for p, _ in files)
         self.labels = tuple(label for _, label in files)
+
+    def _init_without_labels(self, root, extensions, classes, label_classes) -> None:
+        """The images directly in a root that has no class folders, each with label 0."""
+        where = f"directory {root!r}"
+        paths = [
+            e.path
+            for e in sorted(os.scandir(root), key=lambda e: e.name)
+            if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(extensions)
+        ]
+        if not paths:
+            raise FileNotFoundError(
+                f"no class folders and no image files ({', '.join(extensions)}) found in {where}"
+            )
+        if classes is not None:
+            raise ValueError(
+                f"data.classes names {len(classes)} classes but {where} has no class folders, only "
+                f"{len(paths)} image files; sort them into class folders, give a split file with a "
+                "class column, or set data.classes to None"
+            )
+        if label_classes:
+            raise ValueError(
+                f"{where} has no class folders, only {len(paths)} image files, but the training "
+                f"split is labelled ({len(label_classes)} classes): sort the validation images "
+                "into class folders or give data.folder.val_split_file with a class column"
+            )
+        self.class_names = ()
+        self.class_dirs = ()
+        self.paths = tuple(paths)
+        self.labels = (0,) * len(paths)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -51,6 +51,8 @@ def make_source(data_config: ml_collections.ConfigDict, split: str):
             # own, and a validation tree lacking one class (or with a stray folder) would shift
             # every later label; the training split's list labels both.
             train_classes = make_source(data_config, "train").class_dirs
+            if not train_classes:  # unlabeled training images: validation's labels are not read
+                return FolderSource(root, split_file=split_file or None)
             return FolderSource(root, split_file=split_file or None, label_classes=train_classes)
         return FolderSource(root, classes=classes, split_file=split_file or None)
     if kind == "tfds":

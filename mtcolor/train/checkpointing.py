@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pathlib
 import shutil
 
 import jax
@@ -305,7 +306,11 @@ def _restore_on_this_process(directory: str, step: int, item: str):
         directory, item_handlers={item: ocp.StandardCheckpointHandler()}
     )
     try:
-        metadata = manager.item_metadata(step)[item]
+        # The item's own metadata: the manager's item_metadata reads every item of the step and
+        # warns once per item it has no handler for (the data position, the bad-input counters).
+        metadata = ocp.StandardCheckpointHandler().metadata(
+            pathlib.Path(directory) / str(step) / item
+        )
         here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), metadata

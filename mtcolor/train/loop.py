@@ -85,8 +85,18 @@ def check_class_count(config, objective, *, tasks_from_config: bool) -> None:
     any work, rather than as a NaN loss after the first step."""
     from mtcolor.data import sources
 
+    data = config.data
+    if data.source == "folder":
+        unlabeled = (
+            f"--config.data.folder.train_root={data.folder.train_root!r} has no class folders"
+        )
+    else:
+        unlabeled = f"--config.data.{data.source}.label_key=None"
     problems = validation.class_count_problems(
-        objective.tasks, sources.class_names(config.data), tasks_from_config=tasks_from_config
+        objective.tasks,
+        sources.class_names(data),
+        tasks_from_config=tasks_from_config,
+        unlabeled_data=unlabeled,
     )
     if problems:
         raise validation.ConfigError(problems)

@@ -200,7 +200,10 @@ def _check_data(c: _Checks, device_count: int | None, source: bool) -> None:
                 f"must be at least data.batch_size ({batch}) for one training step",
             )
     elif source == "folder":
-        c.existing_dir("data.folder.train_root", "the training images, one folder per class")
+        c.existing_dir(
+            "data.folder.train_root",
+            "the training images, one folder per class (or, for a colorizer, one folder of photos)",
+        )
         if c.value("data.folder.val_root"):
             c.existing_dir("data.folder.val_root", "the validation images")
         c.existing_file_if_set("data.folder.train_split_file")
@@ -346,16 +349,32 @@ def check_config(config, *, device_count: int | None = None, data_source: bool =
         raise ConfigError(problems)
 
 
-def class_count_problems(tasks, class_names, *, tasks_from_config: bool = True) -> list[str]:
+def class_count_problems(
+    tasks, class_names, *, tasks_from_config: bool = True, unlabeled_data: str = ""
+) -> list[str]:
     """Problems of classification heads too small for the data: labels index ``class_names``
-    (the training data's classes, `mtcolor.data.sources.class_names`; None: unknown), and a head
-    with fewer outputs would train to a NaN loss on the first label it cannot predict.
+    (the training data's classes, `mtcolor.data.sources.class_names`; None: the data has no
+    labels), and a head with fewer outputs would train to a NaN loss on the first label it cannot
+    predict; without labels a classification task is a problem too.
     ``tasks_from_config``: the tasks come from config.model.num_classes (named as the option);
-    else they are a library user's and are named by task."""
+    else they are a library user's and are named by task. ``unlabeled_data``: why the data has no
+    labels, for the message (the option that made it so)."""
     from mtcolor.tasks.classification import Classification
 
     if not class_names:
-        return []
+        # No labels (a folder of images without class folders, tfds with label_key None): every
+        # label would be 0, and a classifier would "learn" that in silence.
+        why = unlabeled_data or (
+            "data.folder.train_root without class folders, or data.tfds.label_key None"
+        )
+        return [
+            f"task {task.name!r}: the training data has no class labels ({why}) and a "
+            "classification task needs them: sort the images into class folders, give "
+            "data.folder.train_split_file with a class column, or train the colorizer alone "
+            "(experiments.colorization)"
+            for task in tasks
+            if isinstance(task, Classification)
+        ]
     count = len(class_names)
     shown = ", ".join(class_names[:5]) + (", ..." if count > 5 else "")
     problems = []
