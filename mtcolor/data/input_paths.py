@@ -15,6 +15,7 @@ wrapped by `from_data_object` into the same interface.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -60,6 +61,18 @@ def close_iterator(iterator) -> None:
     close = getattr(iterator, "close", None)
     if callable(close):
         close()
+
+
+def free_finished_passes() -> None:
+    """Frees what finished data passes left in reference cycles; called once, as a program ends.
+
+    A grain pass that ran to its end leaves its last records (with worker processes, shared memory
+    arrays) in a cycle: grain re-raises the StopIteration through its traceback_util, and that
+    traceback holds the frames that took the records. Python's collector frees them in time during
+    a run; left to exit, after grain's thread that unlinks shared memory has stopped, they ended
+    every evaluation with workers with "leaked shared_memory objects". Not after every pass: a
+    collection costs 0.27 s in a training process (590,000 objects, measured)."""
+    gc.collect()
 
 
 def grain_pipeline() -> InputPipeline:

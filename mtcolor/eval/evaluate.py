@@ -274,7 +274,8 @@ def evaluate_workdir(
     config, model, variables = load_for_inference(str(workdir), step=step, tasks=tasks)
     experiment = config.experiment
     tasks = model.tasks if tasks is None else tuple(tasks)
-    if batches is None:
+    made_here = batches is None
+    if made_here:
         from mtcolor.data.pipeline import make_eval_iterator
 
         batches = make_eval_iterator(config.data, split=split)
@@ -287,16 +288,23 @@ def evaluate_workdir(
     names = class_names_of(config)
     num_classes = config.model.get("num_classes", None) if hasattr(config, "model") else None
     start = time.time()
-    result = evaluate_model(
-        model,
-        variables,
-        tasks,
-        batches,
-        experiment=experiment,
-        num_classes=num_classes or (len(names) if names else None),
-        class_names=names,
-        feature_extractor=extractors,
-    )
+    try:
+        result = evaluate_model(
+            model,
+            variables,
+            tasks,
+            batches,
+            experiment=experiment,
+            num_classes=num_classes or (len(names) if names else None),
+            class_names=names,
+            feature_extractor=extractors,
+        )
+    finally:
+        if made_here:  # grain's worker processes and shared memory, freed now, not at exit
+            from mtcolor.data import input_paths
+
+            input_paths.close_iterator(batches)
+            input_paths.free_finished_passes()
     result.update(
         {
             "workdir": str(workdir),

@@ -500,15 +500,21 @@ def figure_two_grid(
 
 def _fixed_validation_batch(config, num_images: int):
     """The first `num_images` examples of the validation split: deterministic across runs."""
+    from mtcolor.data import input_paths
     from mtcolor.data.pipeline import make_eval_iterator
 
     L, ab = [], []
-    for batch in make_eval_iterator(config.data, split="val"):
-        keep = np.asarray(batch.get("mask", np.ones(len(batch["L"])))) > 0
-        L.append(np.asarray(batch["L"])[keep])
-        ab.append(np.asarray(batch["ab"])[keep])
-        if sum(len(x) for x in L) >= num_images:
-            break
+    batches = make_eval_iterator(config.data, split="val")
+    try:
+        for batch in batches:
+            keep = np.asarray(batch.get("mask", np.ones(len(batch["L"])))) > 0
+            L.append(np.asarray(batch["L"])[keep])
+            ab.append(np.asarray(batch["ab"])[keep])
+            if sum(len(x) for x in L) >= num_images:
+                break
+    finally:
+        # Left early: grain's worker processes and their prefetched batches are freed now.
+        input_paths.close_iterator(batches)
     return np.concatenate(L)[:num_images], np.concatenate(ab)[:num_images]
 
 
