@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # what a user tried (issue 12); each names the field it breaks.
 BAD_OVERRIDES = [
     ("--config.image_size=33", "image_size"),
-    ("--config.batch_size=0", "data.batch_size"),
+    ("--config.batch_size=0", "batch_size"),
     ("--config.optim.learning_rate=-1", "optim.learning_rate"),
     ("--config.train.frozen_epochs=-1", "train.frozen_epochs"),
     ("--config.loss.gan_mode=foo", "loss.gan_mode"),
@@ -85,6 +85,26 @@ def test_one_bad_field_gives_one_line_and_what_is_allowed(tmp_path):
     assert proc.returncode == 2 and not workdir.exists()
     lines = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("--")]
     assert lines == ["--config.loss.gan_mode='foo': must be one of 'l1', 'vanilla', 'lsgan'"]
+
+
+def test_a_size_the_data_config_follows_is_reported_once():
+    # data.image_size and data.batch_size follow the top-level fields (references): a bad value
+    # is one problem, named once, not again as the data's.
+    config = tiny.get_config()
+    config.image_size, config.batch_size = 48, 0
+    assert [p.split(":")[0] for p in validation.config_problems(config)] == [
+        "--config.batch_size=0",
+        "--config.image_size=48",
+    ]
+    # A config whose data section does not follow (a user's own, references dropped): the data's
+    # own value is checked and named.
+    import ml_collections
+
+    config = ml_collections.ConfigDict(tiny.get_config().to_dict())
+    config.data.image_size = 40
+    assert [p.split(":")[0] for p in validation.config_problems(config)] == [
+        "--config.data.image_size=40"
+    ]
 
 
 def test_shipped_configs_pass(tmp_path):

@@ -142,6 +142,8 @@ def _check_top(c: _Checks) -> None:
     c.integer("batch_size", 1)
     for path in ("image_size", "data.image_size"):
         size = c.value(path)
+        if path == "data.image_size" and size == c.value("image_size"):
+            continue  # follows image_size (a reference): its problem is already reported once
         if size is not _MISSING and (not _is_int(size) or size < 32 or size % 32):
             c.problem(
                 path,
@@ -158,8 +160,9 @@ def _check_data(c: _Checks, device_count: int | None, source: bool) -> None:
 
     if source:
         c.one_of("data.source", ("synthetic", "folder", "tfds"))
-    c.integer("data.batch_size", 1)
     batch = c.value("data.batch_size")
+    if batch != c.value("batch_size"):  # else it follows batch_size, already checked
+        c.integer("data.batch_size", 1)
     if device_count and _is_int(batch) and batch >= 1 and batch % device_count:
         c.problem(
             "data.batch_size",
