@@ -52,7 +52,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(stopped_run, t
     assert summary["steps"] == 6
     assert summary["steps_this_run"] == 4  # resumed from step 2, not 4 and not 0
     warnings = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
-    assert f"checkpoint {checkpoints / '4'} is damaged" in warnings
+    assert f"checkpoint {checkpoints / '4'} does not restore" in warnings
     damaged = Path(checkpointing.damaged_dir(str(workdir)))
     assert (damaged / "4" / "state").is_dir()  # kept aside for inspection
     assert 6 in {int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()}

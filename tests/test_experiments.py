@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import tiny
-from mtcolor.train import checkpointing, loop, writers
+from mtcolor.train import checkpointing, loop, validation, writers
 
 COLOR_NAMES = {
     "l1",
@@ -235,6 +235,35 @@ def test_colorizer_trains_on_a_folder_of_photos_without_class_folders(tmp_path):
     _, model, variables = checkpointing.load_for_inference(str(tmp_path / "run"))
     out = model.apply(variables, np.zeros((1, 32, 32, 1), np.float32), train=False)
     assert out["colorization"].shape == (1, 32, 32, 2)
+
+
+def test_a_resume_with_changed_options_names_them_and_keeps_the_runs_record(
+    multitask_run, tmp_path
+):
+    # Another decoder: the checkpoints cannot restore. The error names the changed option and an
+    # array that differs; config.json and the checkpoints stay as they were.
+    workdir = tmp_path / "run"
+    shutil.copytree(multitask_run[0], workdir)
+    saved = (workdir / "config.json").read_bytes()
+    config = _config("multitask")
+    config.model.decoder = "unet"
+    with pytest.raises(validation.ConfigError) as info:
+        loop.train_and_evaluate(config, str(workdir))
+    problems = info.value.problems
+    assert problems[0].startswith(f"--workdir={str(workdir)!r}: no checkpoint restores")
+    assert "arrays differ, e.g. " in problems[0]
+    assert problems[1:] == ["--config.model.decoder='unet': the run was trained with 'plain'"]
+    assert (workdir / "config.json").read_bytes() == saved
+    assert sorted(os.listdir(workdir / "checkpoints")) == sorted(
+        os.listdir(multitask_run[0] / "checkpoints")
+    )
+    # One more epoch: the checkpoints restore, the run goes on, and the config it was trained
+    # with until then is kept beside the new one.
+    config = _config("multitask", unfrozen_epochs=2)
+    summary = loop.train_and_evaluate(config, str(workdir))
+    assert summary["steps"] == 9 and summary["steps_this_run"] == 3
+    assert (workdir / "config_before_step_6.json").read_bytes() == saved
+    assert json.loads((workdir / "config.json").read_text())["train"]["unfrozen_epochs"] == 2
 
 
 def test_killed_process_resumes_to_identical_parameters(multitask_run, tmp_path):

@@ -204,6 +204,55 @@ class NoIntactCheckpointError(RuntimeError):
     """Every checkpoint of a run failed to restore; the message names each one and why."""
 
 
+class CheckpointStructureError(NoIntactCheckpointError):
+    """A checkpoint holds other arrays than the state this config builds (another decoder, class
+    count, optimizer): not damage, so nothing older is tried. ``mismatches`` lists them."""
+
+    def __init__(self, message: str, mismatches: list[str]):
+        super().__init__(message)
+        self.mismatches = mismatches
+
+
+def _path_name(path) -> str:
+    names = []
+    for key in path:
+        for attribute in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
+            if hasattr(key, attribute):
+                names.append(str(getattr(key, attribute)))
+                break
+        else:
+            names.append(str(key))
+    return "/".join(names)
+
+
+def structure_mismatches(directory: str, step: int, abstract_state) -> list[str]:
+    """The arrays whose presence or shape differ between checkpoint ``step``'s state and
+    ``abstract_state``, read from the checkpoint's metadata alone (no array is read). Empty when
+    they agree or the metadata cannot be read (then the restore itself says what is wrong)."""
+    try:
+        metadata = ocp.StandardCheckpointHandler().metadata(
+            pathlib.Path(directory) / str(step) / STATE
+        )
+        saved = {
+            _path_name(p): tuple(m.shape)
+            for p, m in jax.tree_util.tree_flatten_with_path(metadata)[0]
+        }
+    except Exception:  # noqa: BLE001 - unreadable metadata is damage, for the restore to report
+        return []
+    wanted = {
+        _path_name(p): tuple(a.shape)
+        for p, a in jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+    }
+    mismatches = [
+        f"{name}: the checkpoint has {saved[name]}, this config {wanted[name]}"
+        for name in sorted(saved.keys() & wanted.keys())
+        if saved[name] != wanted[name]
+    ]
+    mismatches += [f"{name}: only in the checkpoint" for name in sorted(saved.keys() - wanted)]
+    mismatches += [f"{name}: only in this config" for name in sorted(wanted.keys() - saved)]
+    return mismatches
+
+
 def restore_newest_intact(workdir: str, manager, abstract_state_at, train_iter=None):
     """The newest checkpoint that restores, trying older ones when a newer one is damaged.
 
@@ -222,13 +271,27 @@ def restore_newest_intact(workdir: str, manager, abstract_state_at, train_iter=N
         if train_iter is not None:
             check_data_iterator_kind(manager, step, train_iter)  # not damage: say what it is
             _position_of_another_process_count(manager, step)
+        abstract_state = abstract_state_at(step)
+        mismatches = structure_mismatches(manager.directory, step, abstract_state)
+        if mismatches:
+            manager.close()
+            shown = "\n".join(f"  {m}" for m in mismatches[:10])
+            more = f"\n  ... ({len(mismatches)} in all)" if len(mismatches) > 10 else ""
+            raise CheckpointStructureError(
+                f"checkpoint {os.path.join(manager.directory, str(step))} holds other arrays than "
+                f"the state this config builds ({len(mismatches)} differ):\n{shown}{more}\n"
+                "Nothing was changed. Resume with the run's own config, or start a new workdir.",
+                mismatches,
+            )
         try:
-            state = restore(manager, step, abstract_state_at(step), train_iter)
+            state = restore(manager, step, abstract_state, train_iter)
             extra = restore_extra(manager, step)
         except Exception as error:  # noqa: BLE001 - any failure means: try the older one
             reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
             logging.warning(
-                "checkpoint %s is damaged (%s); trying an older one",
+                # Damaged, or written with another structure (a changed model option): the
+                # caller names changed options when none restores.
+                "checkpoint %s does not restore (%s); trying an older one",
                 os.path.join(manager.directory, str(step)),
                 reason,
             )

@@ -189,10 +189,9 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
         check_class_count(config, objective, tasks_from_config=tasks is None)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0  # only process 0 writes files (and prints the report)
-    if is_main:
-        _write_json(
-            os.path.join(workdir, "config.json"), _json_ready(config), indent=2, sort_keys=True
-        )
+    # config.json is written once the checkpoints restore: a resume that fails keeps the run's
+    # record of what its checkpoints were trained with.
+    changes = saved_config_changes(workdir, config)
 
     mesh = sharding.make_mesh()
     sharding.check_batch_divisible(int(config.data.batch_size), mesh)
@@ -206,10 +205,21 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
         shard_count=jax.process_count(),
     )
     manager = checkpointing.make_manager(workdir, max_to_keep=int(config.train.max_to_keep))
+    try:
+        state, extra, manager, resumed_step = restore_or_create_state(
+            config, workdir, mesh, manager, train_iter, steps_per_epoch, model=model, tasks=tasks
+        )
+    except checkpointing.NoIntactCheckpointError as error:
+        input_paths.close_iterator(train_iter)
+        if not changes:
+            raise
+        mismatches = getattr(error, "mismatches", [])
+        raise validation.ConfigError(
+            changed_config_problems(workdir, changes, mismatches)
+        ) from error
+    if is_main:
+        write_config(workdir, config, changes, resumed_step)
     best = BestCheckpoint(workdir, *_best_metric(config, objective), is_main=is_main)
-    state, extra, manager, resumed_step = restore_or_create_state(
-        config, workdir, mesh, manager, train_iter, steps_per_epoch, model=model, tasks=tasks
-    )
     schedule = make_schedule(config, steps_per_epoch, state)
     step = schedule.start_step
     fns = steps_lib.jit_steps(mesh)
@@ -309,6 +319,63 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
     if is_main:
         print_run_report(workdir, state, step, val, tracker)
     return summary
+
+
+def _flat_config(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def saved_config_changes(workdir: str, config) -> list[tuple[str, object, object]]:
+    """(option, the value in workdir/config.json, this run's) for each option that differs: what
+    a resume changes. Empty for a new run directory."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        saved = _flat_config(json.load(f))
+    now = _flat_config(_json_ready(config))
+    missing = "(absent)"
+    return [
+        (name, saved.get(name, missing), now.get(name, missing))
+        for name in sorted(saved.keys() | now.keys())
+        if saved.get(name, missing) != now.get(name, missing)
+    ]
+
+
+def changed_config_problems(workdir: str, changes, mismatches=()) -> list[str]:
+    """The lines of the error a resume gets when no checkpoint restores and the options differ
+    from the run's config.json (e.g. another decoder: the parameters' shapes differ)."""
+    arrays = f" ({len(mismatches)} arrays differ, e.g. {mismatches[0]})" if mismatches else ""
+    return [
+        f"--workdir={workdir!r}: no checkpoint restores with this config{arrays}, which differs "
+        f"from the run's config.json in {len(changes)} option(s) below; resume with the run's "
+        "values, or start a new --workdir"
+    ] + [f"--config.{name}={new!r}: the run was trained with {old!r}" for name, old, new in changes]
+
+
+def write_config(workdir: str, config, changes, resumed_step: int | None) -> None:
+    """workdir/config.json: this run's config. A resume that changed options keeps the previous
+    file as config_before_step_<step>.json, logs the changes, and goes on (a longer schedule, a
+    new learning rate: the checkpoints restored, so the change is the user's to make)."""
+    path = os.path.join(workdir, "config.json")
+    if resumed_step is not None and changes:
+        kept = os.path.join(workdir, f"config_before_step_{resumed_step}.json")
+        os.replace(path, kept)
+        logging.warning(
+            "resumed at step %d with %d option(s) changed from the run's config.json (kept as "
+            "%s): %s",
+            resumed_step,
+            len(changes),
+            os.path.basename(kept),
+            "; ".join(f"{name} {old!r} -> {new!r}" for name, old, new in changes),
+        )
+    _write_json(path, _json_ready(config), indent=2, sort_keys=True)
 
 
 def _write_json(path: str, tree, **dump_options) -> None:
