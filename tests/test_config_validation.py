@@ -148,6 +148,21 @@ def test_folder_roots_must_exist(tmp_path):
     assert validation.config_problems(config) == []
 
 
+def _stopped_folder_run(tmp_path, train_root, val_root, starts: str):
+    """The entry point on folder data, which must stop before any work (exit 2, no traceback,
+    nothing written): its stderr lines that start with ``starts``, and the stderr's end."""
+    proc, workdir = _entry_point(
+        tmp_path,
+        "--config.data.source=folder",
+        f"--config.data.folder.train_root={train_root}",
+        f"--config.data.folder.val_root={val_root}",
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not workdir.exists()
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith(starts)]
+    return lines, proc.stderr[-3000:]
+
+
 def test_more_data_classes_than_the_head_predicts_stops_before_any_work(tmp_path):
     # Six class folders, the default head of 5: label 5 would train to a NaN loss after the first
     # step (what a user saw on a 1000-class folder); the run must stop at once, one line naming
@@ -157,19 +172,11 @@ def test_more_data_classes_than_the_head_predicts_stops_before_any_work(tmp_path
     classes = {f"class{i}": 1 for i in range(6)}
     write_tree(tmp_path / "train", classes)
     write_tree(tmp_path / "val", classes, seed=1)
-    proc, workdir = _entry_point(
-        tmp_path,
-        "--config.data.source=folder",
-        f"--config.data.folder.train_root={tmp_path / 'train'}",
-        f"--config.data.folder.val_root={tmp_path / 'val'}",
-    )
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and not workdir.exists()
-    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("--")]
+    lines, stderr = _stopped_folder_run(tmp_path, tmp_path / "train", tmp_path / "val", "--")
     assert len(lines) == 1 and lines[0].startswith(
         "--config.model.num_classes=5: the training data has 6 classes (class0, class1, class2, "
         "class3, class4, ...; labels 0..5) but the class head predicts 5"
-    ), proc.stderr[-3000:]
+    ), stderr
     # A library user's own tasks are named by task; a head at least as wide as the data passes.
     from mtcolor.tasks import Classification, Colorization
 
@@ -194,22 +201,14 @@ def test_classification_on_a_folder_without_class_folders_stops_before_any_work(
 
     for i in range(4):
         colorful(i).save(photos / f"{i}.jpg")
-    proc, workdir = _entry_point(
-        tmp_path,
-        "--config.data.source=folder",
-        f"--config.data.folder.train_root={photos}",
-        f"--config.data.folder.val_root={photos}",
-    )
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and not workdir.exists()
-    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("task")]
+    lines, stderr = _stopped_folder_run(tmp_path, photos, photos, "task")
     assert lines == [
         "task 'classification': the training data has no class labels "
         f"(--config.data.folder.train_root={str(photos)!r} has no class folders) and a "
         "classification task needs them: sort the images into class folders, give "
         "data.folder.train_split_file with a class column, or train the colorizer alone "
         "(experiments.colorization)"
-    ], proc.stderr[-3000:]
+    ], stderr
 
 
 def test_method_options_are_checked_on_a_sound_config():

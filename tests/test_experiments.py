@@ -250,7 +250,9 @@ def test_a_resume_with_changed_options_names_them_and_keeps_the_runs_record(
     with pytest.raises(validation.ConfigError) as info:
         loop.train_and_evaluate(config, str(workdir))
     problems = info.value.problems
-    assert problems[0].startswith(f"--workdir={str(workdir)!r}: no checkpoint restores")
+    assert problems[0].startswith(
+        f"--workdir={str(workdir)!r}: its checkpoints cannot hold the state of this config"
+    )
     assert "arrays differ, e.g. " in problems[0]
     assert problems[1:] == ["--config.model.decoder='unet': the run was trained with 'plain'"]
     assert (workdir / "config.json").read_bytes() == saved

@@ -211,11 +211,11 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
         )
     except checkpointing.NoIntactCheckpointError as error:
         input_paths.close_iterator(train_iter)
-        if not changes:
+        # Only a state of another structure is the options' fault; damaged checkpoints are not.
+        if not (changes and isinstance(error, checkpointing.CheckpointStructureError)):
             raise
-        mismatches = getattr(error, "mismatches", [])
         raise validation.ConfigError(
-            changed_config_problems(workdir, changes, mismatches)
+            changed_config_problems(workdir, changes, error.mismatches)
         ) from error
     if is_main:
         write_config(workdir, config, changes, resumed_step)
@@ -348,12 +348,13 @@ def saved_config_changes(workdir: str, config) -> list[tuple[str, object, object
     ]
 
 
-def changed_config_problems(workdir: str, changes, mismatches=()) -> list[str]:
-    """The lines of the error a resume gets when no checkpoint restores and the options differ
-    from the run's config.json (e.g. another decoder: the parameters' shapes differ)."""
-    arrays = f" ({len(mismatches)} arrays differ, e.g. {mismatches[0]})" if mismatches else ""
+def changed_config_problems(workdir: str, changes, mismatches) -> list[str]:
+    """The lines of the error a resume gets when the checkpoints hold arrays of other shapes than
+    the new state's (``mismatches``) and options differ from the run's config.json (``changes``;
+    e.g. another decoder)."""
     return [
-        f"--workdir={workdir!r}: no checkpoint restores with this config{arrays}, which differs "
+        f"--workdir={workdir!r}: its checkpoints cannot hold the state of this config "
+        f"({len(mismatches)} arrays differ, e.g. {mismatches[0]}), which differs "
         f"from the run's config.json in {len(changes)} option(s) below; resume with the run's "
         "values, or start a new --workdir"
     ] + [f"--config.{name}={new!r}: the run was trained with {old!r}" for name, old, new in changes]
