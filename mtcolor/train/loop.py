@@ -190,8 +190,8 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0  # only process 0 writes files (and prints the report)
     # config.json is written once the checkpoints restore: a resume that fails keeps the run's
-    # record of what its checkpoints were trained with.
-    changes = saved_config_changes(workdir, config)
+    # record of what its checkpoints were trained with. Process 0 alone reads and writes it.
+    changes = saved_config_changes(workdir, config) if is_main else []
 
     mesh = sharding.make_mesh()
     sharding.check_batch_divisible(int(config.data.batch_size), mesh)
