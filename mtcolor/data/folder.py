@@ -190,11 +190,8 @@ class FolderSource:
                     files.append((os.path.join(root, rel), label_of[cls]))
         else:
             for directory in selected:
-                folder = os.path.join(root, directory)
-                for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-                    if entry.name.startswith(".") or not entry.name.lower().endswith(extensions):
-                        continue
-                    files.append((entry.path, label_of[directory]))
+                for path in _images_directly_in(os.path.join(root, directory), extensions):
+                    files.append((path, label_of[directory]))
         if not files:
             raise FileNotFoundError(
                 f"no image files ({', '.join(extensions)}) for classes {list(selected)} in {where}"
@@ -207,11 +204,7 @@ class FolderSource:
     def _init_without_labels(self, root, extensions, classes, label_classes) -> None:
         """The images directly in a root that has no class folders, each with label 0."""
         where = f"directory {root!r}"
-        paths = [
-            e.path
-            for e in sorted(os.scandir(root), key=lambda e: e.name)
-            if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(extensions)
-        ]
+        paths = _images_directly_in(root, extensions)
         if not paths:
             raise FileNotFoundError(
                 f"no class folders and no image files ({', '.join(extensions)}) found in {where}"
@@ -291,6 +284,16 @@ class ImageFilesSource:
 
     def __repr__(self) -> str:
         return f"ImageFilesSource(root={self.root!r}, num_examples={len(self)})"
+
+
+def _images_directly_in(folder: str, extensions: tuple[str, ...]) -> list[str]:
+    """The non-hidden entries of one folder with an image extension, sorted by name (an entry
+    that is not a readable file is listed, then skipped and counted when decoded)."""
+    return [
+        e.path
+        for e in sorted(os.scandir(folder), key=lambda e: e.name)
+        if not e.name.startswith(".") and e.name.lower().endswith(extensions)
+    ]
 
 
 def _list_images(root: str, extensions: tuple[str, ...]) -> list[str]:

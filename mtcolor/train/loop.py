@@ -47,19 +47,23 @@ def _json_ready(config) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-def _flat_hparams(tree: dict, prefix: str = "") -> dict:
-    out = {}
+def _flat_config(tree: dict, prefix: str = "") -> dict:
+    """{"data.image_size": 64, ...}: a nested config dict by dotted option name."""
+    flat = {}
     for key, value in tree.items():
-        name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flat_hparams(value, name + "."))
-        elif isinstance(value, (bool, int, float, str)):
-            out[name] = value
-        elif value is None:
-            out[name] = "None"
+            flat.update(_flat_config(value, f"{prefix}{key}."))
         else:
-            out[name] = str(value)
-    return out
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _flat_hparams(tree: dict) -> dict:
+    """The flat config as TensorBoard's hparams take it: scalars, and the rest as text."""
+    return {
+        name: value if isinstance(value, (bool, int, float, str)) else str(value)
+        for name, value in _flat_config(tree).items()
+    }
 
 
 def _model_inputs(batch: dict) -> dict:
@@ -319,16 +323,6 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
     if is_main:
         print_run_report(workdir, state, step, val, tracker)
     return summary
-
-
-def _flat_config(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat_config(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def saved_config_changes(workdir: str, config) -> list[tuple[str, object, object]]:
