@@ -263,6 +263,11 @@ def test_bad_files_are_skipped_and_counted_through_a_worker(tree_with_bad_files)
     assert "truncated" in tracker.report()
     scalars = tracker.scalars()
     assert scalars["data/skipped_zero_byte"] == 1 and scalars["data/good_examples"] == 12
+    assert scalars["data/skipped"] == 7
+    # Only the reasons seen get a series (no near_grayscale here).
+    assert {k for k in scalars if k.startswith("data/skipped_")} == {
+        f"data/skipped_{r}" for r in expected
+    }
     # 19 files listed, 3 batches of 4 good ones + padding; labels from folder order.
     labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
     assert sorted(labels) == [0] * 6 + [1] * 6

@@ -106,8 +106,12 @@ class BadInputTracker:
         return {r: int(n) for r, n in zip(SKIP_REASONS, self.counts) if n}
 
     def scalars(self, prefix: str = "data/") -> dict[str, float]:
-        """Cumulative counts for a metric writer: <prefix>skipped_<reason>, bad_fraction, good."""
-        out = {f"{prefix}skipped_{r}": float(n) for r, n in zip(SKIP_REASONS, self.counts)}
+        """Cumulative counts for a metric writer: <prefix>skipped (all reasons), bad_fraction,
+        good_examples, and skipped_<reason> for each reason seen so far. Reasons never seen are
+        left out: ten constant zeros on every console line and as ten flat TensorBoard charts told
+        a user less than the one ``skipped`` series does."""
+        out = {f"{prefix}skipped_{r}": float(n) for r, n in self.totals().items()}
+        out[f"{prefix}skipped"] = float(self.counts.sum())
         out[f"{prefix}bad_fraction"] = self.bad_fraction
         out[f"{prefix}good_examples"] = float(self.num_good)
         return out
