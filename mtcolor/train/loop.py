@@ -1,24 +1,23 @@
 """``train_and_evaluate(config, workdir)``: the paper's training schedule for any of the three
 experiments, resumable, data-parallel over every device.
 
-Schedule (paper III-D): ``frozen_epochs`` with the ResNet-18 frozen, then ``unfrozen_epochs``
-with it trained; validation ``evals_per_epoch`` (2) times per epoch on the whole val split.
-Re-running with the same workdir resumes from the latest checkpoint (state + data iterator).
+Re-running with the same workdir resumes from the latest checkpoint (state + data iterator). The
+steps at which a run logs, validates, saves and stops are mtcolor.train.schedule's (paper III-D:
+``frozen_epochs`` with the ResNet-18 frozen, then ``unfrozen_epochs``, validating
+``evals_per_epoch`` times per epoch on the whole val split); what the run directory records
+(config.json, best.json, summary.json) and the lines a finished run prints are
+mtcolor.train.run_record's.
 
 ``train_and_evaluate`` reads top to bottom as the run goes, and the functions after it come in
-that order: ``restore_or_create_state`` and ``make_schedule`` (a ``Schedule``); the training
-loop, which runs ``train_iteration`` each step and, on the schedule's steps, logs the training
-metrics (``TrainMetrics``, which also stops the run on a non-finite loss), validates
-(``validate``: ``evaluate``, ``write_image_grids``, ``BestCheckpoint``), stops tasks early
-(``early_stop_tasks``) and saves (``save_checkpoint``); then ``write_summary`` and
-``print_run_report``.
+that order: ``restore_or_create_state``; the training loop, which runs ``train_iteration`` each
+step and, on the schedule's steps, logs the training metrics (``TrainMetrics``, which also stops
+the run on a non-finite loss), validates (``validate``: ``evaluate``, ``write_image_grids``,
+``BestCheckpoint``), stops tasks early (``early_stop_tasks``) and saves (``save_checkpoint``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import logging
 import os
 import time
@@ -30,9 +29,10 @@ import numpy as np
 from mtcolor import sharding
 from mtcolor import tasks as tasks_lib
 from mtcolor.data import input_paths
-from mtcolor.train import checkpointing, compile_ahead, validation
+from mtcolor.train import checkpointing, compile_ahead, run_record, validation
 from mtcolor.train import images as images_lib
 from mtcolor.train import metrics as metrics_lib
+from mtcolor.train import schedule as schedule_lib
 from mtcolor.train import state as state_lib
 from mtcolor.train import steps as steps_lib
 
@@ -41,29 +41,6 @@ BATCH_KEYS = ("L", "ab", "label", "mask", "has_label")
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; the message names the step and the terms."""
-
-
-def _json_ready(config) -> dict:
-    return json.loads(config.to_json_best_effort())
-
-
-def _flat_config(tree: dict, prefix: str = "") -> dict:
-    """{"data.image_size": 64, ...}: a nested config dict by dotted option name."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat_config(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _flat_hparams(tree: dict) -> dict:
-    """The flat config as TensorBoard's hparams take it: scalars, and the rest as text."""
-    return {
-        name: value if isinstance(value, (bool, int, float, str)) else str(value)
-        for name, value in _flat_config(tree).items()
-    }
 
 
 def _model_inputs(batch: dict) -> dict:
@@ -195,7 +172,7 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
     is_main = jax.process_index() == 0  # only process 0 writes files (and prints the report)
     # config.json is written once the checkpoints restore: a resume that fails keeps the run's
     # record of what its checkpoints were trained with. Process 0 alone reads and writes it.
-    changes = saved_config_changes(workdir, config) if is_main else []
+    changes = run_record.saved_config_changes(workdir, config) if is_main else []
 
     mesh = sharding.make_mesh()
     sharding.check_batch_divisible(int(config.data.batch_size), mesh)
@@ -219,12 +196,12 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
         if not (changes and isinstance(error, checkpointing.CheckpointStructureError)):
             raise
         raise validation.ConfigError(
-            changed_config_problems(workdir, changes, error.mismatches)
+            run_record.changed_config_problems(workdir, changes, error.mismatches)
         ) from error
     if is_main:
-        write_config(workdir, config, changes, resumed_step)
+        run_record.write_config(workdir, config, changes, resumed_step)
     best = BestCheckpoint(workdir, *_best_metric(config, objective), is_main=is_main)
-    schedule = make_schedule(config, steps_per_epoch, state)
+    schedule = schedule_lib.make_schedule(config, steps_per_epoch, state)
     step = schedule.start_step
     fns = steps_lib.jit_steps(mesh)
     if state.optimizer.backbone_frozen and step >= schedule.phase1_steps:
@@ -239,7 +216,7 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
 
     writer = writers.create_writer(workdir, is_main_process=is_main)
     if resumed_step is None:
-        writer.write_hparams(_flat_hparams(_json_ready(config)))
+        writer.write_hparams(run_record.flat_hparams(run_record.json_ready(config)))
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=schedule.total_steps, writer=writer
     )
@@ -313,7 +290,7 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
     if not val and step == schedule.total_steps:
         val = validate_state(step, state)  # resumed at the end: validate the final state
     final = {"train": train_metrics.last, "val": val}
-    summary = write_summary(
+    summary = run_record.write_summary(
         config, workdir, state, step, schedule, wall, final, best.record, is_main=is_main
     )
     writer.flush()
@@ -321,61 +298,8 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
     manager.close()
     best.close()
     if is_main:
-        print_run_report(workdir, state, step, val, tracker)
+        run_record.print_run_report(workdir, state, step, val, tracker)
     return summary
-
-
-def saved_config_changes(workdir: str, config) -> list[tuple[str, object, object]]:
-    """(option, the value in workdir/config.json, this run's) for each option that differs: what
-    a resume changes. Empty for a new run directory."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        saved = _flat_config(json.load(f))
-    now = _flat_config(_json_ready(config))
-    missing = "(absent)"
-    return [
-        (name, saved.get(name, missing), now.get(name, missing))
-        for name in sorted(saved.keys() | now.keys())
-        if saved.get(name, missing) != now.get(name, missing)
-    ]
-
-
-def changed_config_problems(workdir: str, changes, mismatches) -> list[str]:
-    """The lines of the error a resume gets when the checkpoints hold arrays of other shapes than
-    the new state's (``mismatches``) and options differ from the run's config.json (``changes``;
-    e.g. another decoder)."""
-    return [
-        f"--workdir={workdir!r}: its checkpoints cannot hold the state of this config "
-        f"({len(mismatches)} arrays differ, e.g. {mismatches[0]}), which differs "
-        f"from the run's config.json in {len(changes)} option(s) below; resume with the run's "
-        "values, or start a new --workdir"
-    ] + [f"--config.{name}={new!r}: the run was trained with {old!r}" for name, old, new in changes]
-
-
-def write_config(workdir: str, config, changes, resumed_step: int | None) -> None:
-    """workdir/config.json: this run's config. A resume that changed options keeps the previous
-    file as config_before_step_<step>.json, logs the changes, and goes on (a longer schedule, a
-    new learning rate: the checkpoints restored, so the change is the user's to make)."""
-    path = os.path.join(workdir, "config.json")
-    if resumed_step is not None and changes:
-        kept = os.path.join(workdir, f"config_before_step_{resumed_step}.json")
-        os.replace(path, kept)
-        logging.warning(
-            "resumed at step %d with %d option(s) changed from the run's config.json (kept as "
-            "%s): %s",
-            resumed_step,
-            len(changes),
-            os.path.basename(kept),
-            "; ".join(f"{name} {old!r} -> {new!r}" for name, old, new in changes),
-        )
-    _write_json(path, _json_ready(config), indent=2, sort_keys=True)
-
-
-def _write_json(path: str, tree, **dump_options) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(tree, f, **dump_options)
 
 
 def restore_or_create_state(
@@ -426,59 +350,6 @@ def restore_or_create_state(
     return state, extra, manager, step
 
 
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """This invocation's steps (one global batch each), counted from the start of the run."""
-
-    steps_per_epoch: int
-    phase1_steps: int  # the backbone is frozen before this step, trained from it on
-    total_steps: int
-    eval_every: int
-    ckpt_every: int
-    log_every: int
-    start_step: int  # where this invocation starts (the restored checkpoint's step, or 0)
-    # The last step it trains: total_steps, or sooner by train.max_steps_per_run (early stopping
-    # may end it before).
-    stop_at: int
-
-    def epoch(self, step: int) -> float:
-        return step / self.steps_per_epoch
-
-    def logs_at(self, step: int) -> bool:
-        return step % self.log_every == 0 or step == self.stop_at
-
-    def evaluates_at(self, step: int) -> bool:
-        return step % self.eval_every == 0 or step == self.total_steps
-
-    def saves_at(self, step: int) -> bool:
-        return step % self.ckpt_every == 0 or step == self.stop_at
-
-
-def make_schedule(config, steps_per_epoch: int, state) -> Schedule:
-    """The schedule of an invocation that starts from ``state`` (fresh or restored)."""
-    start_step = int(jax.device_get(state.step))
-    total_steps = (
-        int(config.train.frozen_epochs) + int(config.train.unfrozen_epochs)
-    ) * steps_per_epoch
-    eval_every = max(1, steps_per_epoch // max(1, int(config.train.evals_per_epoch)))
-    stop_at = total_steps
-    if config.train.max_steps_per_run:
-        stop_at = min(total_steps, start_step + int(config.train.max_steps_per_run))
-    patience = config.train.get("early_stopping_patience")
-    if patience is not None and not state_lib.active_tasks(state):
-        stop_at = start_step  # resumed after every task had stopped early: nothing left to train
-    return Schedule(
-        steps_per_epoch=steps_per_epoch,
-        phase1_steps=state_lib.phase1_steps(config, steps_per_epoch),
-        total_steps=total_steps,
-        eval_every=eval_every,
-        ckpt_every=config.train.checkpoint_every_steps or eval_every,
-        log_every=max(1, int(config.train.log_every_steps)),
-        start_step=start_step,
-        stop_at=stop_at,
-    )
-
-
 def _train_metric_names(state) -> tuple[str, ...]:
     return metrics_lib.metric_names(
         state.objective, train=True, discriminator=discriminator_trains(state)
@@ -493,7 +364,9 @@ class TrainMetrics:
     the first NaN or infinite loss; it runs before every write, validation and checkpoint.
     """
 
-    def __init__(self, names, schedule: Schedule, writer, tracker, manager, workdir: str):
+    def __init__(
+        self, names, schedule: schedule_lib.Schedule, writer, tracker, manager, workdir: str
+    ):
         self.names = names
         self.last: dict = {}  # the latest window written (the summary's final train metrics)
         self._schedule = schedule
@@ -639,7 +512,7 @@ class BestCheckpoint:
         self.metric, self.mode = metric, mode
         self._workdir, self._is_main = workdir, is_main
         self._manager = checkpointing.make_best_manager(workdir, metric=metric, mode=mode)
-        self.record = _read_best(workdir) or {"metric": metric, "step": None, "val": {}}
+        self.record = run_record.read_best(workdir) or {"metric": metric, "step": None, "val": {}}
         # An earlier invocation's best by another metric is no value to beat.
         same_metric = self.record["metric"] == metric
         self._value = self.record["val"].get(metric) if same_metric else None
@@ -657,7 +530,7 @@ class BestCheckpoint:
         checkpointing.save_best(self._manager, step, state, {self.metric: value})
         self.record.update(step=step, val=dict(values))
         if self._is_main:
-            _write_json(os.path.join(self._workdir, "best.json"), self.record)
+            run_record.write_json(os.path.join(self._workdir, "best.json"), self.record)
 
     def close(self) -> None:
         self._manager.close()
@@ -698,72 +571,3 @@ def early_stop_tasks(
         {f"early_stopping/active_{t}": float(t in active) for t in state.objective.task_names},
     )
     return sharding.replicate(state, mesh)
-
-
-def write_summary(
-    config, workdir: str, state, step: int, schedule, wall: float, final, best, *, is_main
-) -> dict:
-    """The run's summary (returned by train_and_evaluate), written to summary.json."""
-    summary = {
-        "experiment": config.experiment,
-        "steps": step,
-        "epochs": schedule.epoch(step),
-        "wall_time_s": wall,
-        "steps_this_run": step - schedule.start_step,
-        "finished": step >= schedule.total_steps or not state_lib.active_tasks(state),
-        "early_stopping": _early_stopping_summary(state),
-        "final": final,
-        "best": best,
-        "config": _json_ready(config),
-    }
-    if is_main:
-        _write_json(
-            os.path.join(workdir, "summary.json"), summary, indent=2, sort_keys=True, default=float
-        )
-    return summary
-
-
-def print_run_report(workdir: str, state, step: int, val: dict, tracker) -> None:
-    """The end-of-run lines: bad inputs, the result beside its baselines, where outputs are."""
-    if tracker is not None:
-        print(tracker.report())
-    headline = result_headline(state.objective.tasks, val)
-    if headline:
-        print(f"Result (validation, step {step}): {headline}")
-    tensorboard = os.path.join(workdir, "tensorboard")
-    print(f"TensorBoard logs: {tensorboard}  (tensorboard --logdir {tensorboard})")
-    print(f"Image grids:      {os.path.join(workdir, 'images')}/step_<N>.png")
-    print(f"Scalars:          {os.path.join(workdir, 'scalars.jsonl')}")
-    print(f"Summary:          {os.path.join(workdir, 'summary.json')}")
-
-
-def result_headline(tasks, val: dict) -> str:
-    """Each task's final validation numbers beside their baseline, in one line, so a newcomer
-    sees that the run learned (accuracy vs chance, L1 vs predicting ab = 0, colorfulness vs the
-    real images)."""
-    return "; ".join(filter(None, (task.headline(val) for task in tasks))) if val else ""
-
-
-def _early_stopping_summary(state) -> dict | None:
-    """Per task: still training, best validation loss and its step (None without early stopping)."""
-    es = state.mtl.get("early_stopping")
-    if es is None:
-        return None
-    es = jax.device_get({k: v for k, v in es.items() if k != "best"})
-    return {
-        task: {
-            "active": bool(es["active"][i] > 0),
-            "best_val_loss": float(es["best_loss"][i]),
-            "best_step": int(es["best_step"][i]),
-        }
-        for i, task in enumerate(state.objective.task_names)
-    }
-
-
-def _read_best(workdir):
-    """best.json of an earlier invocation of this run (resume), or None."""
-    path = os.path.join(workdir, "best.json")
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
