@@ -13,6 +13,7 @@ import os
 from absl import app, flags, logging
 
 from mtcolor.eval.evaluate import evaluate_workdir, results_markdown
+from mtcolor.train.checkpointing import UnreadableCheckpointError
 from mtcolor.train.cli import exit_on_problems
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run directory.")
@@ -55,13 +56,16 @@ def main(argv):
     step = _CHECKPOINT.value
     if step not in (None, "best"):
         step = int(step)
-    result = evaluate_workdir(
-        _WORKDIR.value,
-        _SPLIT.value,
-        step=step,
-        fid_weights=_FID_WEIGHTS.value,
-        frechet_features=_FRECHET.value,
-    )
+    try:
+        result = evaluate_workdir(
+            _WORKDIR.value,
+            _SPLIT.value,
+            step=step,
+            fid_weights=_FID_WEIGHTS.value,
+            frechet_features=_FRECHET.value,
+        )
+    except UnreadableCheckpointError as error:
+        exit_on_problems([f"--workdir={_WORKDIR.value!r}: {error}"], "the command line")
     print(results_markdown(result))
     # The metrics as JSON without the per-class tables, which the markdown above summarises (a
     # 1000-class confusion matrix is a million numbers); the file has everything.

@@ -1,13 +1,20 @@
 """A run whose newest checkpoint was damaged after it was written resumes from the newest intact
 one; the damaged one is kept aside, nothing is deleted."""
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from experiments.configs import tiny
 from mtcolor.train import checkpointing, loop
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(max_steps_per_run=None):
@@ -69,3 +76,53 @@ def test_no_intact_checkpoint_names_every_one_and_changes_nothing(stopped_run, t
     assert "step 4:" in message and "step 2:" in message
     assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ["2", "4"]
     assert not Path(checkpointing.damaged_dir(str(workdir))).exists()
+
+
+def _run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+
+
+def test_damaged_checkpoints_stop_the_commands_with_one_error_each(stopped_run, tmp_path):
+    """As a user meets them on the command line: colorize refuses a damaged checkpoint in one
+    line naming it, the truncated file and the run's other checkpoints (exit 2); training with
+    no intact checkpoint left ends with one error naming each (exit 1). Neither prints a
+    traceback, nor what orbax's abandoned reads print (before: 1,600 'Event loop is closed'
+    tracebacks and 340 kB of stderr for this tiny model)."""
+    workdir = _copy(stopped_run, tmp_path)
+    checkpoints = workdir / "checkpoints"
+    _damage(checkpoints / "4")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((40, 48, 3), (200, 40, 90), np.uint8)).save(photo)
+
+    colorize = _run(
+        "mtcolor.colorize", str(photo), f"--checkpoint={workdir}", f"--out={tmp_path / 'out'}"
+    )
+    assert colorize.returncode == 2, colorize.stderr[-3000:]
+    problems = [line for line in colorize.stderr.splitlines() if line.startswith("  --")]
+    assert len(problems) == 1
+    assert f"checkpoint {checkpoints / '4'} does not restore" in problems[0]
+    assert "is not valid for value of size" in problems[0]  # tensorstore's innermost reason
+    assert problems[0].endswith(f"the other checkpoints in {checkpoints}: [2]")
+
+    _damage(checkpoints / "2")
+    train = _run(
+        "experiments.multitask", "--config=experiments/configs/tiny.py", f"--workdir={workdir}"
+    )
+    assert train.returncode == 1, train.stderr[-3000:]
+    assert f"error: NoIntactCheckpointError: no checkpoint in {checkpoints} restores:" in (
+        train.stderr
+    )
+    assert "  step 4: ValueError: OUT_OF_RANGE" in train.stderr
+    assert "  step 2: ValueError: OUT_OF_RANGE" in train.stderr
+    for output in (colorize.stderr, train.stderr):
+        assert "Traceback" not in output and "Event loop is closed" not in output
+        assert "never retrieved" not in output
+        assert len(output) < 10_000
+    assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ["2", "4"]

@@ -35,6 +35,27 @@ def exit_on_problems(problems: list[str], subject: str) -> None:
         sys.exit(2)
 
 
+def exit_on_stopped_run(error: Exception) -> None:
+    """A run that stopped for a reason its error spells out (no intact checkpoint, a non-finite
+    loss, too many bad input files): ``error: <ErrorName>: <message>`` on stderr, exit status 1.
+    The message names the step, the files or the checkpoints; a traceback through the loop would
+    only push it off the screen."""
+    print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+    sys.exit(1)
+
+
+def stopped_run_errors() -> tuple[type[Exception], ...]:
+    """The errors exit_on_stopped_run reports (imported when a run starts, not with absl)."""
+    from mtcolor.data import bad_inputs
+    from mtcolor.train import checkpointing, loop
+
+    return (
+        checkpointing.NoIntactCheckpointError,
+        loop.NonFiniteLossError,
+        bad_inputs.TooManyBadInputsError,
+    )
+
+
 def exit_on_config_problems(config) -> None:
     """Checks the whole config before any work; on problems prints one line each to stderr and
     exits with status 2 (no traceback, nothing written)."""
@@ -114,5 +135,7 @@ def run(experiment: str) -> None:
             loop.train_and_evaluate(config, flags.FLAGS.workdir)
         except validation.ConfigError as error:  # what only the data shows (the class count)
             exit_on_problems(error.problems, "the config")
+        except stopped_run_errors() as error:
+            exit_on_stopped_run(error)
 
     app.run(main, flags_parser=_parse_flags)
