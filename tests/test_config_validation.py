@@ -238,6 +238,44 @@ def test_unknown_fields_are_named_with_a_suggestion(tmp_path):
     assert not workdir.exists()
 
 
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        ([], "--workdir: required (Output directory (re-use it to resume).)"),
+        (
+            ["--workdir=W", "--wrokdir=W"],
+            "Unknown command line flag 'wrokdir'. Did you mean: workdir ?",
+        ),
+        (
+            ["--workdir=W", "--config=experiments/configs/nope.py", "--config.seed=1"],
+            "--config=experiments/configs/nope.py: the config file does not load ([Errno 2] No "
+            "such file or directory: 'experiments/configs/nope.py')",
+        ),
+        # Without --config the default file loads when the flag is defined, overrides applied.
+        (
+            ["--workdir=W", "--config.trian=1"],
+            "--config.trian=1: config has no field 'trian' (did you mean 'config.train'?)",
+        ),
+    ],
+    ids=["no_workdir", "unknown_flag", "no_config_file", "mistyped_override_of_default_config"],
+)
+def test_command_line_mistakes_give_one_line_each(argv, line, tmp_path):
+    """What a newcomer mistypes first (before: absl's and config_flags' tracebacks, exit 1)."""
+    argv = [a.replace("=W", f"={tmp_path / 'run'}") for a in argv]
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.multitask", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert [x.strip() for x in proc.stderr.splitlines() if x.startswith("  ")] == [line]
+    assert not (tmp_path / "run").exists()
+
+
 def test_evaluate_and_report_check_their_arguments(tmp_path):
     from experiments import evaluate, report
 

@@ -1,6 +1,10 @@
-"""The library example of docs/library-example.md runs and trains its own head and weight."""
+"""The library example of docs/library-example.md runs as its docs run it (its command line) and
+trains its own head and weight."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -8,13 +12,35 @@ from experiments.configs import tiny
 from experiments.examples import extra_head
 from mtcolor.train import checkpointing
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def test_extra_head_example_trains_through_the_shared_loop(tmp_path):
+    overrides = [
+        "--config.train.frozen_epochs=0",
+        "--config.train.unfrozen_epochs=1",
+        "--config.train.log_every_steps=3",
+    ]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.examples.extra_head",
+            "--config=experiments/configs/tiny.py",
+            f"--workdir={tmp_path}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    # Exit status 0 (before: 1, absl's app.run passed the returned summary to sys.exit).
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Result (validation, step 3)" in proc.stdout
     config = tiny.get_config()
-    config.train.frozen_epochs = 0
-    config.train.unfrozen_epochs = 1
-    config.train.log_every_steps = 3
-    summary = extra_head.train(config, str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 3
     assert {"accuracy", "l1", "loss_cls"} <= summary["final"]["val"].keys()
     # The task's weight, as the trainer logged it (the config's cls_weight is the paper's).

@@ -35,9 +35,8 @@ def train(config, workdir: str) -> dict:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
+    from mtcolor.train import cli
 
-    config_flags.DEFINE_config_file("config", "experiments/configs/demo.py", lock_config=False)
-    flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-    app.run(lambda argv: train(flags.FLAGS.config, flags.FLAGS.workdir))
+    # The paper's entry points' command line: --config, --workdir, every --config.<option> checked
+    # before any work, one-line errors.
+    cli.run("multitask", tasks_from_config=pooled_head_tasks)

@@ -1,6 +1,9 @@
 """Command-line entry for experiments/{multitask,colorization,classification}.py."""
 
+import importlib.util
 import logging
+import os
+import re
 import sys
 
 from absl import app, flags
@@ -95,27 +98,81 @@ def _config_override_problems(config, argv) -> list[str]:
     return problems
 
 
+def _flag_error_problems(error: flags.Error) -> list[str]:
+    """absl's flag errors (a required flag left out, an unknown flag, a config file that does not
+    load) as problem lines; a required flag reads ``--workdir: required (...)``."""
+    required = re.fullmatch(
+        r"flag --(\w+)=None: Flag --\w+ must have a value other than None\.", str(error)
+    )
+    if required:
+        name = required.group(1)
+        return [f"--{name}: required ({flags.FLAGS[name].help})"]
+    return [line for line in str(error).splitlines() if line.strip()]
+
+
+DEFAULT_CONFIG = "experiments/configs/demo.py"
+
+
+def _check_overrides_of_the_default_config(argv) -> None:
+    """Without --config, config_flags loads DEFAULT_CONFIG as soon as the flag is defined and
+    applies the --config.<path> overrides then and there, a mistyped one raising KeyError (a
+    traceback before _parse_flags could name it): they are checked against that file first."""
+    if any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
+        return
+    if not any(a.startswith("--config.") for a in argv[1:]) or not os.path.isfile(DEFAULT_CONFIG):
+        return
+    spec = importlib.util.spec_from_file_location("mtcolor_default_config", DEFAULT_CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    exit_on_problems(_config_override_problems(module.get_config(), argv), "the command line")
+
+
+def _loaded_config():
+    """The parsed --config; a file that does not exist ends with one problem line (config_flags
+    loads it lazily, on first use, and would raise OSError there). Errors inside a config file's
+    own code keep their traceback: they are the user's code."""
+    try:
+        flags.FLAGS.config.keys()
+    except OSError as error:
+        filename = config_flags.get_config_filename(flags.FLAGS["config"])
+        reason = [line.strip() for line in str(error).splitlines() if line.strip()][-1]
+        exit_on_problems(
+            [f"--config={filename}: the config file does not load ({reason})"], "the command line"
+        )
+    return flags.FLAGS.config
+
+
 def _parse_flags(argv):
     """absl's parse, after checking every --config.<path> override names a field: ml_collections
-    would stop at the first unknown one with a KeyError traceback."""
+    would stop at the first unknown one with a KeyError traceback. Flag errors end with one line
+    each and exit status 2, like every other problem of the command line (absl's own parser would
+    be bypassed by this one and print a traceback)."""
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    if overrides:
-        # config_flags reads the overrides from sys.argv too: hide them while the file loads.
-        full_argv, sys.argv = sys.argv, [a for a in sys.argv if a not in overrides]
-        try:
-            flags.FLAGS([a for a in argv if a not in overrides])
-        finally:
-            sys.argv = full_argv
-        exit_on_problems(_config_override_problems(flags.FLAGS.config, argv), "the command line")
-        flags.FLAGS.unparse_flags()
-    return flags.FLAGS(argv)
+    try:
+        if overrides:
+            # config_flags reads the overrides from sys.argv too: hide them while the file loads.
+            full_argv, sys.argv = sys.argv, [a for a in sys.argv if a not in overrides]
+            try:
+                flags.FLAGS([a for a in argv if a not in overrides])
+            finally:
+                sys.argv = full_argv
+            exit_on_problems(_config_override_problems(_loaded_config(), argv), "the command line")
+            flags.FLAGS.unparse_flags()
+        rest = flags.FLAGS(argv)
+    except flags.Error as error:
+        exit_on_problems(_flag_error_problems(error), "the command line")
+    _loaded_config()
+    return rest
 
 
-def run(experiment: str) -> None:
+def run(experiment: str, *, tasks_from_config=None) -> None:
     """``python -m experiments.<experiment> --config=... --workdir=...``; the entry point's
-    experiment overrides config.experiment."""
+    experiment overrides config.experiment. ``tasks_from_config(config)``, if given, returns the
+    task tuple to train instead of the experiment's (an entry point of one's own, e.g.
+    experiments/examples/extra_head.py), with the same flags, checks and errors."""
+    _check_overrides_of_the_default_config(sys.argv)
     config_flags.DEFINE_config_file(
-        "config", "experiments/configs/demo.py", "Training config file.", lock_config=False
+        "config", DEFAULT_CONFIG, "Training config file.", lock_config=False
     )
     flags.DEFINE_string("workdir", None, "Output directory (re-use it to resume).")
     flags.mark_flags_as_required(["workdir"])
@@ -131,8 +188,9 @@ def run(experiment: str) -> None:
         exit_on_config_problems(config)
         from mtcolor.train import validation
 
+        tasks = tasks_from_config(config) if tasks_from_config is not None else None
         try:
-            loop.train_and_evaluate(config, flags.FLAGS.workdir)
+            loop.train_and_evaluate(config, flags.FLAGS.workdir, tasks=tasks)
         except validation.ConfigError as error:  # what only the data shows (the class count)
             exit_on_problems(error.problems, "the config")
         except stopped_run_errors() as error:
