@@ -1,20 +1,16 @@
 """A run whose newest checkpoint was damaged after it was written resumes from the newest intact
 one; the damaged one is kept aside, nothing is deleted."""
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from entry_points import run_module
 from PIL import Image
 
 from experiments.configs import tiny
 from mtcolor.train import checkpointing, loop
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(max_steps_per_run=None):
@@ -78,17 +74,6 @@ def test_no_intact_checkpoint_names_every_one_and_changes_nothing(stopped_run, t
     assert not Path(checkpointing.damaged_dir(str(workdir))).exists()
 
 
-def _run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    )
-
-
 def test_damaged_checkpoints_stop_the_commands_with_one_error_each(stopped_run, tmp_path):
     """As a user meets them on the command line: colorize refuses a damaged checkpoint in one
     line naming it, the truncated file and the run's other checkpoints (exit 2); training with
@@ -101,7 +86,7 @@ def test_damaged_checkpoints_stop_the_commands_with_one_error_each(stopped_run, 
     photo = tmp_path / "photo.png"
     Image.fromarray(np.full((40, 48, 3), (200, 40, 90), np.uint8)).save(photo)
 
-    colorize = _run(
+    colorize = run_module(
         "mtcolor.colorize", str(photo), f"--checkpoint={workdir}", f"--out={tmp_path / 'out'}"
     )
     assert colorize.returncode == 2, colorize.stderr[-3000:]
@@ -112,7 +97,7 @@ def test_damaged_checkpoints_stop_the_commands_with_one_error_each(stopped_run, 
     assert problems[0].endswith(f"the other checkpoints in {checkpoints}: [2]")
 
     _damage(checkpoints / "2")
-    train = _run(
+    train = run_module(
         "experiments.multitask", "--config=experiments/configs/tiny.py", f"--workdir={workdir}"
     )
     assert train.returncode == 1, train.stderr[-3000:]

@@ -1,16 +1,11 @@
 """The whole config is checked before any work: every problem at once, one line each naming the
 field, exit status 2, no traceback, nothing written (mtcolor.train.validation)."""
 
-import os
-import subprocess
-import sys
-
 import pytest
+from entry_points import run_module
 
 from experiments.configs import demo, paper, tiny
 from mtcolor.train import validation
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (command-line override on the tiny config, the field its message must name). The first five are
 # what a user tried (issue 12); each names the field it breaks.
@@ -47,20 +42,11 @@ BAD_OVERRIDES = [
 
 def _entry_point(tmp_path, *overrides):
     workdir = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.multitask",
-            "--config=experiments/configs/tiny.py",
-            f"--workdir={workdir}",
-            *overrides,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    proc = run_module(
+        "experiments.multitask",
+        "--config=experiments/configs/tiny.py",
+        f"--workdir={workdir}",
+        *overrides,
     )
     return proc, workdir
 
@@ -262,14 +248,7 @@ def test_unknown_fields_are_named_with_a_suggestion(tmp_path):
 def test_command_line_mistakes_give_one_line_each(argv, line, tmp_path):
     """What a newcomer mistypes first (before: absl's and config_flags' tracebacks, exit 1)."""
     argv = [a.replace("=W", f"={tmp_path / 'run'}") for a in argv]
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.multitask", *argv],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    )
+    proc = run_module("experiments.multitask", *argv)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert [x.strip() for x in proc.stderr.splitlines() if x.startswith("  ")] == [line]

@@ -7,17 +7,13 @@ the training loop itself logged for the same checkpoint (a separate code path).
 
 import csv
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from entry_points import run_module
 from PIL import Image
 
 from mtcolor.eval import evaluate, frechet, report
-
-REPO = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +66,7 @@ def test_evaluate_with_grain_workers_ends_without_leaking_shared_memory(tiny_run
     config = json.loads((copy / "config.json").read_text())
     config["data"]["worker_count"] = 2
     (copy / "config.json").write_text(json.dumps(config))
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.evaluate", f"--workdir={copy}", "--nofrechet"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_module("experiments.evaluate", f"--workdir={copy}", "--nofrechet")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "leaked shared_memory" not in proc.stderr, proc.stderr[-3000:]
     assert "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
@@ -104,22 +94,8 @@ def test_colorize_cli_on_real_run(tiny_run, tmp_path):
     Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)).save(photos / "a.jpg")
     Image.fromarray(rng.integers(0, 256, (50, 40), dtype=np.uint8), "L").save(photos / "b.png")
     (photos / "broken.png").write_bytes(b"\x89PNG not really")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mtcolor.colorize",
-            str(photos),
-            "--checkpoint",
-            str(tiny_run),
-            "--out",
-            str(tmp_path / "out"),
-            "--compare",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = run_module(
+        "mtcolor.colorize", photos, "--checkpoint", tiny_run, "--out", tmp_path / "out", "--compare"
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "skipped" in out.stderr and "broken.png" in out.stderr

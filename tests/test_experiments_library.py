@@ -2,17 +2,13 @@
 trains its own head and weight."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
+from entry_points import run_module
 
 from experiments.configs import tiny
 from experiments.examples import extra_head
 from mtcolor.train import checkpointing
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_extra_head_example_trains_through_the_shared_loop(tmp_path):
@@ -21,20 +17,11 @@ def test_extra_head_example_trains_through_the_shared_loop(tmp_path):
         "--config.train.unfrozen_epochs=1",
         "--config.train.log_every_steps=3",
     ]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.examples.extra_head",
-            "--config=experiments/configs/tiny.py",
-            f"--workdir={tmp_path}",
-            *overrides,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    proc = run_module(
+        "experiments.examples.extra_head",
+        "--config=experiments/configs/tiny.py",
+        f"--workdir={tmp_path}",
+        *overrides,
     )
     # Exit status 0 (before: 1, absl's app.run passed the returned summary to sys.exit).
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -2,12 +2,11 @@
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from entry_points import run_module
 from PIL import Image
 
 from mtcolor.eval import report
@@ -147,22 +146,14 @@ def test_figure_two_grid_rows(tmp_path):
 
 def test_experiments_report_main(three_runs):
     root, _ = three_runs
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.report",
-            "--workdirs",
-            str(root / "cls"),
-            str(root / "mt"),
-            "--out",
-            str(root / "rep"),
-            "--nofig2",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).parents[1],
-        timeout=120,
+    out = run_module(
+        "experiments.report",
+        "--workdirs",
+        root / "cls",
+        root / "mt",
+        "--out",
+        root / "rep",
+        "--nofig2",
     )
     assert out.returncode == 0, out.stderr
     assert "MISSING" in out.stdout and (root / "rep" / "table1.md").exists()
