@@ -1,6 +1,7 @@
 """A run whose newest checkpoint was damaged after it was written resumes from the newest intact
 one; the damaged one is kept aside, nothing is deleted."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from entry_points import run_module
 from PIL import Image
 
 from experiments.configs import tiny
-from mtcolor.train import checkpointing, loop
+from mtcolor.train import checkpointing, loop, run_record
 
 
 def _config(max_steps_per_run=None):
@@ -111,3 +112,31 @@ def test_damaged_checkpoints_stop_the_commands_with_one_error_each(stopped_run, 
         assert "never retrieved" not in output
         assert len(output) < 10_000
     assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ["2", "4"]
+
+
+def test_damaged_run_records_are_named_and_rewritten(stopped_run, tmp_path, caplog):
+    """best.json and config.json cut off (a copy interrupted, a full disk): the resume names each
+    in a warning, trains on and writes both again (before: a JSONDecodeError traceback)."""
+    workdir = _copy(stopped_run, tmp_path)
+    for name in ("best.json", "config.json"):
+        text = (workdir / name).read_text()
+        (workdir / name).write_text(text[: len(text) // 2])
+    with caplog.at_level("WARNING"):
+        summary = loop.train_and_evaluate(_config(), str(workdir))
+    assert summary["steps"] == 6 and summary["steps_this_run"] == 2
+    warnings = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert f"{workdir / 'best.json'} does not parse" in warnings
+    assert f"{workdir / 'config.json'} does not parse" in warnings
+    assert json.loads((workdir / "config.json").read_text())["experiment"] == "multitask"
+    assert json.loads((workdir / "best.json").read_text())["metric"] == "accuracy"
+
+
+def test_run_records_are_replaced_whole_or_not_at_all(tmp_path):
+    """A write that fails halfway (here: a value JSON cannot hold, after the first key) leaves the
+    previous file as it was, and no partial file."""
+    path = tmp_path / "best.json"
+    run_record.write_json(str(path), {"step": 2})
+    with pytest.raises(TypeError):
+        run_record.write_json(str(path), {"step": 4, "val": object()})
+    assert json.loads(path.read_text()) == {"step": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json"]

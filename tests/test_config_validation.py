@@ -272,6 +272,11 @@ def test_evaluate_and_report_check_their_arguments(tmp_path):
     assert evaluate.argument_problems(str(tmp_path), "val", "best", None) == [
         f"--workdir={str(tmp_path)!r}: not a training run (no config.json or checkpoints in it)"
     ]
+    (run / "config.json").write_text('{"experiment": "multi')  # cut off
+    assert [p.split(" (")[0] for p in evaluate.argument_problems(str(run), "val", None, None)] == [
+        f"--workdir={str(run)!r}: its config.json does not parse"
+    ]
+    (run / "config.json").write_text("{}")
     (tmp_path / "out.txt").write_text("")
     problems = report.argument_problems(
         [str(run), str(tmp_path / "nope")], str(tmp_path / "out.txt"), 0

@@ -44,11 +44,10 @@ def flat_hparams(tree: dict) -> dict:
 def saved_config_changes(workdir: str, config) -> list[tuple[str, object, object]]:
     """(option, the value in workdir/config.json, this run's) for each option that differs: what
     a resume changes. Empty for a new run directory."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    saved = _read_json_record(os.path.join(workdir, "config.json"), "is rewritten once resumed")
+    if saved is None:
         return []
-    with open(path, encoding="utf-8") as f:
-        saved = flat_config(json.load(f))
+    saved = flat_config(saved)
     now = flat_config(json_ready(config))
     missing = "(absent)"
     return [
@@ -90,8 +89,30 @@ def write_config(workdir: str, config, changes, resumed_step: int | None) -> Non
 
 
 def write_json(path: str, tree, **dump_options) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(tree, f, **dump_options)
+    """Writes ``path`` whole or not at all (a temporary file renamed over it): a run killed while
+    writing leaves the previous file, not a truncated one that its resume could not read."""
+    partial = f"{path}.partial"
+    try:
+        with open(partial, "w", encoding="utf-8") as f:
+            json.dump(tree, f, **dump_options)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def _read_json_record(path: str, what_then: str):
+    """The JSON in ``path``, or None if there is none or it does not parse (a file damaged
+    outside the run; write_json never leaves one half-written): a warning names it and says what
+    happens instead (``what_then``), and the run goes on."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        logging.warning("%s does not parse (%s); it %s", path, error, what_then)
+        return None
 
 
 def write_summary(
@@ -156,8 +177,8 @@ def early_stopping_summary(state) -> dict | None:
 
 def read_best(workdir):
     """best.json of an earlier invocation of this run (resume), or None."""
-    path = os.path.join(workdir, "best.json")
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return _read_json_record(
+        os.path.join(workdir, "best.json"),
+        "is written again at the next validation (checkpoints_best/ keeps the best model by the "
+        "values orbax saved with it)",
+    )

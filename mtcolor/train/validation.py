@@ -13,6 +13,7 @@ devices, at least one step) that a schema would need custom code for anyway.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterable
@@ -419,6 +420,11 @@ def run_directory_problems(
         return [
             f"--{argument}={path!r}: not a training run (no {' or '.join(missing)} in it)"
         ] + problems
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            json.load(f)  # the run's model is built from it
+    except (OSError, ValueError) as error:
+        problems.append(f"--{argument}={path!r}: its config.json does not parse ({error})")
     if step == "best":
         where = os.path.join(path, "checkpoints_best")
         if not (os.path.isdir(where) and os.listdir(where)):
