@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from skimage.color import rgb2lab
 
-from mtcolor import colorize
+from mtcolor import colorize, full_resolution
 
 # 8-bit output: half a code value in R, G, B moves L by up to ~0.2 in mid-dark tones (measured
 # max 0.21 on random colours), so "equal to within rounding" means max |dL| < 0.3, mean < 0.1.
@@ -213,10 +213,10 @@ def test_a_decompression_bomb_is_refused_and_the_photos_come_out(tmp_path, tiny_
 def test_bands_equal_the_whole_resize():
     """Row bands of the upsampled ab (Pillow's resize with a box) equal the rows of one resize."""
     small = np.random.default_rng(4).uniform(-1, 1, (32, 32)).astype(np.float32)
-    whole = colorize._resize_channel(small, (300, 200))
+    whole = full_resolution.resize_channel(small, (300, 200))
     bands = np.concatenate(
         [
-            colorize._resize_rows(small, 300, 200, start, min(start + 37, 200))
+            full_resolution.resize_rows(small, 300, 200, start, min(start + 37, 200))
             for start in range(0, 200, 37)
         ]
     )
