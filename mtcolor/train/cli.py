@@ -99,8 +99,8 @@ def _config_override_problems(config, argv) -> list[str]:
 
 
 def _flag_error_problems(error: flags.Error) -> list[str]:
-    """absl's flag errors (a required flag left out, an unknown flag, a config file that does not
-    load) as problem lines; a required flag reads ``--workdir: required (...)``."""
+    """absl's flag errors (a required flag left out, an unknown flag, a value of the wrong type) as
+    problem lines; a required flag reads ``--workdir: required (...)``."""
     required = re.fullmatch(
         r"flag --(\w+)=None: Flag --\w+ must have a value other than None\.", str(error)
     )
