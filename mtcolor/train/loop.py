@@ -210,11 +210,11 @@ def train_and_evaluate(config, workdir: str, *, tasks=None, model=None, data=Non
     pending_batch = next(train_iter) if step < schedule.stop_at else None
     ahead = compile_steps_ahead(fns, state, pending_batch, mesh, schedule)
 
-    from clu import periodic_actions  # imports TensorFlow
-
     from mtcolor.train import writers
 
     writer = writers.create_writer(workdir, is_main_process=is_main)
+    from clu import periodic_actions  # imports TensorFlow, as create_writer did, quietly
+
     if resumed_step is None:
         writer.write_hparams(run_record.flat_hparams(run_record.json_ready(config)))
     report_progress = periodic_actions.ReportProgress(

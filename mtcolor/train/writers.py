@@ -80,6 +80,10 @@ def create_writer(workdir: str, *, is_main_process: bool = True):
     """clu MultiWriter: clu's default writer at workdir/tensorboard (console + event files) and
     the JSONL writer at workdir/scalars.jsonl. Other processes of a multi-host run write nothing
     (every process computes the same replicated metrics; one copy is enough)."""
+    # TensorFlow only writes event files here: its oneDNN kernels never run, and with them off it
+    # does not print "oneDNN custom operations are on. You may see slightly different numerical
+    # results ..." (twice, at import) at the start of every run. A user's own setting wins.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     from clu import metric_writers  # imports TensorFlow
 
     metric_writers.MetricWriter.register(JsonlScalarWriter)
