@@ -25,7 +25,9 @@ class _DropInfoFrom(logging.Filter):
 def quiet_library_logs():
     from absl import logging as absl_logging
 
-    absl_logging.get_absl_handler().addFilter(_DropInfoFrom("orbax", "grain"))
+    # orbax logs every file it writes, grain its workers, JAX that it found no TPU on a CPU or GPU
+    # machine; their warnings and errors still show.
+    absl_logging.get_absl_handler().addFilter(_DropInfoFrom("orbax", "grain", "jax"))
 
 
 def exit_on_problems(problems: list[str], subject: str) -> None:
