@@ -292,6 +292,10 @@ def _unwrap_checkpoint(obj, path) -> dict:
     return dict(obj)
 
 
+PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")  # torch.save files, by the names they go by
+WEIGHTS_FILE_SUFFIXES = PTH_SUFFIXES + (".safetensors", ".npz")
+
+
 def read_state_dict(path) -> dict[str, np.ndarray]:
     """{name: numpy array} from a `.pth` (torch zip or legacy format, read without torch through
     a restricted unpickler: a file that wants to run code raises `UnsafeWeightsFileError` naming
@@ -300,7 +304,7 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix in (".pth", ".pt", ".bin", ".ckpt"):
+    if suffix in PTH_SUFFIXES:
         return _read_pth(path)
     if suffix == ".safetensors":
         import safetensors.numpy
@@ -316,5 +320,6 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
         except Exception as e:
             raise WeightsFileFormatError(f"{path}: cannot read npz file: {e}") from e
     raise WeightsFileFormatError(
-        f"{path}: unknown weights format '{suffix}' (expected .pth/.pt, .safetensors or .npz)"
+        f"{path}: unknown weights format '{suffix}' (expected one of "
+        f"{', '.join(WEIGHTS_FILE_SUFFIXES)})"
     )

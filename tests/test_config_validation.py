@@ -1,6 +1,7 @@
 """The whole config is checked before any work: every problem at once, one line each naming the
 field, exit status 2, no traceback, nothing written (mtcolor.train.validation)."""
 
+import numpy as np
 import pytest
 from entry_points import run_module
 
@@ -132,6 +133,32 @@ def test_folder_roots_must_exist(tmp_path):
     ]
     (tmp_path / "missing").mkdir()
     assert validation.config_problems(config) == []
+
+
+def test_pretrained_weights_that_cannot_fit_stop_with_one_problem_each(tmp_path):
+    """A file that is no weights file by its name is refused with the config; one whose contents
+    do not fit ResNet-18 stops before any training, naming the option and listing the keys, exit
+    2, no traceback. torchvision's ResNet-18 body has 100 keys (conv1, bn1's 4, 8 blocks of 10, 3
+    downsamples of 5; fc and num_batches_tracked are not read): conv1 alone misses 99."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\n")
+    config = tiny.get_config()
+    config.model.pretrained = str(labels)
+    assert validation.config_problems(config) == [
+        f"--config.model.pretrained='{labels}': must be None, \"torchvision\" or the path of an "
+        "existing weights file (.pth, .pt, .bin, .ckpt, .safetensors, .npz)"
+    ]
+    wrong = tmp_path / "resnet18.npz"
+    np.savez(wrong, **{"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)})
+    proc, _ = _entry_point(tmp_path, f"--config.model.pretrained={wrong}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("  ")]
+    assert lines[0] == (
+        f"  --config.model.pretrained='{wrong}': ResNet-18 weights do not match in {wrong}: "
+        "99 missing, 0 unexpected, 0 shape mismatches."
+    )
+    assert lines[1].startswith("    Missing keys: bn1.weight, bn1.bias, bn1.running_mean")
 
 
 def _stopped_folder_run(tmp_path, train_root, val_root, starts: str):

@@ -35,8 +35,10 @@ def exit_on_problems(problems: list[str], subject: str) -> None:
     then one line each naming the field or argument, on stderr; exit status 2, no traceback."""
     if problems:
         print(f"error: {subject} has {len(problems)} problem(s):", file=sys.stderr)
-        for line in problems:
-            print(f"  {line}", file=sys.stderr)
+        for problem in problems:
+            # A problem of several lines (a weights file's missing and unexpected keys) stays
+            # indented under its first.
+            print("  " + str(problem).replace("\n", "\n    "), file=sys.stderr)
         sys.exit(2)
 
 
@@ -58,6 +60,19 @@ def stopped_run_errors() -> tuple[type[Exception], ...]:
         checkpointing.NoIntactCheckpointError,
         loop.NonFiniteLossError,
         bad_inputs.TooManyBadInputsError,
+    )
+
+
+def weights_file_errors() -> tuple[type[Exception], ...]:
+    """What reading config.model.pretrained's file can raise about its contents (a file that
+    exists and has a weights suffix, checked with the config): not a weights file, code in its
+    pickle, keys or shapes that do not fit ResNet-18 (each listed)."""
+    from mtcolor import weights
+
+    return (
+        weights.WeightsFileFormatError,
+        weights.UnsafeWeightsFileError,
+        weights.WeightsMismatchError,
     )
 
 
@@ -197,5 +212,8 @@ def run(experiment: str, *, tasks_from_config=None) -> None:
             exit_on_problems(error.problems, "the config")
         except stopped_run_errors() as error:
             exit_on_stopped_run(error)
+        except weights_file_errors() as error:
+            pretrained = f"--config.model.pretrained={config.model.pretrained!r}"
+            exit_on_problems([f"{pretrained}: {error}"], "the config")
 
     app.run(main, flags_parser=_parse_flags)

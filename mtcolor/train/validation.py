@@ -19,6 +19,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from mtcolor.state_dict_files import WEIGHTS_FILE_SUFFIXES
+
 _MISSING = object()
 
 
@@ -239,13 +241,16 @@ def _check_model(c: _Checks) -> None:
     c.one_of("model.decoder", DECODERS)
     c.one_of("model.dtype", tuple(COMPUTE_DTYPES))
     pretrained = c.value("model.pretrained")
-    if pretrained not in (None, _MISSING, "torchvision") and not os.path.isfile(
-        os.path.expanduser(str(pretrained))
+    if pretrained not in (None, _MISSING, "torchvision") and not (
+        os.path.isfile(os.path.expanduser(str(pretrained)))
+        and os.path.splitext(str(pretrained))[1].lower() in WEIGHTS_FILE_SUFFIXES
     ):
         c.problem(
             "model.pretrained",
             pretrained,
-            'must be None, "torchvision" or the path of an existing .pth/.safetensors file',
+            'must be None, "torchvision" or the path of an existing weights file ('
+            + ", ".join(WEIGHTS_FILE_SUFFIXES)
+            + ")",
         )
     synthetic_classes = c.value("data.synthetic.num_classes")
     num_classes = c.value("model.num_classes")
