@@ -23,6 +23,10 @@ __all__ = [
 ]
 
 
+class DownloadHashError(ValueError):
+    """A downloaded file's sha256 does not start with the prefix its name carries (deleted)."""
+
+
 class WeightsNotAvailableError(FileNotFoundError):
     """A published weights file is neither in the hub cache nor downloadable (e.g. offline)."""
 
@@ -75,7 +79,7 @@ def download_checked(url: str, directory, *, urlopen=None, timeout: float = 60.0
                 digest.update(chunk)
                 out.write(chunk)
         if not digest.hexdigest().startswith(prefix):
-            raise ValueError(
+            raise DownloadHashError(
                 f"downloaded {url} has sha256 {digest.hexdigest()}, which does not start with "
                 f"the '{prefix}' in its name; the file was deleted"
             )

@@ -63,16 +63,19 @@ def stopped_run_errors() -> tuple[type[Exception], ...]:
     )
 
 
-def weights_file_errors() -> tuple[type[Exception], ...]:
-    """What reading config.model.pretrained's file can raise about its contents (a file that
-    exists and has a weights suffix, checked with the config): not a weights file, code in its
-    pickle, keys or shapes that do not fit ResNet-18 (each listed)."""
-    from mtcolor import weights
+def pretrained_weights_errors() -> tuple[type[Exception], ...]:
+    """What loading config.model.pretrained can raise that the config check cannot see: a file
+    (existing, with a weights suffix) that is no weights file, has code in its pickle, or whose
+    keys or shapes do not fit ResNet-18 (each listed); "torchvision" weights neither in the torch
+    hub cache nor downloadable, or downloaded with the wrong hash."""
+    from mtcolor import hub, weights
 
     return (
         weights.WeightsFileFormatError,
         weights.UnsafeWeightsFileError,
         weights.WeightsMismatchError,
+        hub.WeightsNotAvailableError,
+        hub.DownloadHashError,
     )
 
 
@@ -212,7 +215,7 @@ def run(experiment: str, *, tasks_from_config=None) -> None:
             exit_on_problems(error.problems, "the config")
         except stopped_run_errors() as error:
             exit_on_stopped_run(error)
-        except weights_file_errors() as error:
+        except pretrained_weights_errors() as error:
             pretrained = f"--config.model.pretrained={config.model.pretrained!r}"
             exit_on_problems([f"{pretrained}: {error}"], "the config")
 
