@@ -9,9 +9,12 @@ output in <root>/<variant>/seed<k>/log.txt). Writes <root>/compare.md, .csv, .js
 val_curves.png and task_weights.png. See docs/compare.md.
 """
 
+import os
+
 from absl import app, flags, logging
 
-from mtcolor.eval.study import run_study
+from mtcolor.eval.study import load_study, run_study
+from mtcolor.train.cli import exit_on_problems
 
 _STUDY = flags.DEFINE_string("study", None, "Study file (a Python module with get_study()).")
 _ROOT = flags.DEFINE_string("root", None, "Directory of the study's runs and outputs.")
@@ -36,15 +39,41 @@ _EVALUATE = flags.DEFINE_bool("evaluate", True, "Evaluate the runs (--noevaluate
 flags.mark_flags_as_required(["study", "root"])
 
 
+def argument_problems(study_path: str, seeds, only, overrides) -> list[str]:
+    """The command line's problems, one line each, before any run is read or trained."""
+    problems = []
+    names = None
+    if not os.path.isfile(study_path):
+        problems.append(f"--study={study_path!r}: no such file")
+    else:
+        try:
+            names = [variant["name"] for variant in load_study(study_path)["variants"]]
+        except (ValueError, KeyError, AttributeError) as error:  # the study file's own mistakes
+            problems.append(f"--study={study_path!r}: {type(error).__name__}: {error}")
+    if seeds is not None and seeds < 1:
+        problems.append(f"--seeds={seeds}: must be at least 1")
+    unknown = [name for name in only or () if names is not None and name not in names]
+    if unknown:
+        problems.append(f"--only={','.join(only)}: no variant {unknown} (the study has {names})")
+    problems += [
+        f"--override={item!r}: must be KEY=VALUE (e.g. data.folder.train_root=/data/train)"
+        for item in overrides
+        if "=" not in item
+    ]
+    return problems
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
+    exit_on_problems(
+        argument_problems(_STUDY.value, _SEEDS.value, _ONLY.value, _OVERRIDE.value),
+        "the command line",
+    )
     extra = {}
     for item in _OVERRIDE.value:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise app.UsageError(f"--override wants KEY=VALUE, got {item!r}")
+        key, _, value = item.partition("=")
         extra[key.removeprefix("config.")] = value
     files = run_study(
         _STUDY.value,

@@ -313,3 +313,20 @@ def test_evaluate_and_report_check_their_arguments(tmp_path):
         f"--out={str(tmp_path / 'out.txt')!r}",
         "--num_images=0",
     ]
+
+
+def test_compare_checks_its_arguments(tmp_path):
+    from experiments import compare
+
+    study = "experiments/configs/study_tiny.py"
+    assert compare.argument_problems(study, 2, ["paper"], ["data.image_size=64"]) == []
+    assert compare.argument_problems(str(tmp_path / "nope.py"), None, None, []) == [
+        f"--study={str(tmp_path / 'nope.py')!r}: no such file"
+    ]
+    problems = compare.argument_problems(study, 0, ["paper", "foo"], ["seed"])
+    assert [p.split(":")[0] for p in problems] == [
+        "--seeds=0",
+        "--only=paper,foo",
+        "--override='seed'",
+    ]
+    assert "no variant ['foo']" in problems[1]
