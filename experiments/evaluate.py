@@ -13,7 +13,7 @@ import os
 from absl import app, flags, logging
 
 from mtcolor.eval.evaluate import evaluate_workdir, results_markdown
-from mtcolor.train.checkpointing import UnreadableCheckpointError
+from mtcolor.train.checkpointing import ModelMismatchError, UnreadableCheckpointError
 from mtcolor.train.cli import exit_on_problems
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run directory.")
@@ -64,7 +64,7 @@ def main(argv):
             fid_weights=_FID_WEIGHTS.value,
             frechet_features=_FRECHET.value,
         )
-    except UnreadableCheckpointError as error:
+    except (UnreadableCheckpointError, ModelMismatchError) as error:
         exit_on_problems([f"--workdir={_WORKDIR.value!r}: {error}"], "the command line")
     print(results_markdown(result))
     # The metrics as JSON without the per-class tables, which the markdown above summarises (a

@@ -297,13 +297,13 @@ def main(argv):
 
     exit_on_problems(problems, "the command line")
     step = FLAGS.step if FLAGS.step in (None, "best") else int(FLAGS.step)
-    from mtcolor.train.checkpointing import UnreadableCheckpointError
+    from mtcolor.train.checkpointing import ModelMismatchError, UnreadableCheckpointError
 
     try:
         colorizer = PhotoColorizer.from_workdir(
             FLAGS.checkpoint, step=step, batch_size=FLAGS.batch_size
         )
-    except UnreadableCheckpointError as error:
+    except (UnreadableCheckpointError, ModelMismatchError) as error:
         exit_on_problems([f"--checkpoint={FLAGS.checkpoint!r}: {error}"], "the command line")
     written, skipped = colorize_files(
         colorizer, inputs, FLAGS.out, compare=FLAGS.compare, max_pixels=FLAGS.max_pixels or None

@@ -4,6 +4,7 @@ trains its own head and weight."""
 import json
 
 import numpy as np
+import pytest
 from entry_points import run_module
 
 from experiments.configs import tiny
@@ -38,6 +39,14 @@ def test_extra_head_example_trains_through_the_shared_loop(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "scalars.jsonl")]
     weights = {r["train/weight_classification"] for r in rows if "train/weight_classification" in r}
     assert weights == {3.0}
+    # Without its tasks the run's config.json builds the paper's head: refused, naming the arrays
+    # (before: flax's shape error inside the first prediction).
+    with pytest.raises(checkpointing.ModelMismatchError) as error:
+        checkpointing.load_for_inference(str(tmp_path))
+    assert (
+        "params/head/fc1/kernel: the checkpoint has (512, 256), the config's model (512, 1000)"
+        in (str(error.value))
+    )
     _, model, variables = checkpointing.load_for_inference(
         str(tmp_path), tasks=extra_head.pooled_head_tasks(config)
     )

@@ -27,6 +27,7 @@ import sys
 import traceback
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 STATE = "state"
@@ -294,23 +295,30 @@ def structure_mismatches(directory: str, step: int, abstract_state) -> list[str]
         metadata = ocp.StandardCheckpointHandler().metadata(
             pathlib.Path(directory) / str(step) / STATE
         )
-        saved = {
-            _path_name(p): tuple(m.shape)
-            for p, m in jax.tree_util.tree_flatten_with_path(metadata)[0]
-        }
+        saved = _shapes(metadata)
     except Exception:  # noqa: BLE001 - unreadable metadata is damage, for the restore to report
         return []
-    wanted = {
-        _path_name(p): tuple(a.shape)
-        for p, a in jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+    return _shape_mismatches(saved, _shapes(abstract_state), "this config")
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    """{"params/model/head/fc1/kernel": shape, ...} of a tree of arrays or their metadata."""
+    return {
+        _path_name(path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
     }
+
+
+def _shape_mismatches(saved: dict, wanted: dict, wanted_is: str) -> list[str]:
+    """One line per array whose presence or shape differs, the checkpoint's (``saved``) against
+    what ``wanted_is`` (e.g. "this config") builds."""
     mismatches = [
-        f"{name}: the checkpoint has {saved[name]}, this config {wanted[name]}"
+        f"{name}: the checkpoint has {saved[name]}, {wanted_is} {wanted[name]}"
         for name in sorted(saved.keys() & wanted.keys())
         if saved[name] != wanted[name]
     ]
     mismatches += [f"{name}: only in the checkpoint" for name in sorted(saved.keys() - wanted)]
-    mismatches += [f"{name}: only in this config" for name in sorted(wanted.keys() - saved)]
+    mismatches += [f"{name}: only in {wanted_is}" for name in sorted(wanted.keys() - saved)]
     return mismatches
 
 
@@ -435,6 +443,11 @@ def load_config(workdir: str):
         return ml_collections.ConfigDict(json.load(f))
 
 
+class ModelMismatchError(ValueError):
+    """A run's checkpoint holds other arrays than the model load_for_inference builds for it: it
+    was trained with tasks or a model of its own (pass them), not those its config.json names."""
+
+
 class UnreadableCheckpointError(RuntimeError):
     """The checkpoint asked for does not restore (damaged files); the message names it, why, and
     the run's other checkpoints."""
@@ -495,7 +508,8 @@ def load_for_inference(workdir: str, step=None, *, model=None, tasks=None):
     from mtcolor.train import state as state_lib
 
     config = load_config(workdir)
-    model = model if model is not None else state_lib.build_model(config, tasks)
+    custom_model = model is not None
+    model = model if custom_model else state_lib.build_model(config, tasks)
     if step == "best":
         manager = ocp.CheckpointManager(best_dir(workdir))
         chosen = manager.best_step() if manager.best_step() is not None else manager.latest_step()
@@ -516,4 +530,33 @@ def load_for_inference(workdir: str, step=None, *, model=None, tasks=None):
             "batch_stats": restored["batch_stats"]["model"],
         }
     variables = jax.device_get(variables)
+    _check_model_fits(workdir, config, model, variables, custom=tasks is not None or custom_model)
     return config, model, variables
+
+
+def _check_model_fits(workdir, config, model, variables, *, custom: bool) -> None:
+    """Raises ModelMismatchError naming the arrays that differ when ``variables`` are not the
+    variables ``model`` has (shapes from tracing its init, nothing computed): found here, not as a
+    flax shape error deep inside the first prediction."""
+    size = int(config.data.image_size)
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 1)), train=False)
+    )
+    mismatches = _shape_mismatches(
+        _shapes(variables), _shapes(abstract), "the model" if custom else "the config's model"
+    )
+    if mismatches:
+        how = (
+            "the tasks or model given here are not those it was trained with"
+            if custom
+            else "a run trained with tasks or a model of its own (train_and_evaluate(tasks=..., "
+            "model=...)) loads in Python with load_for_inference(workdir, tasks=..., model=...), "
+            "evaluate_workdir(workdir, split, tasks=...)"
+        )
+        shown = "; ".join(mismatches[:3]) + (
+            f"; ... ({len(mismatches)} in all)" if len(mismatches) > 3 else ""
+        )
+        raise ModelMismatchError(
+            f"{workdir}: its checkpoint holds other arrays than the model built for it ({shown}): "
+            f"{how}"
+        )
