@@ -31,6 +31,10 @@ from mtcolor.data import color
 PENDING_PIXEL_BUDGET = 1 << 24
 
 
+class NotAColorizerError(ValueError):
+    """The run has no colorization task (a classifier)."""
+
+
 class PhotoColorizer:
     """A trained generator applied to photos of any size (see the module docstring)."""
 
@@ -57,7 +61,7 @@ class PhotoColorizer:
         config, model, variables = load_for_inference(str(workdir), step=step)
         colorizing = [t.name for t in model.tasks if isinstance(t, tasks_lib.Colorization)]
         if not colorizing:
-            raise ValueError(
+            raise NotAColorizerError(
                 f"{workdir} is a {config.experiment!r} run: it has no colorization head "
                 f"(its tasks: {', '.join(t.name for t in model.tasks)})"
             )
@@ -303,7 +307,7 @@ def main(argv):
         colorizer = PhotoColorizer.from_workdir(
             FLAGS.checkpoint, step=step, batch_size=FLAGS.batch_size
         )
-    except (UnreadableCheckpointError, ModelMismatchError) as error:
+    except (UnreadableCheckpointError, ModelMismatchError, NotAColorizerError) as error:
         exit_on_problems([f"--checkpoint={FLAGS.checkpoint!r}: {error}"], "the command line")
     written, skipped = colorize_files(
         colorizer, inputs, FLAGS.out, compare=FLAGS.compare, max_pixels=FLAGS.max_pixels or None

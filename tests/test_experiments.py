@@ -215,6 +215,11 @@ def test_single_task_runs(experiment, tmp_path):
     out = model.apply(variables, np.zeros((1, 32, 32, 1), np.float32), train=False)
     assert list(out) == [experiment]
     assert out[experiment].shape == ((1, 32, 32, 2) if experiment == "colorization" else (1, 5))
+    if experiment == "classification":  # no colour to give: refused by name, before any photo
+        from mtcolor.colorize import NotAColorizerError, PhotoColorizer
+
+        with pytest.raises(NotAColorizerError, match="'classification' run: it has no colo"):
+            PhotoColorizer.from_workdir(tmp_path)
 
 
 def test_colorizer_trains_on_a_folder_of_photos_without_class_folders(tmp_path):
