@@ -9,11 +9,9 @@ output in <root>/<variant>/seed<k>/log.txt). Writes <root>/compare.md, .csv, .js
 val_curves.png and task_weights.png. See docs/compare.md.
 """
 
-import os
-
 from absl import app, flags, logging
 
-from mtcolor.eval.study import load_study, run_study
+from mtcolor.eval.study import argument_problems, run_study
 from mtcolor.train.cli import exit_on_problems
 
 _STUDY = flags.DEFINE_string("study", None, "Study file (a Python module with get_study()).")
@@ -37,30 +35,6 @@ _CACHE = flags.DEFINE_string(
 )
 _EVALUATE = flags.DEFINE_bool("evaluate", True, "Evaluate the runs (--noevaluate: states only).")
 flags.mark_flags_as_required(["study", "root"])
-
-
-def argument_problems(study_path: str, seeds, only, overrides) -> list[str]:
-    """The command line's problems, one line each, before any run is read or trained."""
-    problems = []
-    names = None
-    if not os.path.isfile(study_path):
-        problems.append(f"--study={study_path!r}: no such file")
-    else:
-        try:
-            names = [variant["name"] for variant in load_study(study_path)["variants"]]
-        except (ValueError, KeyError, AttributeError) as error:  # the study file's own mistakes
-            problems.append(f"--study={study_path!r}: {type(error).__name__}: {error}")
-    if seeds is not None and seeds < 1:
-        problems.append(f"--seeds={seeds}: must be at least 1")
-    unknown = [name for name in only or () if names is not None and name not in names]
-    if unknown:
-        problems.append(f"--only={','.join(only)}: no variant {unknown} (the study has {names})")
-    problems += [
-        f"--override={item!r}: must be KEY=VALUE (e.g. data.folder.train_root=/data/train)"
-        for item in overrides
-        if "=" not in item
-    ]
-    return problems
 
 
 def main(argv):

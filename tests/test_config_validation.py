@@ -316,14 +316,14 @@ def test_evaluate_and_report_check_their_arguments(tmp_path):
 
 
 def test_compare_checks_its_arguments(tmp_path):
-    from experiments import compare
+    from mtcolor.eval.study import argument_problems
 
     study = "experiments/configs/study_tiny.py"
-    assert compare.argument_problems(study, 2, ["paper"], ["data.image_size=64"]) == []
-    assert compare.argument_problems(str(tmp_path / "nope.py"), None, None, []) == [
+    assert argument_problems(study, 2, ["paper"], ["data.image_size=64"]) == []
+    assert argument_problems(str(tmp_path / "nope.py"), None, None, []) == [
         f"--study={str(tmp_path / 'nope.py')!r}: no such file"
     ]
-    problems = compare.argument_problems(study, 0, ["paper", "foo"], ["seed"])
+    problems = argument_problems(study, 0, ["paper", "foo"], ["seed"])
     assert [p.split(":")[0] for p in problems] == [
         "--seeds=0",
         "--only=paper,foo",

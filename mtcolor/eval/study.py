@@ -86,6 +86,31 @@ def load_study(path) -> dict:
     return study
 
 
+def argument_problems(study_path: str, seeds, only, overrides) -> list[str]:
+    """The problems of experiments.compare's command line, one line each, before any run is read
+    or trained."""
+    problems = []
+    names = None
+    if not Path(study_path).is_file():
+        problems.append(f"--study={study_path!r}: no such file")
+    else:
+        try:
+            names = [variant["name"] for variant in load_study(study_path)["variants"]]
+        except (ValueError, KeyError, AttributeError) as error:  # the study file's own mistakes
+            problems.append(f"--study={study_path!r}: {type(error).__name__}: {error}")
+    if seeds is not None and seeds < 1:
+        problems.append(f"--seeds={seeds}: must be at least 1")
+    unknown = [name for name in only or () if names is not None and name not in names]
+    if unknown:
+        problems.append(f"--only={','.join(only)}: no variant {unknown} (the study has {names})")
+    problems += [
+        f"--override={item!r}: must be KEY=VALUE (e.g. data.folder.train_root=/data/train)"
+        for item in overrides
+        if "=" not in item
+    ]
+    return problems
+
+
 def plan(
     study: dict,
     root,

@@ -542,6 +542,7 @@ def _check_model_fits(workdir, config, model, variables, *, custom: bool) -> Non
     abstract = jax.eval_shape(
         lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 1)), train=False)
     )
+    abstract = {name: abstract[name] for name in ("params", "batch_stats") if name in abstract}
     mismatches = _shape_mismatches(
         _shapes(variables), _shapes(abstract), "the model" if custom else "the config's model"
     )
