@@ -36,6 +36,7 @@ from pathlib import Path
 
 from mtcolor.eval import compare
 from mtcolor.eval.report import read_scalars
+from mtcolor.train import config as config_lib
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,14 +145,12 @@ def plan(
 
 
 def load_config(config_path: str):
-    """The ConfigDict of a config file path ("file.py" or "file.py:arg"), as config_flags does."""
+    """The ConfigDict of a config file path ("file.py" or "file.py:arg", relative to the
+    repository), as config_flags loads it."""
     path, _, arg = str(config_path).partition(":")
-    spec = importlib.util.spec_from_file_location(
-        f"_config_{Path(path).stem}", REPO_ROOT / path if not Path(path).is_absolute() else path
+    return config_lib.load_config_file(
+        REPO_ROOT / path if not Path(path).is_absolute() else path, arg
     )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
 
 
 def unknown_overrides(config, overrides: dict) -> list[str]:

@@ -1,6 +1,5 @@
 """Command-line entry for experiments/{multitask,colorization,classification}.py."""
 
-import importlib.util
 import logging
 import os
 import re
@@ -141,10 +140,10 @@ def _check_overrides_of_the_default_config(argv) -> None:
         return
     if not any(a.startswith("--config.") for a in argv[1:]) or not os.path.isfile(DEFAULT_CONFIG):
         return
-    spec = importlib.util.spec_from_file_location("mtcolor_default_config", DEFAULT_CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    exit_on_problems(_config_override_problems(module.get_config(), argv), "the command line")
+    from mtcolor.train import config as config_lib
+
+    default = config_lib.load_config_file(DEFAULT_CONFIG)
+    exit_on_problems(_config_override_problems(default, argv), "the command line")
 
 
 def _loaded_config():

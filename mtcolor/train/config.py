@@ -6,7 +6,19 @@ Top-level ``batch_size`` and ``image_size`` are references that ``data.batch_siz
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import ml_collections
+
+
+def load_config_file(path, arg: str = "") -> ml_collections.ConfigDict:
+    """``get_config()`` (``get_config(arg)`` for "file.py:arg") of the Python file ``path``,
+    loaded as ml_collections' config_flags loads a --config file."""
+    spec = importlib.util.spec_from_file_location(f"_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def data_defaults() -> ml_collections.ConfigDict:
