@@ -282,6 +282,32 @@ def test_command_line_mistakes_give_one_line_each(argv, line, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_tfds_dataset_not_prepared_stops_the_run_in_one_line(tmp_path):
+    """Before: tfds started generating imagenet2012 in ~/tensorflow_datasets, failed on a missing
+    module, and the run ended in two chained tracebacks."""
+    data_dir = tmp_path / "tfds"
+    proc = run_module(
+        "experiments.multitask",
+        "--config=experiments/configs/tiny.py",
+        "--config.data.source=tfds",
+        "--config.data.tfds.name=imagenet2012",
+        f"--config.data.tfds.data_dir={data_dir}",
+        f"--workdir={tmp_path / 'run'}",
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "error: the data has 1 problem(s):" in proc.stderr
+    [line] = [x.strip() for x in proc.stderr.splitlines() if x.startswith("  ")]
+    manual = data_dir / "downloads" / "manual"
+    assert line.startswith(
+        f"tfds dataset 'imagenet2012' is not prepared as array_record in {str(data_dir)!r} "
+        f"(no {data_dir / 'imagenet2012'}); imagenet2012 must be downloaded by hand: put "
+        f"ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in {manual}/"
+    ), line
+    assert f"`python -m mtcolor.data.tfds_source imagenet2012 --data_dir={data_dir}`" in line
+    assert not (tmp_path / "run").exists() and not data_dir.exists()
+
+
 def test_evaluate_and_report_check_their_arguments(tmp_path):
     from experiments import evaluate, report
 

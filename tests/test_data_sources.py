@@ -1,6 +1,9 @@
 """Sources: synthetic, ImageNet-style folders (class subsets, split files, errors) and tfds."""
 
+import pathlib
 import sys
+import tempfile
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -243,7 +246,13 @@ def _build_tiny_tfds(data_dir, image_dir):
                 colorful(offset + i).save(path)
                 yield i, {"image": str(path), "label": i % 3}
 
-    TinyColors(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+    from mtcolor.data import tfds_source
+
+    assert TinyColors.name == "tiny_colors"  # registered under this name by its definition
+    # (tfds leaves an empty temporary directory for each builder of a dataset not yet prepared.)
+    with mock.patch.object(tempfile, "tempdir", str(data_dir.parent)):
+        where = tfds_source.prepare("tiny_colors", str(data_dir))
+    assert (data_dir / "tiny_colors" / "1.0.0") == pathlib.Path(where)
     return "tiny_colors"
 
 
@@ -280,9 +289,43 @@ def test_tfds_source_with_class_subset(tmp_path):
     with pytest.raises(ValueError, match="goldfish_not_there.*available names: n01443537"):
         pipeline.num_examples(config, "train")
     config.classes = None
-    config.tfds.name = "not_prepared_dataset"
-    with pytest.raises(FileNotFoundError, match="not_prepared_dataset"):
+    # A dataset that is not there is an error naming the directory and the command that prepares
+    # it; tfds is not left to start generating it (download=False), so nothing is written.
+    from mtcolor.data.tfds_source import TfdsDatasetNotPreparedError
+
+    before = sorted(p.name for p in (tmp_path / "tfds").iterdir())
+    config.tfds.name = "tiny_colors_v2"  # no such dataset
+    with pytest.raises(TfdsDatasetNotPreparedError) as error:
         pipeline.num_examples(config, "train")
+    where = str(tmp_path / "tfds")
+    assert f"'tiny_colors_v2' is not prepared as array_record in {where!r}" in str(error.value)
+    assert f"python -m mtcolor.data.tfds_source tiny_colors_v2 --data_dir={where}" in str(
+        error.value
+    )
+    config.tfds.name = "tiny_colors"
+    config.tfds.data_dir = str(tmp_path / "empty_tfds")  # registered, not prepared here
+    with pytest.raises(TfdsDatasetNotPreparedError, match="'tiny_colors' is not prepared"):
+        pipeline.num_examples(config, "train")
+    assert sorted(p.name for p in (tmp_path / "tfds").iterdir()) == before
+    assert not (tmp_path / "empty_tfds" / "tiny_colors").exists()
+
+
+def test_preparing_imagenet2012_without_its_tars_says_where_they_go(tmp_path, monkeypatch):
+    # The command the not-prepared error names, for the dataset the paper uses: it gets as far as
+    # tfds's own check of the manual download (with tensorflow-datasets 4.9.10 that needs
+    # importlib_resources, a dependency of this project for that reason) and says where the tars
+    # go, in one line, without a traceback.
+    pytest.importorskip("tensorflow_datasets")
+    from entry_points import run_module
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # where tfds leaves an empty directory
+    (tmp_path / "tmp").mkdir()
+    proc = run_module("mtcolor.data.tfds_source", "imagenet2012", f"--data_dir={tmp_path}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    manual = tmp_path / "downloads" / "manual"
+    assert f"error: imagenet2012: Manual directory {manual} does not exist" in proc.stderr
+    assert "ILSVRC2012_img_train.tar" in proc.stderr
 
 
 def test_pipeline_import_pulls_no_tensorflow():

@@ -2,11 +2,12 @@
 TensorFlow).
 
 Named `tfds_source` so it never shadows the `tensorflow_datasets` package. The dataset must have
-been prepared in the array_record format (`tfds build --file_format=array_record`, or
-`builder.download_and_prepare(file_format="array_record")`); imagenet2012 needs its tars in the
-manual directory first (docs/data.md). Images are read as their encoded bytes (tfds decoding
-skipped) and decoded by `mtcolor.data.decode` like files, so bad records are skipped and counted
-the same way.
+been prepared in the array_record format: `python -m mtcolor.data.tfds_source NAME
+--data_dir=DIR` (`prepare`); imagenet2012 needs its tars in the manual directory first
+(docs/data.md). A run never prepares one itself (a missing dataset is
+`TfdsDatasetNotPreparedError`, naming the directory and that command). Images are read as their
+encoded bytes (tfds decoding skipped) and decoded by `mtcolor.data.decode` like files, so bad
+records are skipped and counted the same way.
 
 A class subset (names from the label feature, e.g. wnids for imagenet2012, or the paper's class
 names) is relabelled 0..k-1 in the order given. Selecting it needs every record's label: the first
@@ -33,17 +34,51 @@ _PAPER_NAME_TO_WNID = {c.name: c.wnid for c in PAPER_CLASSES}
 _DEFAULT_CACHE = os.path.join("~", ".cache", "mtcolor", "tfds")
 
 
-def _not_prepared_message(name: str, data_dir: str | None, error: Exception) -> str:
+class TfdsDatasetNotPreparedError(FileNotFoundError):
+    """A tfds dataset that is not prepared as array_record in its data directory (or is no tfds
+    dataset at all); the message names the directory and the command that prepares it."""
+
+
+def data_dir_or_default(data_dir: str | None) -> str:
+    """The directory tfds reads ``data_dir=None`` from; a local one as an absolute path."""
     where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
-    hint = (
-        "imagenet2012 must be downloaded by hand: put ILSVRC2012_img_train.tar and "
-        "ILSVRC2012_img_val.tar in <data_dir>/downloads/manual/ and run "
-        f"`tfds build imagenet2012 --data_dir={where} --file_format=array_record` "
-        "(see docs/data.md)"
-        if name.startswith("imagenet2012")
-        else f"prepare it with `tfds build {name} --data_dir={where} --file_format=array_record`"
-    )
-    return f"tfds dataset {name!r} is not available as array_record in {where!r} ({error}); {hint}"
+    if "://" in where:  # gs://..., read by tfds through etils.epath
+        return where
+    return os.path.abspath(os.path.expanduser(where))
+
+
+def _dataset_folder(name: str, data_dir: str | None) -> str:
+    return os.path.join(
+        data_dir_or_default(data_dir), name.split(":")[0]
+    )  # name[/config][:version]
+
+
+def _not_prepared_message(name: str, data_dir: str | None, reason: str) -> str:
+    where = data_dir_or_default(data_dir)
+    prepare = f"python -m mtcolor.data.tfds_source {name} --data_dir={where}"
+    if name.startswith("imagenet2012"):
+        hint = (
+            "imagenet2012 must be downloaded by hand: put ILSVRC2012_img_train.tar and "
+            f"ILSVRC2012_img_val.tar in {os.path.join(where, 'downloads', 'manual')}/ and run "
+            f"`{prepare}` (hours, ~150 GB; docs/data.md)"
+        )
+    else:
+        hint = f"prepare it with `{prepare}`"
+    return f"tfds dataset {name!r} is not prepared as array_record in {where!r} ({reason}); {hint}"
+
+
+def prepare(name: str, data_dir: str | None = None) -> str:
+    """Prepares tfds dataset `name` in `data_dir` as array_record (what this module reads) and
+    returns the directory it is in.
+
+    What `tfds build NAME --file_format=array_record` does, without its command: tensorflow-datasets
+    4.9.10's `tfds` command imports apache_beam before it starts (its convert_format command),
+    which nothing else here needs."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir_or_default(data_dir), file_format="array_record")
+    builder.download_and_prepare()
+    return str(builder.data_dir)
 
 
 class TfdsSource:
@@ -114,17 +149,34 @@ class TfdsSource:
         self._source = source
 
     def _open(self):
+        folder = _dataset_folder(self.name, self.data_dir)
+        if "://" not in folder and not os.path.isdir(folder):
+            # Checked before tfds is asked: its builder for a dataset it does not find warns and
+            # leaves an empty temporary directory behind (tensorflow-datasets 4.9.10).
+            reason = f"no {folder}"
+            raise TfdsDatasetNotPreparedError(
+                _not_prepared_message(self.name, self.data_dir, reason)
+            )
         import tensorflow_datasets as tfds
 
         try:
+            # download=False: a dataset that is not there is an error, not tfds generating it
+            # (hours for imagenet2012, from tars it cannot download) in the middle of a run.
             return tfds.data_source(
                 self.name,
                 split=self.split,
                 data_dir=self.data_dir,
+                download=False,
                 decoders={self.image_key: tfds.decode.SkipDecoding()},
             )
-        except Exception as e:  # noqa: BLE001 (DatasetNotFoundError, AssertionError, ValueError, ...)
-            raise FileNotFoundError(_not_prepared_message(self.name, self.data_dir, e)) from e
+        except Exception as e:  # noqa: BLE001 (DatasetNotFoundError, NotImplementedError, ...)
+            # (tfds's reasons for a dataset never prepared name file formats and empty splits.)
+            if type(e).__name__ == "DatasetNotFoundError":
+                reason = f"tfds knows no dataset {self.name.split('/')[0].split(':')[0]!r}"
+            else:
+                reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+            message = _not_prepared_message(self.name, self.data_dir, reason)
+            raise TfdsDatasetNotPreparedError(message) from e
 
     def _labels(self, source, label_cache_dir: str | None) -> np.ndarray:
         cache_root = os.path.expanduser(label_cache_dir or _DEFAULT_CACHE)
@@ -172,3 +224,33 @@ class TfdsSource:
 
     def __repr__(self) -> str:
         return f"TfdsSource({self.name!r}, split={self.split!r}, num_examples={len(self)})"
+
+
+def main(argv) -> None:
+    """``python -m mtcolor.data.tfds_source NAME [--data_dir=DIR]``: prepares NAME (`prepare`)."""
+    import sys
+
+    from absl import app, flags
+
+    if len(argv) != 2:
+        raise app.UsageError("give one tfds dataset name, e.g. imagenet2012")
+    name, data_dir = argv[1], flags.FLAGS.data_dir
+    try:
+        where = prepare(name, data_dir)
+    except AssertionError as error:  # tfds's word for a missing manual download
+        print(f"error: {name}: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"prepared {name!r} in {where}")
+    print(
+        f"train on it with --config.data.source=tfds --config.data.tfds.name={name} "
+        f"--config.data.tfds.data_dir={data_dir_or_default(data_dir)}"
+    )
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string(
+        "data_dir", None, "tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)"
+    )
+    app.run(main)
