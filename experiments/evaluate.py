@@ -2,6 +2,10 @@ r"""Evaluates a trained run on a split and writes <workdir>/eval_<split>.json an
 
   python -m experiments.evaluate --workdir runs/multitask [--split val] [--checkpoint best]
       [--fid_weights ~/.cache/torch/hub/checkpoints/pt_inception-2015-12-05-6726825d.pth | download]
+      [--override=data.folder.val_root=/data/val ...]
+
+It reads the split from the run's own data config (config.json); --override=data.KEY=VALUE
+changes a field of it for this evaluation, e.g. where the data is on this machine.
 
 --fid_weights adds "fid" (Inception-v3 pool3, pytorch-fid's weights, read without torch) next to
 "frechet_resnet18_distance"; "download" finds the file in torch's hub cache or downloads it there.
@@ -12,9 +16,11 @@ import os
 
 from absl import app, flags, logging
 
-from mtcolor.eval.evaluate import evaluate_workdir, results_markdown
-from mtcolor.train.checkpointing import ModelMismatchError, UnreadableCheckpointError
+from mtcolor.data import DataNotFoundError
+from mtcolor.eval.evaluate import evaluate_workdir, parse_data_overrides, results_markdown
+from mtcolor.train.checkpointing import ModelMismatchError, UnreadableCheckpointError, load_config
 from mtcolor.train.cli import exit_on_problems
+from mtcolor.train.validation import data_problems
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run directory.")
 _SPLIT = flags.DEFINE_string("split", "val", "Data split to evaluate.")
@@ -27,6 +33,13 @@ _FID_WEIGHTS = flags.DEFINE_string(
     "distance.",
 )
 _FRECHET = flags.DEFINE_bool("frechet", True, "Compute a Frechet distance (needs feature weights).")
+_OVERRIDES = flags.DEFINE_multi_string(
+    "override",
+    [],
+    "data.KEY=VALUE: a field of the run's data config for this evaluation, e.g. where the data is "
+    "on this machine (--override=data.folder.train_root=/data/train "
+    "--override=data.folder.val_root=/data/val); repeatable.",
+)
 flags.mark_flag_as_required("workdir")
 
 
@@ -45,6 +58,9 @@ def argument_problems(workdir, split, checkpoint, fid_weights) -> list[str]:
     return problems
 
 
+_RUNS_DATA = "the data of the run's config.json (--override=data.KEY=VALUE sets a field here)"
+
+
 def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     if len(argv) > 1:
@@ -53,6 +69,13 @@ def main(argv):
         argument_problems(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value, _FID_WEIGHTS.value),
         "the command line",
     )
+    config = load_config(_WORKDIR.value)
+    data_overrides, problems = parse_data_overrides(config.data, _OVERRIDES.value)
+    exit_on_problems(problems, "the command line")
+    # The run's data config as this evaluation reads it, checked before anything is loaded: a run
+    # trained on another machine names folders that are not here.
+    config.data.update_from_flattened_dict(data_overrides)
+    exit_on_problems(data_problems(config, flag_prefix="--override="), _RUNS_DATA)
     step = _CHECKPOINT.value
     if step not in (None, "best"):
         step = int(step)
@@ -63,9 +86,12 @@ def main(argv):
             step=step,
             fid_weights=_FID_WEIGHTS.value,
             frechet_features=_FRECHET.value,
+            data_overrides=data_overrides,
         )
     except (UnreadableCheckpointError, ModelMismatchError) as error:
         exit_on_problems([f"--workdir={_WORKDIR.value!r}: {error}"], "the command line")
+    except DataNotFoundError as error:  # what the check above does not open (tfds, files)
+        exit_on_problems([str(error)], _RUNS_DATA)
     print(results_markdown(result))
     # The metrics as JSON without the per-class tables, which the markdown above summarises (a
     # 1000-class confusion matrix is a million numbers); the file has everything.

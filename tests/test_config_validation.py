@@ -99,7 +99,8 @@ def test_shipped_configs_pass(tmp_path):
         assert validation.config_problems(module.get_config(), device_count=1) == [], module
     config = paper.get_config()  # the paper's: the user names the ImageNet folders
     assert [p.split("=")[0] for p in validation.config_problems(config)] == [
-        "--config.data.folder.train_root"
+        "--config.data.folder.train_root",
+        "--config.data.folder.val_root",
     ]
     config.data.folder.train_root = config.data.folder.val_root = str(tmp_path)
     assert validation.config_problems(config, device_count=1) == []
@@ -129,10 +130,25 @@ def test_folder_roots_must_exist(tmp_path):
     assert problems == [
         f"--config.data.folder.train_root='{tmp_path / 'missing'}': no such "
         "directory (the training images, one folder per class (or, for a colorizer, one folder of "
-        "photos))"
+        "photos))",
+        "--config.data.folder.val_root='': must name the validation tree, unless "
+        "data.folder.train_split_file and val_split_file split train_root in two",
     ]
     (tmp_path / "missing").mkdir()
+    config.data.folder.val_root = str(tmp_path / "missing")
     assert validation.config_problems(config) == []
+    # Or split files divide the one root in two (each file must exist).
+    config.data.folder.val_root = ""
+    for split in ("train", "val"):
+        (tmp_path / f"{split}.txt").write_text("")
+        config.data.folder[f"{split}_split_file"] = str(tmp_path / f"{split}.txt")
+    assert validation.config_problems(config) == []
+    # evaluate names the fields as its --override sets them.
+    config.data.folder.train_split_file = ""
+    assert validation.data_problems(config, flag_prefix="--override=") == [
+        "--override=data.folder.val_root='': must name the validation tree, unless "
+        "data.folder.train_split_file and val_split_file split train_root in two"
+    ]
 
 
 def test_pretrained_weights_that_cannot_fit_stop_with_one_problem_each(tmp_path):

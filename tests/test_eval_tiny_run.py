@@ -103,3 +103,73 @@ def test_colorize_cli_on_real_run(tiny_run, tmp_path):
         assert image.size == (90, 70)
     with Image.open(tmp_path / "out" / "b_compare.png") as image:
         assert image.size == (120, 50)
+
+
+def test_evaluate_reads_the_data_where_the_override_says(tiny_run, tmp_path):
+    """A run evaluated where its config.json's data is not (another machine): one line naming the
+    directory, then the same command with --override=data.KEY=VALUE evaluates it."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    gone = tmp_path / "gone"
+    moved = [
+        "--override=data.source=folder",
+        f"--override=data.folder.train_root={gone / 'train'}",
+        f"--override=data.folder.val_root={gone / 'val'}",
+    ]
+    proc = run_module("experiments.evaluate", f"--workdir={copy}", "--nofrechet", *moved)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "error: the data of the run's config.json (--override=data.KEY=VALUE" in proc.stderr
+    lines = [x.strip() for x in proc.stderr.splitlines() if x.startswith("  ")]
+    assert [line.split(": ")[0] for line in lines] == [
+        f"--override=data.folder.train_root={str(gone / 'train')!r}",
+        f"--override=data.folder.val_root={str(gone / 'val')!r}",
+    ]
+    assert all("no such directory" in line for line in lines)
+    # Images that are not where the run's files are: one line, from the source itself.
+    (gone / "train" / "n01").mkdir(parents=True)
+    (gone / "val").mkdir()
+    proc = run_module("experiments.evaluate", f"--workdir={copy}", "--nofrechet", *moved)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    [line] = [x.strip() for x in proc.stderr.splitlines() if x.startswith("  ")]
+    assert line.startswith("no image files"), line
+    # The synthetic validation split made smaller: 4 examples instead of the run's 6.
+    proc = run_module(
+        "experiments.evaluate",
+        f"--workdir={copy}",
+        "--nofrechet",
+        "--override=data.synthetic.val_size=4",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((copy / "eval_val.json").read_text())
+    assert result["num_examples"] == 4
+    assert result["data_overrides"] == {"data.synthetic.val_size": 4}
+    assert json.loads((copy / "config.json").read_text()) == json.loads(
+        (tiny_run / "config.json").read_text()
+    )  # the run's own record is not changed
+
+
+def test_data_overrides_are_typed_like_the_runs_fields():
+    from mtcolor.data.config import default_data_config
+
+    data = default_data_config()
+    overrides, problems = evaluate.parse_data_overrides(
+        data,
+        [
+            "data.folder.val_root=/data/val",
+            "data.batch_size=8",
+            "data.random_flip=false",
+            "data.folder=/x",  # a group, not a field
+            "data.batch_size=8.5",
+            "folder.val_root=/x",
+        ],
+    )
+    assert overrides == {"folder.val_root": "/data/val", "batch_size": 8, "random_flip": False}
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        "the run's data config has no field 'data.folder'",
+        "data.batch_size is int, '8.5' is not one",
+        "must be data.KEY=VALUE (e.g. data.folder.val_root=/data/val)",
+    ]

@@ -40,6 +40,12 @@ PAPER_CLASSES = (
 PAPER_WNIDS = tuple(c.wnid for c in PAPER_CLASSES)
 
 
+class DataNotFoundError(FileNotFoundError):
+    """The data a config names is not there: a folder, a split file's images, a tfds dataset not
+    prepared. The message names what was looked for and the option that names it; the commands
+    print it as one line (a run written on one machine and evaluated on another, a typo)."""
+
+
 def unknown_classes_error(
     missing: Sequence[str],
     where: str,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import csv
 import os
 
-from mtcolor.data import PAPER_CLASSES, unknown_classes_error
+from mtcolor.data import PAPER_CLASSES, DataNotFoundError, unknown_classes_error
 
 # Lower-case extensions read from class folders; other files (.txt, .DS_Store, ...) are not listed.
 IMAGE_EXTENSIONS = (
@@ -61,7 +61,7 @@ def _name_variants(name: str) -> list[str]:
 def _read_split_file(path: str) -> list[tuple[str, str | None]]:
     """(relative path, class or None) entries of a split file."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"split file {path!r} does not exist")
+        raise DataNotFoundError(f"split file {path!r} does not exist")
     entries: list[tuple[str, str | None]] = []
     if path.lower().endswith(".csv"):
         with open(path, newline="") as f:
@@ -143,7 +143,7 @@ class FolderSource:
             self._init_without_labels(root, extensions, classes, label_classes)
             return
         if not available:
-            raise FileNotFoundError(f"no class folders / entries found in {where}")
+            raise DataNotFoundError(f"no class folders / entries found in {where}")
 
         if label_classes is not None:
             requested = list(label_classes)
@@ -193,7 +193,7 @@ class FolderSource:
                 for path in _images_directly_in(os.path.join(root, directory), extensions):
                     files.append((path, label_of[directory]))
         if not files:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"no image files ({', '.join(extensions)}) for classes {list(selected)} in {where}"
             )
         if split_file:
@@ -206,7 +206,7 @@ class FolderSource:
         where = f"directory {root!r}"
         paths = _images_directly_in(root, extensions)
         if not paths:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"no class folders and no image files ({', '.join(extensions)}) found in {where}"
             )
         if classes is not None:
@@ -272,7 +272,7 @@ class ImageFilesSource:
             paths = _list_images(root, extensions)
             where = f"directory {root!r} (searched recursively)"
         if not paths:
-            raise FileNotFoundError(f"no image files ({', '.join(extensions)}) in {where}")
+            raise DataNotFoundError(f"no image files ({', '.join(extensions)}) in {where}")
         self.paths = tuple(paths)
 
     def __len__(self) -> int:
@@ -327,7 +327,7 @@ def _check_split_file_root(paths: list[str], root: str, split_file: str) -> None
         return
     folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     hint = f"; {root!r} has the folders {folders[:10]}" if folders else ""
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"split file {split_file!r}: none of its first {len(first)} files exist under the root "
         f"{root!r} (e.g. {first[0]!r}); its paths are relative to that root (data.folder."
         f"train_root / val_root, data.unlabeled.folder.root){hint}"
@@ -335,9 +335,9 @@ def _check_split_file_root(paths: list[str], root: str, split_file: str) -> None
 
 
 def _existing_directory(root, message: str) -> str:
-    """`root` with "~" expanded; FileNotFoundError(message.format(root)) if it is not a
+    """`root` with "~" expanded; DataNotFoundError(message.format(root)) if it is not a
     directory."""
     root = os.path.expanduser(str(root))
     if not root or not os.path.isdir(root):
-        raise FileNotFoundError(message.format(root))
+        raise DataNotFoundError(message.format(root))
     return root

@@ -28,13 +28,13 @@ import re
 
 import numpy as np
 
-from mtcolor.data import PAPER_CLASSES, unknown_classes_error
+from mtcolor.data import PAPER_CLASSES, DataNotFoundError, unknown_classes_error
 
 _PAPER_NAME_TO_WNID = {c.name: c.wnid for c in PAPER_CLASSES}
 _DEFAULT_CACHE = os.path.join("~", ".cache", "mtcolor", "tfds")
 
 
-class TfdsDatasetNotPreparedError(FileNotFoundError):
+class TfdsDatasetNotPreparedError(DataNotFoundError):
     """A tfds dataset that is not prepared as array_record in its data directory (or is no tfds
     dataset at all); the message names the directory and the command that prepares it."""
 

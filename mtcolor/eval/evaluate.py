@@ -255,6 +255,44 @@ def class_names_of(config) -> list[str] | None:
     return [str(c) for c in classes] or None
 
 
+def parse_data_overrides(data_config, items: Sequence[str]) -> tuple[dict, list[str]]:
+    """``data.KEY=VALUE`` items (experiments.evaluate's ``--override``) as {KEY: VALUE typed as
+    the run's field is}, and one problem line per item that is not one. Only data fields: where
+    the data is now (a run evaluated on another machine), the batch, the workers; the model and
+    the image size are the checkpoint's."""
+    overrides, problems = {}, []
+    for item in items:
+        key, sep, text = item.partition("=")
+        flag = f"--override={item!r}"
+        if not sep or not key.startswith("data."):
+            problems.append(f"{flag}: must be data.KEY=VALUE (e.g. data.folder.val_root=/data/val)")
+            continue
+        node, parts = data_config, key[len("data.") :].split(".")
+        for part in parts:
+            if not hasattr(node, "keys") or part not in node.keys():
+                node = None
+                break
+            node = node[part]
+        if node is None or hasattr(node, "keys"):
+            problems.append(f"{flag}: the run's data config has no field {key!r}")
+            continue
+        try:
+            overrides[".".join(parts)] = _typed_like(node, text)
+        except ValueError:
+            problems.append(f"{flag}: {key} is {type(node).__name__}, {text!r} is not one")
+    return overrides, problems
+
+
+def _typed_like(current, text: str):
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(text)
+        return text.lower() in ("true", "1")
+    if isinstance(current, (int, float)):
+        return type(current)(text)
+    return text  # strings, and fields the run left None (paths)
+
+
 def evaluate_workdir(
     workdir,
     split: str = "val",
@@ -264,14 +302,19 @@ def evaluate_workdir(
     frechet_features: bool = True,
     batches=None,
     tasks=None,
+    data_overrides: dict | None = None,
 ) -> dict:
     """Evaluates a run's checkpoint (latest, "best" or a step) on `split` of its own data config.
-    `tasks`: the run's task list when it was trained with custom tasks."""
+    `tasks`: the run's task list when it was trained with custom tasks. `data_overrides`: {field
+    of config.data: value} replaced before the data is read (`parse_data_overrides`), e.g. where
+    the data is on this machine."""
     from mtcolor import tasks as tasks_lib
     from mtcolor.train.checkpointing import load_for_inference
 
     workdir = Path(workdir)
     config, model, variables = load_for_inference(str(workdir), step=step, tasks=tasks)
+    if data_overrides:
+        config.data.update_from_flattened_dict(dict(data_overrides))
     experiment = config.experiment
     tasks = model.tasks if tasks is None else tuple(tasks)
     made_here = batches is None
@@ -313,6 +356,8 @@ def evaluate_workdir(
             "eval_time_s": time.time() - start,
         }
     )
+    if data_overrides:
+        result["data_overrides"] = {f"data.{key}": value for key, value in data_overrides.items()}
     if skipped_reason:
         result["frechet_skipped"] = skipped_reason
     (workdir / f"eval_{split}.json").write_text(json.dumps(result, indent=2))

@@ -205,7 +205,7 @@ def run(experiment: str, *, tasks_from_config=None) -> None:
         config = flags.FLAGS.config
         config.experiment = experiment
         exit_on_config_problems(config)
-        from mtcolor.data.tfds_source import TfdsDatasetNotPreparedError
+        from mtcolor.data import DataNotFoundError
         from mtcolor.train import validation
 
         tasks = tasks_from_config(config) if tasks_from_config is not None else None
@@ -218,7 +218,7 @@ def run(experiment: str, *, tasks_from_config=None) -> None:
         except pretrained_weights_errors() as error:
             pretrained = f"--config.model.pretrained={config.model.pretrained!r}"
             exit_on_problems([f"{pretrained}: {error}"], "the config")
-        except TfdsDatasetNotPreparedError as error:  # the config check does not open tfds
+        except DataNotFoundError as error:  # what the config check does not open (tfds, files)
             exit_on_problems([str(error)], "the data")
 
     app.run(main, flags_parser=_parse_flags)

@@ -54,15 +54,16 @@ def _is_number(value) -> bool:
 class _Checks:
     """Collects problems; each method checks one field if the config has it."""
 
-    def __init__(self, config):
+    def __init__(self, config, flag_prefix: str = "--config."):
         self.config = config
+        self.flag_prefix = flag_prefix  # how the command that reads the config sets a field
         self.problems: list[str] = []
 
     def value(self, path: str):
         return _get(self.config, path)
 
     def problem(self, path: str, value: Any, allowed: str) -> None:
-        self.problems.append(f"--config.{path}={value!r}: {allowed}")
+        self.problems.append(f"{self.flag_prefix}{path}={value!r}: {allowed}")
 
     def integer(self, path: str, minimum: int | None = None, optional: bool = False) -> None:
         value = self.value(path)
@@ -212,6 +213,15 @@ def _check_data(c: _Checks, device_count: int | None, source: bool) -> None:
         )
         if c.value("data.folder.val_root"):
             c.existing_dir("data.folder.val_root", "the validation images")
+        elif not (
+            c.value("data.folder.train_split_file") and c.value("data.folder.val_split_file")
+        ):
+            c.problem(
+                "data.folder.val_root",
+                c.value("data.folder.val_root"),
+                "must name the validation tree, unless data.folder.train_split_file and "
+                "val_split_file split train_root in two",
+            )
         c.existing_file_if_set("data.folder.train_split_file")
         c.existing_file_if_set("data.folder.val_split_file")
     unlabeled = c.value("data.unlabeled.source")
@@ -348,6 +358,15 @@ def config_problems(
     _check_optim(c)
     _check_train(c)
     _check_methods(c)
+    return c.problems
+
+
+def data_problems(config, *, flag_prefix: str = "--config.") -> list[str]:
+    """The problems of ``config.data`` alone, each line naming the field as ``flag_prefix`` sets it
+    (experiments.evaluate checks a run's data config, changed by its ``--override=``'s, before
+    reading the data)."""
+    c = _Checks(config, flag_prefix)
+    _check_data(c, None, True)
     return c.problems
 
 
