@@ -1,6 +1,5 @@
 """Sources: synthetic, ImageNet-style folders (class subsets, split files, errors) and tfds."""
 
-import pathlib
 import sys
 import tempfile
 from unittest import mock
@@ -246,13 +245,12 @@ def _build_tiny_tfds(data_dir, image_dir):
                 colorful(offset + i).save(path)
                 yield i, {"image": str(path), "label": i % 3}
 
-    from mtcolor.data import tfds_source
-
-    assert TinyColors.name == "tiny_colors"  # registered under this name by its definition
-    # (tfds leaves an empty temporary directory for each builder of a dataset not yet prepared.)
+    # The class itself, not tfds.builder("tiny_colors") (mtcolor.data.tfds_source.prepare): a
+    # caller may define it without registering it (test_data_unlabeled), or define it again with
+    # another image_dir. tfds leaves an empty temporary directory for each builder of a dataset
+    # not yet prepared: in this test's directory, not /tmp.
     with mock.patch.object(tempfile, "tempdir", str(data_dir.parent)):
-        where = tfds_source.prepare("tiny_colors", str(data_dir))
-    assert (data_dir / "tiny_colors" / "1.0.0") == pathlib.Path(where)
+        TinyColors(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
     return "tiny_colors"
 
 
@@ -308,6 +306,42 @@ def test_tfds_source_with_class_subset(tmp_path):
         pipeline.num_examples(config, "train")
     assert sorted(p.name for p in (tmp_path / "tfds").iterdir()) == before
     assert not (tmp_path / "empty_tfds" / "tiny_colors").exists()
+
+
+def test_prepare_builds_a_registered_dataset_that_the_source_reads(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("array_record")
+    from mtcolor.data import tfds_source
+
+    image = tmp_path / "a.png"
+    colorful(7).save(image)
+
+    class MtcolorPrepareProbe(tfds.core.GeneratorBasedBuilder):  # registered by its definition
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = {
+                "image": tfds.features.Image(shape=(None, None, 3)),
+                "label": tfds.features.ClassLabel(names=["a", "b"]),
+            }
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict(features)
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(3), "validation": self._generate_examples(2)}
+
+        def _generate_examples(self, n):
+            for i in range(n):
+                yield i, {"image": str(image), "label": i % 2}
+
+    data_dir = tmp_path / "tfds"
+    with mock.patch.object(tempfile, "tempdir", str(tmp_path)):  # tfds's empty temporary directory
+        where = tfds_source.prepare("mtcolor_prepare_probe", str(data_dir))
+    assert where == str(data_dir / "mtcolor_prepare_probe" / "1.0.0")
+    source = tfds_source.TfdsSource("mtcolor_prepare_probe", split="train", data_dir=str(data_dir))
+    assert len(source) == 3 and source.class_names == ("a", "b")
+    assert MtcolorPrepareProbe.name == "mtcolor_prepare_probe"
 
 
 def test_preparing_imagenet2012_without_its_tars_says_where_they_go(tmp_path, monkeypatch):
