@@ -48,9 +48,8 @@ def data_dir_or_default(data_dir: str | None) -> str:
 
 
 def _dataset_folder(name: str, data_dir: str | None) -> str:
-    return os.path.join(
-        data_dir_or_default(data_dir), name.split(":")[0]
-    )  # name[/config][:version]
+    """Where tfds keeps dataset ``name[/config][:version]``: <data_dir>/<name>[/<config>]."""
+    return os.path.join(data_dir_or_default(data_dir), name.split(":")[0])
 
 
 def _not_prepared_message(name: str, data_dir: str | None, reason: str) -> str:
