@@ -162,12 +162,18 @@ def test_data_overrides_are_typed_like_the_runs_fields():
             "data.folder.val_root=/data/val",
             "data.batch_size=8",
             "data.random_flip=false",
+            "data.grayscale_filter_threshold=5.5",  # None in the run: still a field
             "data.folder=/x",  # a group, not a field
             "data.batch_size=8.5",
             "folder.val_root=/x",
         ],
     )
-    assert overrides == {"folder.val_root": "/data/val", "batch_size": 8, "random_flip": False}
+    assert overrides == {
+        "folder.val_root": "/data/val",
+        "batch_size": 8,
+        "random_flip": False,
+        "grayscale_filter_threshold": 5.5,
+    }
     assert [p.split(": ", 1)[1] for p in problems] == [
         "the run's data config has no field 'data.folder'",
         "data.batch_size is int, '8.5' is not one",

@@ -18,6 +18,8 @@ Rows of the result:
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -267,13 +269,12 @@ def parse_data_overrides(data_config, items: Sequence[str]) -> tuple[dict, list[
         if not sep or not key.startswith("data."):
             problems.append(f"{flag}: must be data.KEY=VALUE (e.g. data.folder.val_root=/data/val)")
             continue
-        node, parts = data_config, key[len("data.") :].split(".")
-        for part in parts:
-            if not hasattr(node, "keys") or part not in node.keys():
-                node = None
-                break
-            node = node[part]
-        if node is None or hasattr(node, "keys"):
+        parts = key[len("data.") :].split(".")
+        try:
+            node = functools.reduce(lambda group, part: group[part], parts, data_config)
+        except (KeyError, TypeError, AttributeError):  # no such group or field
+            node = _NO_FIELD
+        if node is _NO_FIELD or hasattr(node, "keys"):
             problems.append(f"{flag}: the run's data config has no field {key!r}")
             continue
         try:
@@ -283,6 +284,9 @@ def parse_data_overrides(data_config, items: Sequence[str]) -> tuple[dict, list[
     return overrides, problems
 
 
+_NO_FIELD = object()
+
+
 def _typed_like(current, text: str):
     if isinstance(current, bool):
         if text.lower() not in ("true", "false", "1", "0"):
@@ -290,7 +294,13 @@ def _typed_like(current, text: str):
         return text.lower() in ("true", "1")
     if isinstance(current, (int, float)):
         return type(current)(text)
-    return text  # strings, and fields the run left None (paths)
+    if current is None:  # a field the run left unset (a threshold, a count): a number if it is one
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+        return value if isinstance(value, (int, float)) else text
+    return text
 
 
 def evaluate_workdir(
