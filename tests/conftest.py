@@ -4,13 +4,19 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# Compiling, not running, dominates this suite (tiny images, few steps): LLVM at -O0 compiles the
-# tiny runs' programs about 1.6x faster (measured: a single-task run plus a train-step equality
-# test, 132 s -> 84 s on the 2-core CI machine) and runs them slower, which tiny inputs do not
-# notice. Numerics are XLA's own either way. Subprocesses the tests start inherit it.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
-if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+# Compiling, not running, dominates this suite (tiny images, few steps), so it compiles for compile
+# time: LLVM at -O0 compiles the tiny runs' programs about 1.6x faster (measured: a single-task run
+# plus a train-step equality test, 132 s -> 84 s on the 2-core CI machine), and XLA:CPU's older
+# elemental emitters instead of its fusion emitters halve what is left (the tiny multi-task train
+# step 7.2 -> 3.5 s, its init 6.1 -> 4.2 s; the suite's CPU time 25.5 -> 20.7 min, 2026-12-08).
+# Both run the programs a little slower, which tiny inputs do not notice. Each is a correct
+# compiler of the same HLO, but they fuse, and so round, differently: a test that compares two
+# programs allows for float32 rounding (or computes in float64) rather than relying on both
+# compiling to the same arithmetic. Subprocesses the tests start inherit the flags.
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+for _flag in TEST_XLA_FLAGS:
+    if _flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
 
 from absl import flags  # noqa: E402
 
