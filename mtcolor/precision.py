@@ -24,7 +24,12 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": j
 
 
 def compute_dtype(name: str):
-    """The jnp dtype of a ``config.model.dtype`` name."""
+    """The jnp dtype of a ``config.model.dtype`` name. float64 outside JAX's x64 mode is float32,
+    what JAX computes then anyway (a float64 run loaded for inference in a float32 process), without
+    its warning at every layer; training a float64 config there is a config problem
+    (mtcolor.train.validation)."""
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"model.dtype must be one of {tuple(COMPUTE_DTYPES)}, got {name!r}")
+    if name == "float64" and not jax.config.jax_enable_x64:
+        return jnp.float32
     return COMPUTE_DTYPES[name]

@@ -43,6 +43,28 @@ def test_unknown_dtype_names_the_option():
         state_lib.build_model(_config("float16"))
 
 
+def test_float64_needs_x64_mode_to_train_and_loads_as_float32_without_it():
+    """A float64 config trains only in JAX's x64 mode (JAX_ENABLE_X64=1); without it JAX would
+    compute in float32 and warn at every layer. A float64 run loaded in a float32 process (for
+    inference) builds float32 models, which is what JAX computes there."""
+    import warnings
+
+    from mtcolor.train import validation
+
+    config = _config("float64")
+    [problem] = validation.config_problems(config, device_count=1)
+    assert problem.startswith("--config.model.dtype='float64'") and "JAX_ENABLE_X64=1" in problem
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Explicitly requested dtype float64 ... not available"
+        model = state_lib.build_model(config)
+        L = jnp.zeros((1, 32, 32, 1))  # noqa: N806
+        jax.eval_shape(lambda key: model.init(key, L, train=False), jax.random.PRNGKey(0))
+    assert model.dtype == jnp.float32
+    with jax.enable_x64(True):
+        assert validation.config_problems(config, device_count=1) == []
+        assert state_lib.build_model(config).dtype == jnp.float64
+
+
 @pytest.mark.parametrize("dtype, expected", [("float32", "float32"), ("bfloat16", "bfloat16")])
 def test_every_convolution_runs_in_the_configured_dtype(dtype, expected):
     config = _config(dtype)

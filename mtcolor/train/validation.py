@@ -243,6 +243,8 @@ def _check_data(c: _Checks, device_count: int | None, source: bool) -> None:
 
 
 def _check_model(c: _Checks) -> None:
+    import jax
+
     from mtcolor.precision import COMPUTE_DTYPES
     from mtcolor.tasks.colorization import DECODERS
 
@@ -250,6 +252,9 @@ def _check_model(c: _Checks) -> None:
     c.one_of("model.pooling", ("flatten", "avg"))
     c.one_of("model.decoder", DECODERS)
     c.one_of("model.dtype", tuple(COMPUTE_DTYPES))
+    if c.value("model.dtype") == "float64" and not jax.config.jax_enable_x64:
+        # Without x64 mode JAX computes float64 requests in float32, with a warning per layer.
+        c.problem("model.dtype", "float64", "needs JAX's x64 mode: set JAX_ENABLE_X64=1")
     pretrained = c.value("model.pretrained")
     if pretrained not in (None, _MISSING, "torchvision") and not (
         os.path.isfile(os.path.expanduser(str(pretrained)))
