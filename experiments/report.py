@@ -4,14 +4,18 @@ r"""Writes the paper's Table I, Figs. 3-7 and Fig. 2 from a set of training runs
       --out runs/report
 
 The order of --workdirs does not matter (each run's config says what it is). Missing or unfinished
-runs are reported, not fatal.
+runs are reported, not fatal. Fig. 2 colorizes validation images read as the runs' config.json
+says; runs trained on another machine: --override=data.folder.val_root=/data/val (repeatable,
+data.KEY=VALUE, as experiments.evaluate takes it).
 """
 
 import os
 
 from absl import app, flags, logging
 
+from mtcolor.eval.evaluate import parse_data_overrides
 from mtcolor.eval.report import make_report
+from mtcolor.train.checkpointing import load_config
 from mtcolor.train.cli import exit_on_problems
 from mtcolor.train.validation import run_directory_problems
 
@@ -23,12 +27,19 @@ _FIGURE_TWO = flags.DEFINE_bool(
     "fig2", True, "Draw Fig. 2 (loads the checkpoints and the val split)."
 )
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "Validation images in Fig. 2.")
+_OVERRIDES = flags.DEFINE_multi_string(
+    "override",
+    [],
+    "data.KEY=VALUE: a field of the runs' data config for Fig. 2's validation images, e.g. where "
+    "they are on this machine (--override=data.folder.val_root=/data/val); repeatable.",
+)
 flags.mark_flags_as_required(["workdirs", "out"])
 
 
-def argument_problems(workdirs, out, num_images, figure_two=True) -> list[str]:
+def argument_problems(workdirs, out, num_images, figure_two=True, overrides=()) -> list[str]:
     """The command line's problems, one line each, before anything is loaded (the checkpoints
-    are read for Fig. 2 only)."""
+    are read for Fig. 2 only); ``--override`` items are checked against the first run's data
+    config (every run's has the same fields)."""
     problems = [
         line
         for workdir in workdirs
@@ -38,6 +49,8 @@ def argument_problems(workdirs, out, num_images, figure_two=True) -> list[str]:
         problems.append(f"--out={out!r}: exists and is not a directory")
     if num_images < 1:
         problems.append(f"--num_images={num_images}: must be at least 1")
+    if overrides and not problems:
+        problems += parse_data_overrides(load_config(workdirs[0]).data, overrides)[1]
     return problems
 
 
@@ -45,11 +58,20 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     workdirs = list(_WORKDIRS.value) + list(argv[1:])  # also accept space-separated workdirs
     exit_on_problems(
-        argument_problems(workdirs, _OUT.value, _NUM_IMAGES.value, _FIGURE_TWO.value),
+        argument_problems(
+            workdirs, _OUT.value, _NUM_IMAGES.value, _FIGURE_TWO.value, _OVERRIDES.value
+        ),
         "the command line",
     )
+    data_overrides = {}
+    if _OVERRIDES.value:
+        data_overrides, _ = parse_data_overrides(load_config(workdirs[0]).data, _OVERRIDES.value)
     report = make_report(
-        workdirs, _OUT.value, figure_two=_FIGURE_TWO.value, num_images=_NUM_IMAGES.value
+        workdirs,
+        _OUT.value,
+        figure_two=_FIGURE_TWO.value,
+        num_images=_NUM_IMAGES.value,
+        data_overrides=data_overrides,
     )
     for problem in report.problems:
         logging.warning("%s", problem)

@@ -37,6 +37,33 @@ def test_report_on_real_run(tiny_run, tmp_path):
         assert (tmp_path / "report" / spec.filename).exists()
 
 
+def test_report_on_runs_whose_data_is_elsewhere_says_how_to_draw_fig2(tiny_run, tmp_path):
+    """Runs trained on another machine: Table I and the curves are written, Fig. 2 is not, with one
+    line per missing folder named as --override sets it; a mistyped --override stops first."""
+    gone = tmp_path / "gone"
+    out = tmp_path / "report"
+    moved = [
+        "--override=data.source=folder",
+        f"--override=data.folder.train_root={gone / 'train'}",
+        f"--override=data.folder.val_root={gone / 'val'}",
+    ]
+    proc = run_module("experiments.report", f"--workdirs={tiny_run}", f"--out={out}", *moved)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stdout.splitlines() if line.startswith("WARNING: fig2")]
+    assert len(warnings) == 3, proc.stdout
+    for line, split in zip(warnings, ("train", "val")):
+        flag = f"--override=data.folder.{split}_root={str(gone / split)!r}"
+        assert line.startswith(f"WARNING: fig2: not drawn: {flag}: no such directory"), line
+    assert "--override=data.KEY=VALUE" in warnings[2]
+    assert (out / "table1.csv").exists()
+    assert not (out / "fig2_colorized_validation_batch.png").exists()
+    proc = run_module(
+        "experiments.report", f"--workdirs={tiny_run}", f"--out={out}", "--override=data.nope=1"
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "--override='data.nope=1': the run's data config has no field 'data.nope'" in proc.stderr
+
+
 def test_evaluate_matches_training_loop_numbers(tiny_run):
     result = evaluate.evaluate_workdir(tiny_run, "val", frechet_features=False)
     val = json.loads((tiny_run / "summary.json").read_text())["final"]["val"]

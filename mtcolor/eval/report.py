@@ -526,14 +526,30 @@ def predict_ab(workdir: Path, L_norm: np.ndarray) -> np.ndarray:
     return np.asarray(model.apply(variables, L_norm, train=False)["colorization"], np.float32)
 
 
-def make_figure_two(runs: dict[str, Run], path: Path, num_images: int = 8) -> list[str]:
-    from mtcolor.train.checkpointing import load_for_inference
+def make_figure_two(
+    runs: dict[str, Run], path: Path, num_images: int = 8, data_overrides: dict | None = None
+) -> list[str]:
+    """Fig. 2 from the validation split of the multi-task run's data config (else the colorizer's),
+    with ``data_overrides`` ({field of config.data: value}, ``evaluate.parse_data_overrides``)
+    where the runs' data is elsewhere on this machine. Returns the notes for the report."""
+    from mtcolor.data import DataNotFoundError
+    from mtcolor.train.checkpointing import load_config
+    from mtcolor.train.validation import data_problems
 
     source = runs.get("multitask") or runs.get("colorization")
     if source is None:
         return ["fig2: MISSING both colorizing runs (multitask, colorization); no Fig. 2"]
-    config, _, _ = load_for_inference(str(source.workdir))
-    L_norm, ab_true = _fixed_validation_batch(config, num_images)
+    config = load_config(str(source.workdir))
+    config.data.update_from_flattened_dict(dict(data_overrides or {}))
+    # A run trained on another machine names folders that are not here: say which, and how to
+    # point at this machine's copy, before any checkpoint is loaded.
+    missing_data = data_problems(config, flag_prefix="--override=")
+    if missing_data:
+        return [f"fig2: not drawn: {line}" for line in missing_data] + [FIG2_DATA_HINT]
+    try:
+        L_norm, ab_true = _fixed_validation_batch(config, num_images)
+    except DataNotFoundError as error:  # what the check does not open (tfds, image files)
+        return [f"fig2: not drawn: {error}", FIG2_DATA_HINT]
     notes, predictions, missing = [], {}, {}
     for experiment, row in (("colorization", FIG2_ROWS[1]), ("multitask", FIG2_ROWS[2])):
         run = runs.get(experiment)
@@ -557,6 +573,12 @@ def make_figure_two(runs: dict[str, Run], path: Path, num_images: int = 8) -> li
     return notes
 
 
+FIG2_DATA_HINT = (
+    "fig2: the validation images are read from the run's config.json; where they are elsewhere on "
+    "this machine, --override=data.KEY=VALUE (e.g. --override=data.folder.val_root=/data/val)"
+)
+
+
 # --------------------------------------------------------------------------------------------
 # Everything
 
@@ -568,7 +590,17 @@ class Report:
     rows: list[TableRow]
 
 
-def make_report(workdirs: Sequence, out, *, figure_two: bool = True, num_images: int = 8) -> Report:
+def make_report(
+    workdirs: Sequence,
+    out,
+    *,
+    figure_two: bool = True,
+    num_images: int = 8,
+    data_overrides: dict | None = None,
+) -> Report:
+    """Table I (markdown and CSV), the training-curve figures and Fig. 2 in ``out``; what is
+    missing or not drawn is in ``Report.problems``, not raised. ``data_overrides``: see
+    make_figure_two."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs, problems = assign_roles(workdirs)
@@ -579,7 +611,7 @@ def make_report(workdirs: Sequence, out, *, figure_two: bool = True, num_images:
     if figure_two:
         try:
             fig2_notes = make_figure_two(
-                runs, out / "fig2_colorized_validation_batch.png", num_images
+                runs, out / "fig2_colorized_validation_batch.png", num_images, data_overrides
             )
             problems.extend(fig2_notes)
             if (out / "fig2_colorized_validation_batch.png").exists():
