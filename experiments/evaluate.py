@@ -16,6 +16,7 @@ import os
 
 from absl import app, flags, logging
 
+from experiments.data_override_flag import DATA_OVERRIDES
 from mtcolor.data import DataNotFoundError
 from mtcolor.eval.evaluate import evaluate_workdir, parse_data_overrides, results_markdown
 from mtcolor.train.checkpointing import ModelMismatchError, UnreadableCheckpointError, load_config
@@ -33,13 +34,6 @@ _FID_WEIGHTS = flags.DEFINE_string(
     "distance.",
 )
 _FRECHET = flags.DEFINE_bool("frechet", True, "Compute a Frechet distance (needs feature weights).")
-_OVERRIDES = flags.DEFINE_multi_string(
-    "override",
-    [],
-    "data.KEY=VALUE: a field of the run's data config for this evaluation, e.g. where the data is "
-    "on this machine (--override=data.folder.train_root=/data/train "
-    "--override=data.folder.val_root=/data/val); repeatable.",
-)
 flags.mark_flag_as_required("workdir")
 
 
@@ -70,7 +64,7 @@ def main(argv):
         "the command line",
     )
     config = load_config(_WORKDIR.value)
-    data_overrides, problems = parse_data_overrides(config.data, _OVERRIDES.value)
+    data_overrides, problems = parse_data_overrides(config.data, DATA_OVERRIDES.value)
     exit_on_problems(problems, "the command line")
     # The run's data config as this evaluation reads it, checked before anything is loaded: a run
     # trained on another machine names folders that are not here.

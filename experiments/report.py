@@ -13,6 +13,7 @@ import os
 
 from absl import app, flags, logging
 
+from experiments.data_override_flag import DATA_OVERRIDES
 from mtcolor.eval.evaluate import parse_data_overrides
 from mtcolor.eval.report import make_report
 from mtcolor.train.checkpointing import load_config
@@ -27,12 +28,6 @@ _FIGURE_TWO = flags.DEFINE_bool(
     "fig2", True, "Draw Fig. 2 (loads the checkpoints and the val split)."
 )
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "Validation images in Fig. 2.")
-_OVERRIDES = flags.DEFINE_multi_string(
-    "override",
-    [],
-    "data.KEY=VALUE: a field of the runs' data config for Fig. 2's validation images, e.g. where "
-    "they are on this machine (--override=data.folder.val_root=/data/val); repeatable.",
-)
 flags.mark_flags_as_required(["workdirs", "out"])
 
 
@@ -59,13 +54,15 @@ def main(argv):
     workdirs = list(_WORKDIRS.value) + list(argv[1:])  # also accept space-separated workdirs
     exit_on_problems(
         argument_problems(
-            workdirs, _OUT.value, _NUM_IMAGES.value, _FIGURE_TWO.value, _OVERRIDES.value
+            workdirs, _OUT.value, _NUM_IMAGES.value, _FIGURE_TWO.value, DATA_OVERRIDES.value
         ),
         "the command line",
     )
     data_overrides = {}
-    if _OVERRIDES.value:
-        data_overrides, _ = parse_data_overrides(load_config(workdirs[0]).data, _OVERRIDES.value)
+    if DATA_OVERRIDES.value:
+        data_overrides, _ = parse_data_overrides(
+            load_config(workdirs[0]).data, DATA_OVERRIDES.value
+        )
     report = make_report(
         workdirs,
         _OUT.value,
