@@ -47,6 +47,9 @@ def test_report_on_runs_whose_data_is_elsewhere_says_how_to_draw_fig2(tiny_run, 
         f"--override=data.folder.train_root={gone / 'train'}",
         f"--override=data.folder.val_root={gone / 'val'}",
     ]
+    out.mkdir()
+    stale = out / "fig2_colorized_validation_batch.png"  # an earlier report's, left alone
+    stale.write_bytes(b"earlier")
     proc = run_module("experiments.report", f"--workdirs={tiny_run}", f"--out={out}", *moved)
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = [line for line in proc.stdout.splitlines() if line.startswith("WARNING: fig2")]
@@ -55,8 +58,8 @@ def test_report_on_runs_whose_data_is_elsewhere_says_how_to_draw_fig2(tiny_run, 
         flag = f"--override=data.folder.{split}_root={str(gone / split)!r}"
         assert line.startswith(f"WARNING: fig2: not drawn: {flag}: no such directory"), line
     assert "--override=data.KEY=VALUE" in warnings[2]
-    assert (out / "table1.csv").exists()
-    assert not (out / "fig2_colorized_validation_batch.png").exists()
+    assert (out / "table1.csv").exists() and f"wrote {out / 'table1.csv'}" in proc.stdout
+    assert stale.read_bytes() == b"earlier" and f"wrote {stale}" not in proc.stdout
     proc = run_module(
         "experiments.report", f"--workdirs={tiny_run}", f"--out={out}", "--override=data.nope=1"
     )

@@ -528,28 +528,29 @@ def predict_ab(workdir: Path, L_norm: np.ndarray) -> np.ndarray:
 
 def make_figure_two(
     runs: dict[str, Run], path: Path, num_images: int = 8, data_overrides: dict | None = None
-) -> list[str]:
+) -> tuple[list[str], bool]:
     """Fig. 2 from the validation split of the multi-task run's data config (else the colorizer's),
     with ``data_overrides`` ({field of config.data: value}, ``evaluate.parse_data_overrides``)
-    where the runs' data is elsewhere on this machine. Returns the notes for the report."""
+    where the runs' data is elsewhere on this machine. Returns the notes for the report and
+    whether the figure was drawn."""
     from mtcolor.data import DataNotFoundError
     from mtcolor.train.checkpointing import load_config
     from mtcolor.train.validation import data_problems
 
     source = runs.get("multitask") or runs.get("colorization")
     if source is None:
-        return ["fig2: MISSING both colorizing runs (multitask, colorization); no Fig. 2"]
+        return ["fig2: MISSING both colorizing runs (multitask, colorization); no Fig. 2"], False
     config = load_config(str(source.workdir))
     config.data.update_from_flattened_dict(dict(data_overrides or {}))
     # A run trained on another machine names folders that are not here: say which, and how to
     # point at this machine's copy, before any checkpoint is loaded.
     missing_data = data_problems(config, flag_prefix="--override=")
     if missing_data:
-        return [f"fig2: not drawn: {line}" for line in missing_data] + [FIG2_DATA_HINT]
+        return [f"fig2: not drawn: {line}" for line in missing_data] + [FIG2_DATA_HINT], False
     try:
         L_norm, ab_true = _fixed_validation_batch(config, num_images)
     except DataNotFoundError as error:  # what the check does not open (tfds, image files)
-        return [f"fig2: not drawn: {error}", FIG2_DATA_HINT]
+        return [f"fig2: not drawn: {error}", FIG2_DATA_HINT], False
     notes, predictions, missing = [], {}, {}
     for experiment, row in (("colorization", FIG2_ROWS[1]), ("multitask", FIG2_ROWS[2])):
         run = runs.get(experiment)
@@ -570,7 +571,7 @@ def make_figure_two(
         path,
         missing,
     )
-    return notes
+    return notes, True
 
 
 FIG2_DATA_HINT = (
@@ -610,11 +611,11 @@ def make_report(
         files.append(out / spec.filename)
     if figure_two:
         try:
-            fig2_notes = make_figure_two(
+            fig2_notes, drawn = make_figure_two(
                 runs, out / "fig2_colorized_validation_batch.png", num_images, data_overrides
             )
             problems.extend(fig2_notes)
-            if (out / "fig2_colorized_validation_batch.png").exists():
+            if drawn:  # not a Fig. 2 an earlier report left in `out`
                 files.append(out / "fig2_colorized_validation_batch.png")
         except Exception as error:  # noqa: BLE001 - the tables and curves are still worth writing
             problems.append(f"fig2: not drawn ({type(error).__name__}: {error})")
