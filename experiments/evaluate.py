@@ -18,7 +18,8 @@ from absl import app, flags, logging
 
 from experiments.data_override_flag import DATA_OVERRIDES
 from mtcolor.data import DataNotFoundError
-from mtcolor.eval.evaluate import evaluate_workdir, parse_data_overrides, results_markdown
+from mtcolor.data.config import parse_data_overrides
+from mtcolor.eval.evaluate import evaluate_workdir, results_markdown
 from mtcolor.train.checkpointing import ModelMismatchError, UnreadableCheckpointError, load_config
 from mtcolor.train.cli import exit_on_problems
 from mtcolor.train.validation import data_problems

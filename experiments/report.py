@@ -14,7 +14,7 @@ import os
 from absl import app, flags, logging
 
 from experiments.data_override_flag import DATA_OVERRIDES
-from mtcolor.eval.evaluate import parse_data_overrides
+from mtcolor.data.config import parse_data_overrides
 from mtcolor.eval.report import make_report
 from mtcolor.train.checkpointing import load_config
 from mtcolor.train.cli import exit_on_problems
@@ -31,10 +31,9 @@ _NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "Validation images in Fig. 2
 flags.mark_flags_as_required(["workdirs", "out"])
 
 
-def argument_problems(workdirs, out, num_images, figure_two=True, overrides=()) -> list[str]:
+def argument_problems(workdirs, out, num_images, figure_two=True) -> list[str]:
     """The command line's problems, one line each, before anything is loaded (the checkpoints
-    are read for Fig. 2 only); ``--override`` items are checked against the first run's data
-    config (every run's has the same fields)."""
+    are read for Fig. 2 only)."""
     problems = [
         line
         for workdir in workdirs
@@ -44,8 +43,6 @@ def argument_problems(workdirs, out, num_images, figure_two=True, overrides=()) 
         problems.append(f"--out={out!r}: exists and is not a directory")
     if num_images < 1:
         problems.append(f"--num_images={num_images}: must be at least 1")
-    if overrides and not problems:
-        problems += parse_data_overrides(load_config(workdirs[0]).data, overrides)[1]
     return problems
 
 
@@ -53,16 +50,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
     workdirs = list(_WORKDIRS.value) + list(argv[1:])  # also accept space-separated workdirs
     exit_on_problems(
-        argument_problems(
-            workdirs, _OUT.value, _NUM_IMAGES.value, _FIGURE_TWO.value, DATA_OVERRIDES.value
-        ),
+        argument_problems(workdirs, _OUT.value, _NUM_IMAGES.value, _FIGURE_TWO.value),
         "the command line",
     )
-    data_overrides = {}
-    if DATA_OVERRIDES.value:
-        data_overrides, _ = parse_data_overrides(
-            load_config(workdirs[0]).data, DATA_OVERRIDES.value
-        )
+    # Typed and checked against the first run's data config: every run's has the same fields.
+    data_overrides, problems = parse_data_overrides(
+        load_config(workdirs[0]).data, DATA_OVERRIDES.value
+    )
+    exit_on_problems(problems, "the command line")
     report = make_report(
         workdirs,
         _OUT.value,

@@ -183,10 +183,10 @@ def test_evaluate_reads_the_data_where_the_override_says(tiny_run, tmp_path):
 
 
 def test_data_overrides_are_typed_like_the_runs_fields():
-    from mtcolor.data.config import default_data_config
+    from mtcolor.data.config import default_data_config, parse_data_overrides
 
     data = default_data_config()
-    overrides, problems = evaluate.parse_data_overrides(
+    overrides, problems = parse_data_overrides(
         data,
         [
             "data.folder.val_root=/data/val",

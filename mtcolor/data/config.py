@@ -1,6 +1,11 @@
-"""`default_data_config()`: every data option, with its default and what it means."""
+"""`default_data_config()`: every data option, with its default and what it means; and
+`parse_data_overrides`, a run's data config changed from the command line."""
 
 from __future__ import annotations
+
+import ast
+import functools
+from collections.abc import Sequence
 
 import ml_collections
 
@@ -140,3 +145,49 @@ def default_data_config() -> ml_collections.ConfigDict:
     # The generator's seed; the unlabeled images differ from the labelled ones even with one seed.
     c.unlabeled.synthetic.seed = 0
     return c
+
+
+def parse_data_overrides(data_config, items: Sequence[str]) -> tuple[dict, list[str]]:
+    """``data.KEY=VALUE`` items (the ``--override`` of experiments.evaluate and experiments.report)
+    as {KEY: VALUE typed as the run's field is}, and one problem line per item that is not one.
+    Only data fields: where the data is now (a run evaluated on another machine), the batch, the
+    workers; the model and the image size are the checkpoint's."""
+    overrides, problems = {}, []
+    for item in items:
+        key, sep, text = item.partition("=")
+        flag = f"--override={item!r}"
+        if not sep or not key.startswith("data."):
+            problems.append(f"{flag}: must be data.KEY=VALUE (e.g. data.folder.val_root=/data/val)")
+            continue
+        parts = key[len("data.") :].split(".")
+        try:
+            node = functools.reduce(lambda group, part: group[part], parts, data_config)
+        except (KeyError, TypeError, AttributeError):  # no such group or field
+            node = _NO_FIELD
+        if node is _NO_FIELD or hasattr(node, "keys"):
+            problems.append(f"{flag}: the run's data config has no field {key!r}")
+            continue
+        try:
+            overrides[".".join(parts)] = _typed_like(node, text)
+        except ValueError:
+            problems.append(f"{flag}: {key} is {type(node).__name__}, {text!r} is not one")
+    return overrides, problems
+
+
+_NO_FIELD = object()
+
+
+def _typed_like(current, text: str):
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(text)
+        return text.lower() in ("true", "1")
+    if isinstance(current, (int, float)):
+        return type(current)(text)
+    if current is None:  # a field the run left unset (a threshold, a count): a number if it is one
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+        return value if isinstance(value, (int, float)) else text
+    return text

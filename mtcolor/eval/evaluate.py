@@ -18,8 +18,6 @@ Rows of the result:
 
 from __future__ import annotations
 
-import ast
-import functools
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -257,52 +255,6 @@ def class_names_of(config) -> list[str] | None:
     return [str(c) for c in classes] or None
 
 
-def parse_data_overrides(data_config, items: Sequence[str]) -> tuple[dict, list[str]]:
-    """``data.KEY=VALUE`` items (experiments.evaluate's ``--override``) as {KEY: VALUE typed as
-    the run's field is}, and one problem line per item that is not one. Only data fields: where
-    the data is now (a run evaluated on another machine), the batch, the workers; the model and
-    the image size are the checkpoint's."""
-    overrides, problems = {}, []
-    for item in items:
-        key, sep, text = item.partition("=")
-        flag = f"--override={item!r}"
-        if not sep or not key.startswith("data."):
-            problems.append(f"{flag}: must be data.KEY=VALUE (e.g. data.folder.val_root=/data/val)")
-            continue
-        parts = key[len("data.") :].split(".")
-        try:
-            node = functools.reduce(lambda group, part: group[part], parts, data_config)
-        except (KeyError, TypeError, AttributeError):  # no such group or field
-            node = _NO_FIELD
-        if node is _NO_FIELD or hasattr(node, "keys"):
-            problems.append(f"{flag}: the run's data config has no field {key!r}")
-            continue
-        try:
-            overrides[".".join(parts)] = _typed_like(node, text)
-        except ValueError:
-            problems.append(f"{flag}: {key} is {type(node).__name__}, {text!r} is not one")
-    return overrides, problems
-
-
-_NO_FIELD = object()
-
-
-def _typed_like(current, text: str):
-    if isinstance(current, bool):
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(text)
-        return text.lower() in ("true", "1")
-    if isinstance(current, (int, float)):
-        return type(current)(text)
-    if current is None:  # a field the run left unset (a threshold, a count): a number if it is one
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            return text
-        return value if isinstance(value, (int, float)) else text
-    return text
-
-
 def evaluate_workdir(
     workdir,
     split: str = "val",
@@ -316,8 +268,8 @@ def evaluate_workdir(
 ) -> dict:
     """Evaluates a run's checkpoint (latest, "best" or a step) on `split` of its own data config.
     `tasks`: the run's task list when it was trained with custom tasks. `data_overrides`: {field
-    of config.data: value} replaced before the data is read (`parse_data_overrides`), e.g. where
-    the data is on this machine."""
+    of config.data: value} replaced before the data is read (e.g. where the data is on this
+    machine; mtcolor.data.config.parse_data_overrides)."""
     from mtcolor import tasks as tasks_lib
     from mtcolor.train.checkpointing import load_for_inference
 

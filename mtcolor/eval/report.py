@@ -530,7 +530,7 @@ def make_figure_two(
     runs: dict[str, Run], path: Path, num_images: int = 8, data_overrides: dict | None = None
 ) -> tuple[list[str], bool]:
     """Fig. 2 from the validation split of the multi-task run's data config (else the colorizer's),
-    with ``data_overrides`` ({field of config.data: value}, ``evaluate.parse_data_overrides``)
+    with ``data_overrides`` ({field of config.data: value}, data.config.parse_data_overrides)
     where the runs' data is elsewhere on this machine. Returns the notes for the report and
     whether the figure was drawn."""
     from mtcolor.data import DataNotFoundError
